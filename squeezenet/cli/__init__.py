@@ -1,0 +1,1 @@
+"""The ``squeezenet`` command line: subcommands mapped to library functions."""

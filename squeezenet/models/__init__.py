@@ -1,0 +1,11 @@
+"""The SqueezeNet model family and AlexNet, registered by name."""
+from .registry import UnknownModelError, create_model, get_builder, list_models, register_model
+from .squeezenet import (Fire, SqueezeNet, SqueezeNetConfig, fire_layout_from_metaparameters,
+                         squeezenet1_0, squeezenet1_0_complex_bypass, squeezenet1_0_simple_bypass,
+                         squeezenet1_1, squeezenet_from_metaparameters)
+from .alexnet import AlexNet, alexnet
+
+__all__ = ["UnknownModelError", "create_model", "get_builder", "list_models", "register_model",
+           "Fire", "SqueezeNet", "SqueezeNetConfig", "fire_layout_from_metaparameters",
+           "squeezenet1_0", "squeezenet1_1", "squeezenet1_0_simple_bypass",
+           "squeezenet1_0_complex_bypass", "squeezenet_from_metaparameters", "AlexNet", "alexnet"]

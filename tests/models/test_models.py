@@ -1,0 +1,155 @@
+import pytest
+import torch
+import torchvision
+
+from squeezenet.models import (Fire, UnknownModelError, create_model, fire_layout_from_metaparameters,
+                               list_models)
+from squeezenet.models.squeezenet import V1_0_FIRES
+
+
+def conv_params(cin, cout, k, groups=1):
+    return cout * (cin // groups) * k * k + cout
+
+
+def fire_params(cin, s, e1, e3):
+    return conv_params(cin, s, 1) + conv_params(s, e1, 1) + conv_params(s, e3, 3)
+
+
+def squeezenet_params(conv1_out, conv1_k, fires, classes=1000, complex_at=()):
+    total = conv_params(3, conv1_out, conv1_k)
+    cin = conv1_out
+    for i, (s, e1, e3) in enumerate(fires):
+        total += fire_params(cin, s, e1, e3)
+        if i in complex_at:
+            total += conv_params(cin, e1 + e3, 1)
+        cin = e1 + e3
+    return total + conv_params(cin, classes, 1)
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_v1_0_parameters_exact():
+    assert count(create_model("squeezenet1_0")) == 1_248_424
+    assert squeezenet_params(96, 7, V1_0_FIRES) == 1_248_424
+
+
+def test_v1_1_parameters_exact():
+    assert count(create_model("squeezenet1_1")) == 1_235_496
+
+
+def test_alexnet_parameters_exact():
+    assert count(create_model("alexnet")) == 60_965_224
+
+
+def test_bypass_parameter_counts():
+    assert count(create_model("squeezenet1_0_simple_bypass")) == 1_248_424
+    expected = squeezenet_params(96, 7, V1_0_FIRES, complex_at=(0, 2, 4, 6))
+    assert count(create_model("squeezenet1_0_complex_bypass")) == expected == 1_589_672
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n != "alexnet"])
+def test_small_input_stem_parameters_and_shape(name):
+    m = create_model(name, num_classes=10, small_input=True)
+    big = create_model(name, num_classes=10)
+    conv1_out = m.features[0].out_channels
+    k = big.features[0].kernel_size[0]
+    # Only conv1 changes: its kernel becomes 3x3.
+    assert count(big) - count(m) == conv1_out * 3 * (k * k - 9)
+    m.eval()
+    out = m(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    assert m.features[:4](torch.randn(1, 3, 32, 32)).shape[-1] == 32  # no stride or pool in the stem
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_finite(name):
+    m = create_model(name, num_classes=7)
+    size = 227 if name == "alexnet" else 96
+    x = torch.randn(2, 3, size, size)
+    out = m(x)
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    grads = [p.grad for p in m.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert torch.isfinite(out).all()
+
+
+def test_imagenet_output_shape_and_caffe_pool_rounding():
+    m = create_model("squeezenet1_0").eval()
+    feats = m.features(torch.zeros(1, 3, 227, 227))
+    assert feats.shape == (1, 512, 13, 13)  # 227 -> 111 -> 55 -> 27 -> 13, pools round up
+    assert m(torch.zeros(3, 3, 227, 227)).shape == (3, 1000)
+
+
+def test_generator_defaults_reproduce_v1_0():
+    assert fire_layout_from_metaparameters() == V1_0_FIRES
+    gen = create_model("squeezenet_from_metaparameters")
+    ref = create_model("squeezenet1_0")
+    assert [(k, v.shape) for k, v in gen.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+
+
+@pytest.mark.parametrize("sr", [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0])
+def test_generator_sr_sweep_builds(sr):
+    fires = fire_layout_from_metaparameters(sr=sr, pct3x3=0.5)
+    for (s, e1, e3), e in zip(fires, [128, 128, 256, 256, 384, 384, 512, 512]):
+        assert e1 + e3 == e and s == round(sr * e)
+    m = create_model("squeezenet_from_metaparameters", sr=sr, small_input=True, num_classes=10)
+    assert m(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("pct", [0.01, 0.125, 0.25, 0.5, 0.75, 0.99])
+def test_generator_pct3x3_sweep_builds(pct):
+    fires = fire_layout_from_metaparameters(sr=0.5, pct3x3=pct)
+    assert all(e1 >= 1 and e3 >= 1 for _, e1, e3 in fires)
+    m = create_model("squeezenet_from_metaparameters", sr=0.5, pct3x3=pct, small_input=True, num_classes=10)
+    assert m(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("bad", [dict(sr=0), dict(sr=-0.5), dict(sr=1.5), dict(pct3x3=0.0), dict(pct3x3=1.0),
+                                 dict(pct3x3=-1), dict(freq=0), dict(base_e=0), dict(bypass="weird")])
+def test_generator_rejects_invalid_metaparameters(bad):
+    with pytest.raises(ValueError):
+        create_model("squeezenet_from_metaparameters", **bad)
+
+
+def test_unknown_model_name_is_clear():
+    with pytest.raises(UnknownModelError, match="unknown model 'squeezenet2'.*squeezenet1_0"):
+        create_model("squeezenet2")
+
+
+def test_fire_module_shapes_and_validation():
+    f = Fire(32, 8, 20, 12)
+    assert f(torch.randn(1, 32, 9, 9)).shape == (1, 32, 9, 9)
+    with pytest.raises(ValueError, match="simple bypass"):
+        Fire(32, 8, 16, 8, bypass="simple")
+    with pytest.raises(ValueError):
+        Fire(0, 8, 16, 8)
+
+
+def test_simple_bypass_adds_input():
+    f = Fire(16, 4, 8, 8, bypass="simple")
+    plain = Fire(16, 4, 8, 8)
+    plain.load_state_dict(f.state_dict())
+    x = torch.randn(1, 16, 5, 5)
+    torch.testing.assert_close(f(x), plain(x) + x)
+
+
+@pytest.mark.parametrize("ours,theirs", [("squeezenet1_0", torchvision.models.squeezenet1_0),
+                                         ("squeezenet1_1", torchvision.models.squeezenet1_1)])
+def test_torchvision_state_dicts_load_both_ways(ours, theirs):
+    a = create_model(ours).eval()
+    b = theirs(weights=None).eval()
+    assert list(a.state_dict()) == list(b.state_dict())
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    assert torch.equal(a(x), b(x))
+    c = theirs(weights=None).eval()
+    a.load_state_dict(c.state_dict())
+    assert torch.equal(a(x), c(x))
+
+
+def test_num_classes_validated():
+    with pytest.raises(ValueError):
+        create_model("squeezenet1_0", num_classes=0)
