@@ -1,0 +1,477 @@
+"""Our compressed model file (``.sqz``): pruned, weight-shared, Huffman-coded. No pickle.
+
+Layout (little-endian; full description in ``docs/compressed-format.md``)::
+
+    magic   8 bytes  b"SQZDC\\x00\\r\\n"
+    version uint16   1
+    hlen    uint32   length of the JSON header
+    header  hlen bytes of UTF-8 JSON: model, arguments, classes, preprocessing, per-layer
+            shape / bits / density / coding choices and the byte size of every section
+    body    per layer: codebook, bias, index code table, position code table,
+            index bit stream, position bit stream; then raw tensors
+    crc32   uint32 of everything before it
+
+Positions of the kept weights are coded as relative gaps (Deep Compression, sec. 4) over an
+alphabet of ``span`` gap values plus one SKIP symbol that advances ``span`` positions with no
+entry (the paper's filler entries, without spending a weight index on them); a layer may
+instead code its pruned positions when those are fewer, or nothing when it is dense. Gap
+and index streams are canonical-Huffman coded (``huffman.py``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import FormatError
+from . import huffman
+from .pruning import prunable_layers
+
+MAGIC = b"SQZDC\x00\r\n"
+VERSION = 1
+FORMAT_NAME = "squeezenet-compressed"
+MAX_HEADER = 1 << 20
+MAX_FILE = 512 << 20
+MAX_LAYER_WEIGHTS = 1 << 28
+SPANS = [2, 4, 8, 16, 32, 64, 128, 256]
+_PREAMBLE = struct.Struct("<8sHI")
+
+
+def _bits_to_bytes(bits: int) -> int:
+    return (bits + 7) // 8
+
+
+def _table_bytes(table: huffman.HuffmanTable, alphabet: int) -> bytes:
+    if not table.symbols:
+        return b"\x00"
+    counts = np.asarray(table.count[1:], "<u2")
+    sym_dtype = "<u1" if alphabet <= 256 else "<u2"
+    return bytes([len(counts)]) + counts.tobytes() + np.asarray(table.symbols, sym_dtype).tobytes()
+
+
+def _parse_table(data: bytes, alphabet: int, where: str) -> huffman.HuffmanTable:
+    if len(data) < 1:
+        raise FormatError(f"{where}: empty code table")
+    n_len = data[0]
+    if n_len == 0:
+        if len(data) != 1:
+            raise FormatError(f"{where}: code table has trailing bytes")
+        return huffman.HuffmanTable([], [])
+    if n_len > huffman.MAX_CODE_LENGTH:
+        raise FormatError(f"{where}: code lengths up to {n_len} bits are not a valid Huffman code")
+    end = 1 + 2 * n_len
+    if len(data) < end:
+        raise FormatError(f"{where}: code table is truncated")
+    counts = [0] + np.frombuffer(data, "<u2", n_len, 1).astype(int).tolist()
+    width = 1 if alphabet <= 256 else 2
+    n_sym = sum(counts)
+    if n_sym > alphabet or len(data) != end + width * n_sym:
+        raise FormatError(f"{where}: code table size does not match its counts")
+    symbols = np.frombuffer(data, "<u1" if width == 1 else "<u2", n_sym, end).astype(int).tolist()
+    try:
+        huffman.validate_table(counts, symbols, alphabet)
+    except huffman.HuffmanError as e:
+        raise FormatError(f"{where}: {e}") from None
+    return huffman.HuffmanTable(counts, symbols)
+
+
+# ----------------------------------------------------------------------------- positions
+def gap_symbols(positions: np.ndarray, span: int) -> np.ndarray:
+    """Relative gaps of sorted positions over alphabet 0..span-1 plus SKIP (= span)."""
+    positions = np.asarray(positions, np.int64)
+    if positions.size == 0:
+        return np.zeros(0, np.int64)
+    raw = np.diff(positions, prepend=-1) - 1
+    skips = raw // span
+    ends = np.cumsum(skips + 1) - 1
+    out = np.full(int(ends[-1]) + 1, span, np.int64)
+    out[ends] = raw % span
+    return out
+
+
+def positions_from_gaps(symbols: np.ndarray, span: int) -> np.ndarray:
+    """Inverse of ``gap_symbols``."""
+    symbols = np.asarray(symbols, np.int64)
+    if symbols.size == 0:
+        return symbols
+    is_skip = symbols == span
+    step = np.where(is_skip, span, symbols + 1)
+    return (np.cumsum(step) - 1)[~is_skip]
+
+
+def _choose_position_coding(mask: np.ndarray) -> tuple[str, int, np.ndarray, huffman.HuffmanTable]:
+    """Cheapest of: dense (no stream), gaps between kept, gaps between pruned; over spans."""
+    n_keep = int(mask.sum())
+    if n_keep == mask.size:
+        return "dense", 0, np.zeros(0, np.int64), huffman.HuffmanTable([], [])
+    best = None
+    for mode, pos in (("kept", np.flatnonzero(mask)), ("pruned", np.flatnonzero(~mask))):
+        for span in SPANS:
+            sym = gap_symbols(pos, span)
+            table = huffman.build_table(sym)
+            cost = _bits_to_bytes(huffman.encoded_bits(sym, table)) + len(_table_bytes(table, span + 1))
+            if best is None or cost < best[0]:
+                best = (cost, mode, span, sym, table)
+    _, mode, span, sym, table = best
+    return mode, span, sym, table
+
+
+# ----------------------------------------------------------------------------- writing
+@dataclass
+class LayerCode:
+    """What one layer contributes to the file, for writing and for the size report."""
+    name: str
+    shape: list
+    bits: int
+    nnz: int
+    codebook: bytes
+    bias: bytes
+    index_table: bytes
+    position_table: bytes
+    index_stream: bytes
+    position_stream: bytes
+    meta: dict = field(default_factory=dict)
+
+    def sections(self) -> list[bytes]:
+        return [self.codebook, self.bias, self.index_table, self.position_table,
+                self.index_stream, self.position_stream]
+
+
+def encode_layer(name: str, weight_shape, codebook: np.ndarray, index: np.ndarray, mask: np.ndarray,
+                 bias: np.ndarray | None, bits: int, codebook_dtype: str = "f4") -> LayerCode:
+    """Encode one layer: ``index`` (flat, cluster per weight) is read where ``mask`` is true."""
+    mask = np.asarray(mask, bool).reshape(-1)
+    index = np.asarray(index).reshape(-1)
+    k = int(codebook.size)
+    if k > 2 ** bits:
+        raise ValueError(f"{name}: {k} centroids do not fit in {bits} bits")
+    kept = index[mask].astype(np.int64)
+    if kept.size and (kept.min() < 0 or kept.max() >= max(k, 1)):
+        raise ValueError(f"{name}: cluster index out of range")
+    idx_table = huffman.build_table(kept)
+    idx_bits = huffman.encode(kept, idx_table)
+    mode, span, pos_sym, pos_table = _choose_position_coding(mask)
+    pos_bits = huffman.encode(pos_sym, pos_table)
+    cb = np.asarray(codebook, "<f4" if codebook_dtype == "f4" else "<f2")
+    meta = {"name": name, "shape": [int(s) for s in weight_shape], "bits": int(bits), "k": k,
+            "nnz": int(mask.sum()), "density": round(float(mask.mean()), 6) if mask.size else 1.0,
+            "codebook_dtype": codebook_dtype, "bias": 0 if bias is None else int(np.asarray(bias).size),
+            "positions": mode, "span": span, "position_symbols": int(pos_sym.size),
+            "index_bits": len(idx_bits), "position_bits": len(pos_bits)}
+    code = LayerCode(name, meta["shape"], bits, meta["nnz"], cb.tobytes(),
+                     b"" if bias is None else np.asarray(bias, "<f4").tobytes(),
+                     _table_bytes(idx_table, 2 ** bits), _table_bytes(pos_table, span + 1),
+                     idx_bits.tobytes(), pos_bits.tobytes(), meta)
+    meta["sizes"] = [len(s) for s in code.sections()]
+    return code
+
+
+def _default_class_names(names, num_classes):
+    if not names:
+        return None
+    if num_classes == 1000:
+        from torchvision.models import SqueezeNet1_0_Weights
+        if list(names) == list(SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"]):
+            return "imagenet1k"
+    return list(names)
+
+
+def serialize(model_name: str, model_kwargs: dict, num_classes: int, preprocessing: dict,
+              layers: list[LayerCode], raw: dict[str, np.ndarray] | None = None,
+              class_names: list | None = None, extra: dict | None = None) -> bytes:
+    """Assemble a complete file from encoded layers and raw (uncompressed) float tensors."""
+    raw = raw or {}
+    header = {"format": FORMAT_NAME, "version": VERSION, "model": model_name, "model_kwargs": model_kwargs,
+              "num_classes": int(num_classes), "preprocessing": preprocessing,
+              "class_names": _default_class_names(class_names, num_classes),
+              "layers": [l.meta for l in layers],
+              "raw": [{"name": k, "shape": list(v.shape)} for k, v in raw.items()]}
+    if extra:
+        header["extra"] = extra
+    hbytes = json.dumps(header, separators=(",", ":")).encode()
+    body = b"".join(s for l in layers for s in l.sections())
+    body += b"".join(np.asarray(v, "<f4").tobytes() for v in raw.values())
+    data = _PREAMBLE.pack(MAGIC, VERSION, len(hbytes)) + hbytes + body
+    return data + struct.pack("<I", zlib.crc32(data))
+
+
+def compress_model(model: nn.Module, model_name: str, *, model_kwargs: dict | None = None,
+                   preprocessing: dict, class_names: list | None = None, codebook_dtype: str = "f4",
+                   extra: dict | None = None) -> bytes:
+    """Serialize a model whose conv/linear layers carry ``weight_codebook`` / ``weight_index`` /
+    ``weight_mask`` buffers (see ``quantization.share_weights_``)."""
+    layers = []
+    compressed_params = set()
+    for name, m in prunable_layers(model).items():
+        cb = getattr(m, "weight_codebook", None)
+        if cb is None:
+            raise ValueError(f"{name} has no codebook; run share_weights_ first")
+        bits = int(m.weight_bits) if getattr(m, "weight_bits", None) is not None else max(1, math.ceil(math.log2(max(cb.numel(), 2))))
+        bias = m.bias.detach().cpu().numpy() if m.bias is not None else None
+        layers.append(encode_layer(name, m.weight.shape, cb.detach().cpu().numpy(),
+                                   m.weight_index.cpu().numpy(), m.weight_mask.cpu().numpy(), bias, bits,
+                                   codebook_dtype))
+        compressed_params.update({f"{name}.weight", f"{name}.bias"})
+    raw = {k: v.detach().cpu().float().numpy() for k, v in model.named_parameters() if k not in compressed_params}
+    num_classes = getattr(model, "num_classes", None) or list(prunable_layers(model).values())[-1].weight.shape[0]
+    return serialize(model_name, model_kwargs or {}, num_classes, preprocessing, layers, raw, class_names, extra)
+
+
+def save_compressed(path: str | os.PathLike, data: bytes) -> int:
+    """Write a compressed file atomically; returns its size."""
+    from ..utils import atomic_write_bytes
+    atomic_write_bytes(path, data)
+    return len(data)
+
+
+# ----------------------------------------------------------------------------- reading
+def _bad(path, msg: str) -> FormatError:
+    return FormatError(f"{path}: invalid compressed model file: {msg}")
+
+
+def _int(v, lo: int, hi: int, what: str, path) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise _bad(path, f"{what} = {v!r} is outside {lo}..{hi}")
+    return v
+
+
+def parse_header(data: bytes, path="<bytes>") -> tuple[dict, int]:
+    """Validate magic, version, header and checksum; returns (header, body offset)."""
+    if len(data) > MAX_FILE:
+        raise _bad(path, f"{len(data)} bytes is larger than any model this tool writes")
+    if len(data) < _PREAMBLE.size + 4:
+        raise _bad(path, "truncated before the end of the preamble")
+    magic, version, hlen = _PREAMBLE.unpack_from(data)
+    if magic != MAGIC:
+        raise _bad(path, "wrong magic bytes (not a .sqz file)")
+    if version != VERSION:
+        raise _bad(path, f"format version {version}; this tool reads version {VERSION}")
+    if hlen > MAX_HEADER or _PREAMBLE.size + hlen + 4 > len(data):
+        raise _bad(path, f"header length {hlen} is larger than the file allows")
+    (crc,) = struct.unpack_from("<I", data, len(data) - 4)
+    if zlib.crc32(data[:-4]) != crc:
+        raise _bad(path, "checksum mismatch (the file is corrupt or truncated)")
+    try:
+        header = json.loads(data[_PREAMBLE.size:_PREAMBLE.size + hlen].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _bad(path, f"header is not valid JSON ({e})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        raise _bad(path, "header does not describe a squeezenet-compressed model")
+    return header, _PREAMBLE.size + hlen
+
+
+def _expected_shapes(header: dict, path) -> tuple[dict, list]:
+    """Build the declared architecture on the meta device (no memory) and list its shapes."""
+    from ..models import create_model
+    from ..models.registry import UnknownModelError
+    name, kwargs = header.get("model"), header.get("model_kwargs")
+    num_classes = header.get("num_classes")
+    if not isinstance(name, str) or not isinstance(kwargs, dict):
+        raise _bad(path, "header lacks the model name or arguments")
+    _int(num_classes, 1, 1_000_000, "num_classes", path)
+    try:
+        with torch.device("meta"):
+            model = create_model(name, num_classes=num_classes, **kwargs)
+    except UnknownModelError as e:
+        raise _bad(path, str(e)) from None
+    except (TypeError, ValueError) as e:
+        raise _bad(path, f"model {name} cannot be built with {kwargs}: {e}") from None
+    layers = {n: m for n, m in prunable_layers(model).items()}
+    params = {k: tuple(v.shape) for k, v in model.named_parameters()}
+    return {n: (tuple(m.weight.shape), m.bias is not None) for n, m in layers.items()}, params
+
+
+def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """Decode a file into (header, state_dict, shared_state).
+
+    ``shared_state`` maps ``<layer>.weight_codebook`` / ``.weight_index`` / ``.weight_mask`` to
+    tensors, so compression can continue (e.g. centroid fine-tuning) from a decoded file.
+    Every size is checked against the header and the declared architecture before allocating.
+    """
+    header, off = parse_header(data, path)
+    expected, params = _expected_shapes(header, path)
+    layers = header.get("layers")
+    raws = header.get("raw")
+    if not isinstance(layers, list) or not isinstance(raws, list):
+        raise _bad(path, "header lacks its layer list")
+    if [l.get("name") if isinstance(l, dict) else None for l in layers] != list(expected):
+        raise _bad(path, f"layers do not match the architecture of {header['model']}")
+    # Pass 1: validate every declared size and that they add up to the file.
+    total = 0
+    for l in layers:
+        name = l["name"]
+        shape, has_bias = expected[name]
+        if l.get("shape") != list(shape):
+            raise _bad(path, f"{name}: shape {l.get('shape')} does not match the architecture's {list(shape)}")
+        numel = math.prod(shape)
+        if numel > MAX_LAYER_WEIGHTS:
+            raise _bad(path, f"{name}: too many weights")
+        bits = _int(l.get("bits"), 1, 8, f"{name} bits", path)
+        k = _int(l.get("k"), 0, 2 ** bits, f"{name} codebook size", path)
+        nnz = _int(l.get("nnz"), 0, numel, f"{name} kept weights", path)
+        if (k == 0) != (nnz == 0):
+            raise _bad(path, f"{name}: {nnz} kept weights but {k} centroids")
+        if l.get("codebook_dtype") not in ("f4", "f2"):
+            raise _bad(path, f"{name}: unknown codebook type {l.get('codebook_dtype')!r}")
+        _int(l.get("bias"), shape[0] if has_bias else 0, shape[0] if has_bias else 0, f"{name} bias size", path)
+        if l.get("positions") not in ("dense", "kept", "pruned"):
+            raise _bad(path, f"{name}: unknown position coding {l.get('positions')!r}")
+        if l["positions"] == "dense":
+            if nnz != numel:
+                raise _bad(path, f"{name}: dense coding but {nnz} of {numel} weights kept")
+        elif l.get("span") not in SPANS:
+            raise _bad(path, f"{name}: invalid span {l.get('span')!r}")
+        n_pos_sym = _int(l.get("position_symbols"), 0, 2 * numel + 1, f"{name} position symbols", path)
+        idx_bits = _int(l.get("index_bits"), 0, nnz * huffman.MAX_CODE_LENGTH, f"{name} index bits", path)
+        pos_bits = _int(l.get("position_bits"), 0, n_pos_sym * huffman.MAX_CODE_LENGTH, f"{name} position bits", path)
+        sizes = l.get("sizes")
+        cb_width = 4 if l["codebook_dtype"] == "f4" else 2
+        if (not isinstance(sizes, list) or len(sizes) != 6 or sizes[0] != k * cb_width or sizes[1] != 4 * l["bias"]
+                or sizes[4] != _bits_to_bytes(idx_bits) or sizes[5] != _bits_to_bytes(pos_bits)
+                or not all(isinstance(s, int) and 0 <= s <= 4 * (2 ** bits + 260) for s in sizes[2:4])):
+            raise _bad(path, f"{name}: section sizes {sizes} do not match the header")
+        total += sum(sizes)
+    for r in raws:
+        if not isinstance(r, dict) or r.get("name") not in params or tuple(r.get("shape", ())) != params[r["name"]]:
+            raise _bad(path, f"raw tensor {r!r} does not belong to {header['model']}")
+        total += 4 * math.prod(params[r["name"]])
+    if off + total + 4 != len(data):
+        raise _bad(path, f"sections add up to {off + total + 4} bytes but the file has {len(data)}"
+                   + (" (truncated)" if off + total + 4 > len(data) else " (trailing bytes)"))
+    # Pass 2: decode.
+    from bitarray import bitarray
+    state: dict[str, torch.Tensor] = {}
+    shared: dict[str, torch.Tensor] = {}
+    for l in layers:
+        name, shape, numel = l["name"], expected[l["name"]][0], math.prod(expected[l["name"]][0])
+        chunks = []
+        for s in l["sizes"]:
+            chunks.append(data[off:off + s])
+            off += s
+        cb_b, bias_b, it_b, pt_b, is_b, ps_b = chunks
+        codebook = np.frombuffer(cb_b, "<f4" if l["codebook_dtype"] == "f4" else "<f2").astype(np.float32)
+        if not np.isfinite(codebook).all():
+            raise _bad(path, f"{name}: non-finite codebook value")
+        where = f"{path}: {name}"
+        idx_table = _parse_table(it_b, 2 ** l["bits"], where + " index code table")
+        span = l.get("span") or 0
+        pos_table = _parse_table(pt_b, span + 1, where + " position code table") if l["positions"] != "dense" else None
+        try:
+            bits = bitarray(endian="big")
+            bits.frombytes(is_b)
+            idx = huffman.decode(bits[:l["index_bits"]], idx_table, l["nnz"])
+            if l["positions"] == "dense":
+                mask = np.ones(numel, bool)
+            else:
+                pbits = bitarray(endian="big")
+                pbits.frombytes(ps_b)
+                sym = huffman.decode(pbits[:l["position_bits"]], pos_table, l["position_symbols"])
+                pos = positions_from_gaps(sym, span)
+                if pos.size and pos[-1] >= numel:
+                    raise _bad(path, f"{name}: positions run past the layer's {numel} weights")
+                mask = np.zeros(numel, bool)
+                mask[pos] = True
+                if l["positions"] == "pruned":
+                    mask = ~mask
+                if int(mask.sum()) != l["nnz"]:
+                    raise _bad(path, f"{name}: positions give {int(mask.sum())} kept weights, header says {l['nnz']}")
+        except huffman.HuffmanError as e:
+            raise _bad(path, f"{name}: {e}") from None
+        if idx.size and idx.max() >= codebook.size:
+            raise _bad(path, f"{name}: codebook index {int(idx.max())} out of range (codebook has {codebook.size})")
+        weight = np.zeros(numel, np.float32)
+        weight[mask] = codebook[idx] if codebook.size else 0.0
+        index = np.zeros(numel, np.int16)
+        index[mask] = idx
+        state[f"{name}.weight"] = torch.from_numpy(weight.reshape(shape))
+        if l["bias"]:
+            bias = np.frombuffer(bias_b, "<f4").astype(np.float32)
+            if not np.isfinite(bias).all():
+                raise _bad(path, f"{name}: non-finite bias")
+            state[f"{name}.bias"] = torch.from_numpy(bias)
+        shared[f"{name}.weight_codebook"] = torch.from_numpy(codebook.copy())
+        shared[f"{name}.weight_index"] = torch.from_numpy(index.reshape(shape))
+        shared[f"{name}.weight_mask"] = torch.from_numpy(mask.reshape(shape))
+        shared[f"{name}.weight_bits"] = torch.tensor(l["bits"], dtype=torch.int16)
+    for r in raws:
+        n = math.prod(params[r["name"]])
+        state[r["name"]] = torch.from_numpy(np.frombuffer(data, "<f4", n, off).astype(np.float32).reshape(params[r["name"]]))
+        off += 4 * n
+    return header, state, shared
+
+
+def read_compressed(path: str | os.PathLike) -> tuple[dict, dict, dict]:
+    """``decode`` a file from disk, refusing oversized files before reading them."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size > MAX_FILE:
+        raise _bad(path, "file is larger than any model this tool writes")
+    return decode(path.read_bytes(), path)
+
+
+def load_compressed(path: str | os.PathLike):
+    """A ``LoadedWeights`` from a compressed file (used by ``load_weights``)."""
+    from ..preprocessing import Preprocessing
+    from ..weights import LoadedWeights
+    header, state, shared = read_compressed(path)
+    try:
+        prep = Preprocessing.from_dict(header["preprocessing"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise _bad(path, f"bad preprocessing record: {e}") from None
+    names = header.get("class_names")
+    if names == "imagenet1k":
+        from torchvision.models import SqueezeNet1_0_Weights
+        names = list(SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"])
+    elif names is not None and (not isinstance(names, list) or len(names) != header["num_classes"]):
+        raise _bad(path, "class name list does not match the class count")
+    return LoadedWeights(model_name=header["model"], state_dict=state, preprocessing=prep,
+                         num_classes=header["num_classes"], model_kwargs=header["model_kwargs"],
+                         class_names=names, kind="compressed", path=str(path),
+                         extra={"header": header, "shared_state": shared})
+
+
+def size_report(data: bytes, path="<bytes>") -> dict:
+    """Exact byte accounting of a file: per layer and per component, adding up to the file size."""
+    header, off = parse_header(data, path)
+    hlen = off - _PREAMBLE.size
+    components = {"magic_and_version": _PREAMBLE.size - 4, "header": hlen + 4, "codebooks": 0, "biases": 0,
+                  "code_tables": 0, "weight_codes": 0, "position_codes": 0, "raw_tensors": 0, "checksum": 4}
+    rows = []
+    fp32 = 0
+    for l in header["layers"]:
+        cb, bias, it, pt, ic, pc = l["sizes"]
+        numel = math.prod(l["shape"])
+        fp32 += 4 * (numel + l["bias"])
+        components["codebooks"] += cb
+        components["biases"] += bias
+        components["code_tables"] += it + pt
+        components["weight_codes"] += ic
+        components["position_codes"] += pc
+        rows.append({"layer": l["name"], "weights": numel, "kept": l["nnz"], "density": l["nnz"] / numel if numel else 1.0,
+                     "bits": l["bits"], "codebook": cb, "bias": bias, "code_tables": it + pt, "weight_codes": ic,
+                     "position_codes": pc, "positions": l["positions"], "span": l["span"], "bytes": sum(l["sizes"]),
+                     "fp32_bytes": 4 * (numel + l["bias"]),
+                     "index_bits_per_weight": l["index_bits"] / l["nnz"] if l["nnz"] else 0.0,
+                     "position_bits_per_weight": l["position_bits"] / l["nnz"] if l["nnz"] else 0.0})
+    for r in header["raw"]:
+        n = 4 * math.prod(r["shape"])
+        components["raw_tensors"] += n
+        fp32 += n
+    total = sum(components.values())
+    assert total == len(data), (total, len(data))  # parse_header and decode guarantee this layout
+    squeezenet_fp32 = 4 * 1_248_424
+    alexnet_fp32 = 4 * 60_965_224
+    return {"bytes": len(data), "model": header["model"], "num_classes": header["num_classes"],
+            "fp32_bytes": fp32, "ratio_vs_own_fp32": fp32 / len(data),
+            "ratio_vs_squeezenet_fp32": squeezenet_fp32 / len(data), "ratio_vs_alexnet_fp32": alexnet_fp32 / len(data),
+            "kept_weights": sum(l["nnz"] for l in header["layers"]),
+            "components": components, "layers": rows}

@@ -1,0 +1,108 @@
+"""Top-1 / top-5 evaluation and prediction with the preprocessing the weights carry."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..data.imagenet import ImageNetFolder, load_image
+from ..weights import LoadedWeights, load_weights
+
+
+def _progress(total: int, desc: str, enabled: bool | None):
+    from tqdm import tqdm
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, *, progress: bool | None = None,
+             desc: str = "eval") -> dict:
+    """Top-1 and top-5 of ``model`` over ``loader``.
+
+    Returns:
+        ``{"top1", "top5", "images", "seconds", "images_per_s"}`` with accuracies as fractions.
+    """
+    model.eval()
+    correct1 = correct5 = seen = 0
+    start = time.perf_counter()
+    with _progress(len(loader.dataset), desc, progress) as bar:
+        for images, labels in loader:
+            logits = model(images)
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            correct1 += (top[:, 0] == labels).sum().item()
+            correct5 += (top == labels[:, None]).any(dim=1).sum().item()
+            seen += labels.numel()
+            bar.update(labels.numel())
+            bar.set_postfix(top1=f"{correct1 / seen:.3f}", top5=f"{correct5 / seen:.3f}")
+    seconds = time.perf_counter() - start
+    if seen == 0:
+        raise ValueError("no images to evaluate")
+    return {"top1": correct1 / seen, "top5": correct5 / seen, "images": seen, "seconds": seconds,
+            "images_per_s": seen / seconds if seconds > 0 else 0.0}
+
+
+def make_loader(data: str | os.PathLike, weights: LoadedWeights, batch_size: int = 50,
+                workers: int | None = None) -> torch.utils.data.DataLoader:
+    """An ordered loader over an ImageNet validation folder with the weights' preprocessing."""
+    ds = ImageNetFolder(data, weights.preprocessing.transform())
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                       persistent_workers=False)
+
+
+def evaluate_weights(weights: str | os.PathLike | LoadedWeights, data: str | os.PathLike, *,
+                     batch_size: int = 50, workers: int | None = None, progress: bool | None = None) -> dict:
+    """Load weights (any supported file), evaluate on an ImageNet validation folder."""
+    lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
+    loader = make_loader(data, lw, batch_size, workers)
+    if lw.num_classes < len(loader.dataset.wnids):
+        raise ValueError(f"{lw.path}: weights have {lw.num_classes} classes but the mapping file lists "
+                         f"{len(loader.dataset.wnids)}")
+    result = evaluate(lw.build_model(), loader, progress=progress)
+    result.update({"weights": str(lw.path), "weights_kind": lw.kind, "model": lw.model_name,
+                   "preprocessing": lw.preprocessing.to_dict()})
+    return result
+
+
+def class_names_for(weights: LoadedWeights, mapping: str | os.PathLike | None = None) -> list[str]:
+    """Class names: the mapping file if given, else those in the weights, else torchvision's ImageNet list."""
+    if mapping is not None:
+        from ..data.imagenet import read_synset_mapping
+        return read_synset_mapping(mapping)[1]
+    if weights.class_names:
+        return list(weights.class_names)
+    if weights.num_classes == 1000:
+        from torchvision.models import SqueezeNet1_0_Weights
+        return list(SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"])
+    return [str(i) for i in range(weights.num_classes)]
+
+
+@torch.inference_mode()
+def predict(weights: str | os.PathLike | LoadedWeights, images: list, *, top: int = 5,
+            mapping: str | os.PathLike | None = None) -> list[dict]:
+    """Top-``top`` classes with probabilities for each image path."""
+    lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
+    if top < 1:
+        raise ValueError(f"--top must be at least 1, got {top}")
+    names = class_names_for(lw, mapping)
+    model = lw.build_model()
+    transform = lw.preprocessing.transform()
+    results = []
+    for path in images:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such image")
+        x = transform(load_image(path)).unsqueeze(0)
+        probs = torch.softmax(model(x), dim=1)[0]
+        p, idx = probs.topk(min(top, probs.numel()))
+        results.append({"image": str(path), "predictions": [
+            {"class_index": int(i), "class_name": names[int(i)] if int(i) < len(names) else str(int(i)),
+             "probability": float(v)} for v, i in zip(p, idx)]})
+    return results

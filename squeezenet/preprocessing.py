@@ -1,0 +1,80 @@
+"""Preprocessing that travels with the weights, so evaluation never depends on a flag."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images must be prepared for a given set of weights.
+
+    Attributes:
+        channel_order: "RGB" or "BGR" (Caffe models).
+        scale: pixel range maximum (1.0 for torchvision, 255.0 for Caffe).
+        mean: per-channel mean in ``channel_order``, in the same range as ``scale``.
+        std: per-channel divisor, same order.
+        resize: the short side is resized to this many pixels.
+        crop: the centre crop side fed to the network.
+    """
+    channel_order: str = "RGB"
+    scale: float = 1.0
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+    resize: int = 256
+    crop: int = 224
+
+    def __post_init__(self):
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
+            raise ValueError("mean and std need three values, std non-zero")
+        if not (0 < self.crop <= self.resize):
+            raise ValueError(f"need 0 < crop <= resize, got crop {self.crop}, resize {self.resize}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        try:
+            return cls(channel_order=str(d["channel_order"]), scale=float(d["scale"]),
+                       mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
+                       resize=int(d["resize"]), crop=int(d["crop"]))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"bad preprocessing record {d!r}: {e}") from None
+
+    def transform(self):
+        """A callable PIL image -> float tensor [3, crop, crop]."""
+        return _Transform(self)
+
+
+# The published Caffe SqueezeNet: BGR, 0..255 minus the ImageNet mean, 227 crop.
+CAFFE_IMAGENET = Preprocessing("BGR", 255.0, (104.0, 117.0, 123.0), (1.0, 1.0, 1.0), 256, 227)
+# torchvision's ImageNet weights.
+TORCHVISION_IMAGENET = Preprocessing()
+# 32x32 images (CIFAR-10), CIFAR-10 channel statistics.
+CIFAR10 = Preprocessing("RGB", 1.0, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 32, 32)
+
+
+class _Transform:
+    def __init__(self, p: Preprocessing) -> None:
+        self.p = p
+        self.mean = torch.tensor(p.mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(p.std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        import torchvision.transforms.functional as F
+        img = img.convert("RGB")
+        img = F.resize(img, self.p.resize, interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+        img = F.center_crop(img, [self.p.crop, self.p.crop])
+        x = F.pil_to_tensor(img).float()  # 0..255, RGB, CHW
+        if self.p.scale != 255.0:
+            x = x * (self.p.scale / 255.0)
+        if self.p.channel_order == "BGR":
+            x = x.flip(0)
+        return (x - self.mean) / self.std

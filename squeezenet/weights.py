@@ -1,0 +1,141 @@
+"""Load any weights file the tool understands, detected by content, never by extension.
+
+Kinds: the published Deep Compression ``.net`` file, our checkpoints (``torch.save`` zip of
+plain tensors and metadata, read with ``weights_only=True``), bare torchvision state dicts,
+and our compressed format (``squeezenet.compression.format``). Each carries its preprocessing.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .errors import FormatError
+from .preprocessing import CAFFE_IMAGENET, TORCHVISION_IMAGENET, Preprocessing
+
+CHECKPOINT_FORMAT = "squeezenet-checkpoint"
+MAX_CHECKPOINT_BYTES = 2 * 2**30
+
+
+@dataclass
+class LoadedWeights:
+    """Weights with everything needed to rebuild and feed the model."""
+    model_name: str
+    state_dict: dict
+    preprocessing: Preprocessing
+    num_classes: int = 1000
+    model_kwargs: dict = field(default_factory=dict)
+    class_names: list | None = None
+    kind: str = "checkpoint"
+    path: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def build_model(self) -> nn.Module:
+        """The model in eval mode with these weights loaded."""
+        from .models import create_model
+        model = create_model(self.model_name, num_classes=self.num_classes, **self.model_kwargs)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise FormatError(f"{self.path}: weights do not fit {self.model_name}: {first}") from None
+        return model.eval()
+
+
+def save_checkpoint(path: str | os.PathLike, model_name: str, state_dict: dict, *,
+                    preprocessing: Preprocessing, num_classes: int, model_kwargs: dict | None = None,
+                    class_names: list | None = None, **extra) -> None:
+    """Write our checkpoint atomically (temporary file, fsync, rename). Pickle-free to read."""
+    import io
+    from .utils import atomic_write_bytes
+    payload = {"format": CHECKPOINT_FORMAT, "version": 1, "model": model_name,
+               "model_kwargs": dict(model_kwargs or {}), "num_classes": int(num_classes),
+               "preprocessing": preprocessing.to_dict(), "class_names": list(class_names) if class_names else None,
+               "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}
+    payload.update(extra)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _infer_torchvision_arch(sd: dict) -> tuple[str, int] | None:
+    w0 = sd.get("features.0.weight")
+    final = sd.get("classifier.1.weight")
+    if not isinstance(w0, torch.Tensor) or not isinstance(final, torch.Tensor):
+        return None
+    if tuple(w0.shape) == (96, 3, 7, 7):
+        return "squeezenet1_0", int(final.shape[0])
+    if tuple(w0.shape) == (64, 3, 3, 3):
+        return "squeezenet1_1", int(final.shape[0])
+    return None
+
+
+def _load_torch_file(path: Path) -> LoadedWeights:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad zips and refused globals
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise FormatError(f"{path}: cannot read as a checkpoint (only plain tensors and metadata "
+                          f"are accepted, nothing is unpickled): {first}") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{path}: a checkpoint must hold a dict, found {type(obj).__name__}")
+    if obj.get("format") == CHECKPOINT_FORMAT:
+        sd = obj.get("state_dict")
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise FormatError(f"{path}: checkpoint has no valid state_dict")
+        try:
+            prep = Preprocessing.from_dict(obj["preprocessing"])
+            return LoadedWeights(model_name=str(obj["model"]), state_dict=sd, preprocessing=prep,
+                                 num_classes=int(obj["num_classes"]), model_kwargs=dict(obj.get("model_kwargs") or {}),
+                                 class_names=obj.get("class_names"), kind="checkpoint", path=str(path),
+                                 extra={k: v for k, v in obj.items() if k not in ("state_dict",)})
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"{path}: checkpoint metadata is incomplete or invalid: {e}") from None
+    # A bare state dict, e.g. torchvision's published squeezenet weights.
+    sd = obj.get("state_dict", obj) if isinstance(obj.get("state_dict", None), dict) else obj
+    if sd and all(isinstance(v, torch.Tensor) for v in sd.values()):
+        arch = _infer_torchvision_arch(sd)
+        if arch:
+            return LoadedWeights(model_name=arch[0], state_dict=sd, preprocessing=TORCHVISION_IMAGENET,
+                                 num_classes=arch[1], kind="torchvision-state-dict", path=str(path))
+    raise FormatError(f"{path}: a torch file, but neither our checkpoint nor a torchvision SqueezeNet state dict")
+
+
+def load_weights(path: str | os.PathLike) -> LoadedWeights:
+    """Load weights from ``path``, whatever kind of file it is.
+
+    Raises:
+        FileNotFoundError: no such file.
+        FormatError: the content is not a weights file we understand, or is damaged.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; give a weights file")
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise FormatError(f"{path}: {size} bytes is larger than any weights file this tool reads")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    from .compression.format import MAGIC, load_compressed  # noqa: E402
+    if head.startswith(MAGIC):
+        return load_compressed(path)
+    if head.startswith(b"PK\x03\x04") and zipfile.is_zipfile(path):
+        return _load_torch_file(path)
+    from .compression.caffe_net import layers_to_state_dict, parse_caffe_net
+    data = path.read_bytes()
+    try:
+        layers = parse_caffe_net(data, path)
+    except FormatError as e:
+        if len(data) >= 104:
+            raise FormatError(f"{path}: unrecognised weights file (not our compressed format, not a "
+                              f"checkpoint, and as a published .net file: {str(e).split(': ', 2)[-1]})") from None
+        raise FormatError(f"{path}: unrecognised weights file ({size} bytes)") from None
+    num_classes = layers[-1].shape[0]
+    return LoadedWeights(model_name="squeezenet1_0", state_dict=layers_to_state_dict(layers),
+                         preprocessing=CAFFE_IMAGENET, num_classes=num_classes, kind="caffe-net", path=str(path))
