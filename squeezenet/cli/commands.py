@@ -1,8 +1,198 @@
-"""Subcommands beyond list/summary, registered on the main parser."""
+"""Subcommands beyond list/summary: eval, predict, download, compress, decompress, size, reproduce."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from .main import UsageError, _positive_int, _print_json
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add the remaining subcommands to ``sub``."""
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
+def _bits(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bits must be an integer in 1..8, got {text!r}") from None
+    if not 1 <= v <= 8:
+        raise argparse.ArgumentTypeError(f"bits must be in 1..8, got {v}")
+    return v
+
+
+def _existing_path(text: str) -> Path:
+    p = Path(text)
+    if not p.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
+    return p
+
+
+# ---------------------------------------------------------------- eval / predict
+def cmd_eval(args) -> int:
+    from ..evaluation.evaluate import evaluate_weights
+    result = evaluate_weights(args.weights, args.data, batch_size=args.batch_size, workers=args.workers,
+                              engine=args.engine)
+    line = (f"{result['weights']} ({result['weights_kind']}, {result['model']}, engine {result['engine']}): "
+            f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  on {result['images']} images "
+            f"({result['images_per_s']:.1f} images/s)")
+    print(line, file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        _print_json(result)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from ..evaluation.evaluate import predict
+    results = predict(args.weights, args.images, top=args.top, mapping=args.mapping)
+    if args.json:
+        _print_json({"results": results})
+        return 0
+    for r in results:
+        print(r["image"])
+        for p in r["predictions"]:
+            print(f"  {p['probability']:7.2%}  {p['class_name']} ({p['class_index']})")
+    return 0
+
+
+# ---------------------------------------------------------------- download
+def cmd_download(args) -> int:
+    from ..download import download
+    path = download(args.asset, args.to, url=args.url, source=getattr(args, "from"))
+    if args.json:
+        _print_json({"path": str(path), "bytes": path.stat().st_size})
+    else:
+        print(path)
+    return 0
+
+
+# ---------------------------------------------------------------- compression
+def cmd_compress(args) -> int:
+    from ..compression.cli_ops import compress_command
+    report = compress_command(args)
+    if args.json:
+        _print_json(report)
+    return 0
+
+
+def cmd_decompress(args) -> int:
+    from ..weights import load_weights, save_checkpoint
+    lw = load_weights(args.file)
+    if lw.kind != "compressed":
+        raise UsageError(f"{args.file}: not a compressed (.sqz) file (it is a {lw.kind})")
+    save_checkpoint(args.out, lw.model_name, lw.state_dict, preprocessing=lw.preprocessing,
+                    num_classes=lw.num_classes, model_kwargs=lw.model_kwargs, class_names=lw.class_names)
+    print(f"wrote {args.out} ({lw.model_name}, {lw.num_classes} classes)", file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        _print_json({"out": str(args.out), "model": lw.model_name, "bytes": Path(args.out).stat().st_size})
+    return 0
+
+
+def cmd_size(args) -> int:
+    from ..compression.cli_ops import format_size_report, size_of_file
+    report = size_of_file(args.file)
+    text = format_size_report(report)
+    print(text, file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        _print_json(report)
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from ..evaluation.reproduce import reproduce
+    result = reproduce(data=args.data, weights=args.weights, out=args.out, calibration=args.calibration)
+    if args.json:
+        _print_json(result)
+    return 0
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("eval", help="top-1/top-5 of any weights file on an ImageNet validation folder",
+                       description="Evaluate weights (the published .net file, our checkpoints or compressed "
+                                   ".sqz files, detected by content) on DIR/val/<wnid>/*.JPEG or DIR/<wnid>/*.JPEG "
+                                   "with labels from DIR/LOC_synset_mapping.txt. The preprocessing comes from "
+                                   "the weights.")
+    s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
+    s.add_argument("--data", required=True, type=_existing_path, help="ImageNet validation folder with the mapping file")
+    s.add_argument("--batch-size", type=_positive_int, default=50, help="images per batch (default 50)")
+    s.add_argument("--workers", type=_nonneg_int, default=None, help="data loading processes (default: 2)")
+    s.add_argument("--engine", choices=["torch"], default="torch", help="inference engine (default torch)")
+    s.add_argument("--json", action="store_true", help="print one JSON object with top1, top5, images")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("predict", help="top-K classes with probabilities for images",
+                       description="Classify images with any weights file; class names come from --mapping, "
+                                   "the weights, or torchvision's ImageNet list.")
+    s.add_argument("images", nargs="+", type=_existing_path, help="image files")
+    s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
+    s.add_argument("--top", type=_positive_int, default=5, help="classes per image (default 5)")
+    s.add_argument("--mapping", type=_existing_path, default=None, help="LOC_synset_mapping.txt for class names")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("download", help="fetch the published weights (sha256-checked) into the cache",
+                       description="Download the published Deep Compression SqueezeNet into $SQUEEZENET_HOME "
+                                   "(default ~/.cache/squeezenet) or --to DIR, check its pinned sha256 and print "
+                                   "its path. Offline: --from FILE_OR_DIR imports a local copy.")
+    s.add_argument("--to", type=Path, default=None, help="destination folder (default: the cache)")
+    s.add_argument("--from", dest="from", type=_existing_path, default=None, help="import a local file or folder instead")
+    s.add_argument("--url", default=None, help="download from this address instead of the public one (mirrors)")
+    s.add_argument("--asset", default="squeezenet1_0-deep-compression", help="what to fetch (default: the published model)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("compress", help="Deep Compression: prune, share weights, Huffman-code, write a .sqz file",
+                       description="Compress any weights file into our .sqz format. Density and bits take a number "
+                                   "for every layer or a spec 'PATTERN=VALUE,...' over module names (shell globs, "
+                                   "e.g. 'classifier.1=0.2,*.expand3x3=0.33'). Density 'auto' applies the paper's "
+                                   "profile to dense weights and keeps already-pruned ones as they are.")
+    s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
+    s.add_argument("--out", required=True, type=Path, help="output .sqz file")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--bits", type=_bits, default=None, help="bits per weight index for every layer, 1..8 (default 8)")
+    g.add_argument("--bits-per-layer", default=None, help="bits spec, e.g. '6,classifier.1=5'")
+    g.add_argument("--size-budget", type=_positive_int, default=None,
+                   help="largest file in bytes: choose bits per layer by sensitivity (needs --calibration)")
+    s.add_argument("--density", default="auto", help="'auto', 'profile', 'keep', a fraction in (0,1] or a spec")
+    s.add_argument("--calibration", type=_existing_path, default=None,
+                   help="folder of unlabelled images for sensitivity analysis and distillation fine-tuning")
+    s.add_argument("--finetune-steps", type=_nonneg_int, default=0,
+                   help="centroid fine-tuning steps by distillation on --calibration images (default 0)")
+    s.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate (Adam)")
+    s.add_argument("--codebook-dtype", choices=["f4", "f2"], default="f4", help="codebook storage (default f4, exact)")
+    s.add_argument("--json", action="store_true", help="print one JSON object with bytes and per-stage figures")
+    s.set_defaults(func=cmd_compress)
+
+    s = sub.add_parser("decompress", help="decode a .sqz file into a checkpoint",
+                       description="Decode a compressed file into our checkpoint format (loadable with "
+                                   "weights_only=True, usable by eval/predict/export).")
+    s.add_argument("file", type=_existing_path, help="compressed .sqz file")
+    s.add_argument("--out", required=True, type=Path, help="output checkpoint path")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_decompress)
+
+    s = sub.add_parser("size", help="exact byte accounting of a compressed (.sqz) or published (.net) file",
+                       description="Bytes per layer and per component (header, codebooks, biases, code tables, "
+                                   "weight codes, position codes), with ratios against fp32 SqueezeNet and AlexNet.")
+    s.add_argument("file", type=_existing_path, help="compressed .sqz or published .net file")
+    s.add_argument("--json", action="store_true", help="print one JSON object with bytes and components")
+    s.set_defaults(func=cmd_size)
+
+    s = sub.add_parser("reproduce", help="measure the paper's Table 2 (sizes and accuracies)",
+                       description="AlexNet and SqueezeNet fp32 sizes, the published 8-bit file with its accuracy, "
+                                   "and our compressed files with exact bytes and measured top-1/top-5; writes "
+                                   "Markdown, JSON and a size/accuracy plot into --out.")
+    s.add_argument("--data", type=Path, default=None, help="ImageNet validation folder (default ../shared/data/imagenet-samples)")
+    s.add_argument("--weights", type=Path, default=None, help="published .net file (default: shared copy or cache)")
+    s.add_argument("--calibration", type=Path, default=None, help="unlabelled images for fine-tuning (default: CIFAR-10 train if present)")
+    s.add_argument("--out", type=Path, default=Path("reproduce"), help="output folder (default ./reproduce)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_reproduce)

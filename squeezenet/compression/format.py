@@ -4,7 +4,8 @@ Layout (little-endian; full description in ``docs/compressed-format.md``)::
 
     magic   8 bytes  b"SQZDC\\x00\\r\\n"
     version uint16   1
-    hlen    uint32   length of the JSON header
+    flags   uint16   bit 0: the header is zlib-compressed
+    hlen    uint32   length of the (stored) header
     header  hlen bytes of UTF-8 JSON: model, arguments, classes, preprocessing, per-layer
             shape / bits / density / coding choices and the byte size of every section
     body    per layer: codebook, bias, index code table, position code table,
@@ -42,7 +43,9 @@ MAX_HEADER = 1 << 20
 MAX_FILE = 512 << 20
 MAX_LAYER_WEIGHTS = 1 << 28
 SPANS = [2, 4, 8, 16, 32, 64, 128, 256]
-_PREAMBLE = struct.Struct("<8sHI")
+_PREAMBLE = struct.Struct("<8sHHI")
+FLAG_ZLIB_HEADER = 1
+MAX_HEADER_JSON = 4 << 20
 
 
 def _bits_to_bytes(bits: int) -> int:
@@ -196,18 +199,22 @@ def serialize(model_name: str, model_kwargs: dict, num_classes: int, preprocessi
               "raw": [{"name": k, "shape": list(v.shape)} for k, v in raw.items()]}
     if extra:
         header["extra"] = extra
-    hbytes = json.dumps(header, separators=(",", ":")).encode()
+    hjson = json.dumps(header, separators=(",", ":")).encode()
+    hbytes = zlib.compress(hjson, 9)
     body = b"".join(s for l in layers for s in l.sections())
     body += b"".join(np.asarray(v, "<f4").tobytes() for v in raw.values())
-    data = _PREAMBLE.pack(MAGIC, VERSION, len(hbytes)) + hbytes + body
+    data = _PREAMBLE.pack(MAGIC, VERSION, FLAG_ZLIB_HEADER, len(hbytes)) + hbytes + body
     return data + struct.pack("<I", zlib.crc32(data))
 
 
 def compress_model(model: nn.Module, model_name: str, *, model_kwargs: dict | None = None,
-                   preprocessing: dict, class_names: list | None = None, codebook_dtype: str = "f4",
+                   preprocessing: dict, class_names: list | None = None, codebook_dtype: str | dict = "f4",
                    extra: dict | None = None) -> bytes:
     """Serialize a model whose conv/linear layers carry ``weight_codebook`` / ``weight_index`` /
-    ``weight_mask`` buffers (see ``quantization.share_weights_``)."""
+    ``weight_mask`` buffers (see ``quantization.share_weights_``).
+
+    ``codebook_dtype`` is "f4", "f2" or a dict layer -> dtype.
+    """
     layers = []
     compressed_params = set()
     for name, m in prunable_layers(model).items():
@@ -218,7 +225,7 @@ def compress_model(model: nn.Module, model_name: str, *, model_kwargs: dict | No
         bias = m.bias.detach().cpu().numpy() if m.bias is not None else None
         layers.append(encode_layer(name, m.weight.shape, cb.detach().cpu().numpy(),
                                    m.weight_index.cpu().numpy(), m.weight_mask.cpu().numpy(), bias, bits,
-                                   codebook_dtype))
+                                   codebook_dtype.get(name, "f4") if isinstance(codebook_dtype, dict) else codebook_dtype))
         compressed_params.update({f"{name}.weight", f"{name}.bias"})
     raw = {k: v.detach().cpu().float().numpy() for k, v in model.named_parameters() if k not in compressed_params}
     num_classes = getattr(model, "num_classes", None) or list(prunable_layers(model).values())[-1].weight.shape[0]
@@ -249,7 +256,7 @@ def parse_header(data: bytes, path="<bytes>") -> tuple[dict, int]:
         raise _bad(path, f"{len(data)} bytes is larger than any model this tool writes")
     if len(data) < _PREAMBLE.size + 4:
         raise _bad(path, "truncated before the end of the preamble")
-    magic, version, hlen = _PREAMBLE.unpack_from(data)
+    magic, version, flags, hlen = _PREAMBLE.unpack_from(data)
     if magic != MAGIC:
         raise _bad(path, "wrong magic bytes (not a .sqz file)")
     if version != VERSION:
@@ -259,9 +266,20 @@ def parse_header(data: bytes, path="<bytes>") -> tuple[dict, int]:
     (crc,) = struct.unpack_from("<I", data, len(data) - 4)
     if zlib.crc32(data[:-4]) != crc:
         raise _bad(path, "checksum mismatch (the file is corrupt or truncated)")
+    if flags & ~FLAG_ZLIB_HEADER:
+        raise _bad(path, f"unknown flags {flags:#x}")
+    raw_header = data[_PREAMBLE.size:_PREAMBLE.size + hlen]
+    if flags & FLAG_ZLIB_HEADER:
+        try:
+            d = zlib.decompressobj()
+            raw_header = d.decompress(raw_header, MAX_HEADER_JSON)  # bounded: no zip bomb
+            if d.unconsumed_tail or not d.eof:
+                raise _bad(path, "header does not decompress within its size limit")
+        except zlib.error as e:
+            raise _bad(path, f"header does not decompress ({e})") from None
     try:
-        header = json.loads(data[_PREAMBLE.size:_PREAMBLE.size + hlen].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(raw_header.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise _bad(path, f"header is not valid JSON ({e})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise _bad(path, "header does not describe a squeezenet-compressed model")

@@ -9,6 +9,7 @@ import fnmatch
 import time
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn as nn
 
 from .format import compress_model
@@ -60,12 +61,14 @@ class CompressionConfig:
         density: "auto" (the default profile for dense weights, none for already-sparse
             ones), "profile", "keep" (no pruning), a float, or a layer spec / dict.
         bits: bits per layer, an int or a layer spec / dict (1..8).
-        codebook_dtype: "f4" (exact) or "f2" (half the codebook bytes).
+        codebook_dtype: "f4" (exact), "f2" (half the codebook bytes) or "auto": f4 for layers
+            whose weights were already shared (kept exactly), f2 where k-means changed them
+            (its error dwarfs half-precision rounding).
         kmeans_iters: Lloyd iterations.
     """
     density: str | float | dict = "auto"
     bits: int | str | dict = 8
-    codebook_dtype: str = "f4"
+    codebook_dtype: str = "auto"
     kmeans_iters: int = 30
     sensitivity: float | None = None
 
@@ -103,8 +106,25 @@ def prune_and_share_(model: nn.Module, config: CompressionConfig) -> dict:
                 raise ValueError(f"density must be in (0, 1], got {d} for {n}")
         achieved = prune_(model, PruneConfig(density=spec))
     bits = config.layer_bits(names)
+    layers = prunable_layers(model)
+    exact = {n: int(torch.unique(layers[n].weight[layers[n].weight_mask]).numel()) <= 2 ** bits[n] for n in names}
     centroids = share_weights_(model, bits, config.kmeans_iters)
-    return {"density": achieved, "bits": bits, "centroids": centroids}
+    if config.codebook_dtype == "auto":
+        dtypes = {n: "f4" if exact[n] else "f2" for n in names}
+    elif config.codebook_dtype in ("f4", "f2"):
+        dtypes = {n: config.codebook_dtype for n in names}
+    else:
+        raise ValueError(f"codebook dtype must be auto, f4 or f2, got {config.codebook_dtype!r}")
+    with torch.no_grad():
+        for n in names:
+            if dtypes[n] == "f2":
+                # Keep the model identical to what the file will hold.
+                m = layers[n]
+                m.weight_codebook.copy_(m.weight_codebook.half().float())
+                flat = m.weight.view(-1)
+                keep = m.weight_mask.view(-1)
+                flat[keep] = m.weight_codebook[m.weight_index.view(-1)[keep].long()]
+    return {"density": achieved, "bits": bits, "centroids": centroids, "codebook_dtype": dtypes, "lossless": exact}
 
 
 def compress_loaded(weights, config: CompressionConfig | None = None) -> tuple[bytes, nn.Module, dict]:
@@ -115,7 +135,7 @@ def compress_loaded(weights, config: CompressionConfig | None = None) -> tuple[b
     info = prune_and_share_(model, config)
     data = compress_model(model, weights.model_name, model_kwargs=weights.model_kwargs,
                           preprocessing=weights.preprocessing.to_dict(), class_names=weights.class_names,
-                          codebook_dtype=config.codebook_dtype)
+                          codebook_dtype=info["codebook_dtype"])
     info["seconds"] = time.perf_counter() - start
     info["bytes"] = len(data)
     return data, model, info

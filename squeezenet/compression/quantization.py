@@ -53,7 +53,11 @@ def kmeans_1d(values: np.ndarray, k: int, iters: int = 30, init: str = "linear")
         s = np.bincount(labels, weights=sums, minlength=c.size)
         keep = n > 0
         new = s[keep] / n[keep]
-        if new.size == c.size and np.allclose(new, c, rtol=0, atol=1e-12):
+        if new.size < k:
+            # Linear initialisation leaves clusters empty in the sparse tails; rather than lose
+            # them (and bits), re-seed each at the value currently worst represented.
+            new = _reseed(new, uniq, counts, k - new.size)
+        elif np.allclose(new, c, rtol=0, atol=1e-12):
             c = new
             break
         c = new
@@ -63,6 +67,18 @@ def kmeans_1d(values: np.ndarray, k: int, iters: int = 30, init: str = "linear")
     remap = np.full(c.size, -1, np.int64)
     remap[used] = np.arange(used.size)
     return c[used], remap[labels][inverse]
+
+
+def _reseed(c: np.ndarray, uniq: np.ndarray, counts: np.ndarray, missing: int) -> np.ndarray:
+    c = np.sort(c)
+    for _ in range(missing):
+        labels = np.searchsorted((c[1:] + c[:-1]) / 2, uniq)
+        err = counts * (uniq - c[labels]) ** 2
+        worst = int(np.argmax(err))
+        if err[worst] <= 0:
+            break
+        c = np.sort(np.append(c, uniq[worst]))
+    return c
 
 
 @torch.no_grad()

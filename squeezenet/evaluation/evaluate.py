@@ -59,15 +59,18 @@ def make_loader(data: str | os.PathLike, weights: LoadedWeights, batch_size: int
 
 
 def evaluate_weights(weights: str | os.PathLike | LoadedWeights, data: str | os.PathLike, *,
-                     batch_size: int = 50, workers: int | None = None, progress: bool | None = None) -> dict:
+                     batch_size: int = 50, workers: int | None = None, progress: bool | None = None,
+                     engine: str = "torch") -> dict:
     """Load weights (any supported file), evaluate on an ImageNet validation folder."""
+    if engine != "torch":
+        raise ValueError(f"unknown engine {engine!r}; available: torch")
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     loader = make_loader(data, lw, batch_size, workers)
     if lw.num_classes < len(loader.dataset.wnids):
         raise ValueError(f"{lw.path}: weights have {lw.num_classes} classes but the mapping file lists "
                          f"{len(loader.dataset.wnids)}")
     result = evaluate(lw.build_model(), loader, progress=progress)
-    result.update({"weights": str(lw.path), "weights_kind": lw.kind, "model": lw.model_name,
+    result.update({"weights": str(lw.path), "weights_kind": lw.kind, "model": lw.model_name, "engine": engine,
                    "preprocessing": lw.preprocessing.to_dict()})
     return result
 
@@ -106,3 +109,25 @@ def predict(weights: str | os.PathLike | LoadedWeights, images: list, *, top: in
             {"class_index": int(i), "class_name": names[int(i)] if int(i) < len(names) else str(int(i)),
              "probability": float(v)} for v, i in zip(p, idx)]})
     return results
+
+
+def preload(data: str | os.PathLike, preprocessing, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of an ImageNet validation folder as one tensor (to evaluate many models)."""
+    from ..preprocessing import Preprocessing  # noqa: F401  (type of ``preprocessing``)
+    ds = ImageNetFolder(data, preprocessing.transform())
+    loader = torch.utils.data.DataLoader(ds, batch_size=50, num_workers=min(2, os.cpu_count() or 1) if workers is None else workers)
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys)
+
+
+@torch.inference_mode()
+def accuracy_on_tensors(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 50) -> dict:
+    """Top-1/top-5 and the top-1 predictions of ``model`` on preloaded tensors."""
+    model.eval()
+    preds = []
+    for i in range(0, len(images), batch_size):
+        preds.append(model(images[i:i + batch_size]).topk(5, dim=1).indices)
+    top = torch.cat(preds)
+    return {"top1": (top[:, 0] == labels).float().mean().item(),
+            "top5": (top == labels[:, None]).any(1).float().mean().item(),
+            "images": len(labels), "predictions": top[:, 0].tolist()}

@@ -1,0 +1,91 @@
+"""Fine-tuning shared weights after quantization.
+
+With labels, centroid fine-tuning runs through the training loop (``squeezenet.training``).
+Without them, ``distill_shared_`` fine-tunes the centroids and biases so that the compressed
+model reproduces the uncompressed one's outputs on unlabelled images the user gives (for an
+ImageNet model, e.g. CIFAR-10 training images resized), keeping evaluation images unseen.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.imagenet import IMAGE_EXTENSIONS, load_image
+from ..errors import DataError
+from .pruning import apply_masks_
+from .quantization import snap_shared_weights_, sum_cluster_gradients_
+
+
+class UnlabelledImages(torch.utils.data.Dataset):
+    """Every image file under ``root`` (any layout), sorted, optionally a deterministic subset."""
+
+    def __init__(self, root: str | os.PathLike, transform, limit: int | None = None, seed: int = 0) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{root}: calibration folder not found")
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not files:
+            raise DataError(f"{root}: no images found for calibration")
+        if limit is not None and limit < len(files):
+            g = torch.Generator().manual_seed(seed)
+            files = [files[i] for i in sorted(torch.randperm(len(files), generator=g)[:limit].tolist())]
+        self.files = files
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(load_image(self.files[i]))
+
+
+def after_step_(model: nn.Module) -> None:
+    """Keep pruned weights at zero and shared weights on their centroids (the training hook)."""
+    apply_masks_(model)
+    snap_shared_weights_(model)
+
+
+def before_step_(model: nn.Module) -> None:
+    """Turn weight gradients into centroid gradients (sum over each cluster), zero pruned ones."""
+    sum_cluster_gradients_(model)
+
+
+def distill_shared_(student: nn.Module, teacher: nn.Module, loader, steps: int, lr: float = 1e-4,
+                    temperature: float = 1.0, progress: bool | None = None) -> list[float]:
+    """Fine-tune ``student``'s centroids and biases towards ``teacher``'s outputs.
+
+    Returns the loss of each step. The student stays pruned and weight-shared throughout.
+    """
+    from tqdm import tqdm
+    if steps <= 0:
+        return []
+    teacher.eval()
+    # Dropout off: distillation matches deterministic outputs; batch statistics are absent anyway.
+    student.eval()
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    losses = []
+    show = sys.stderr.isatty() if progress is None else progress
+    batches = itertools.cycle(loader) if len(loader) < steps else iter(loader)
+    with tqdm(total=steps, desc="distill", disable=not show) as bar:
+        for _ in range(steps):
+            x = next(batches)
+            with torch.no_grad():
+                target = F.softmax(teacher(x) / temperature, dim=1)
+            out = student(x)
+            loss = F.kl_div(F.log_softmax(out / temperature, dim=1), target, reduction="batchmean") * temperature ** 2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            before_step_(student)
+            opt.step()
+            after_step_(student)
+            losses.append(float(loss))
+            bar.update(1)
+            bar.set_postfix(kl=f"{losses[-1]:.4f}")
+    return losses
