@@ -85,7 +85,7 @@ def distill_shared_(student: nn.Module, teacher: nn.Module, loader, steps: int, 
             before_step_(student)
             opt.step()
             after_step_(student)
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(kl=f"{losses[-1]:.4f}")
     return losses

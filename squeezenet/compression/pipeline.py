@@ -87,44 +87,56 @@ def overall_density(model: nn.Module) -> float:
     return sum(int((m.weight != 0).sum()) for m in layers) / max(total, 1)
 
 
-def prune_and_share_(model: nn.Module, config: CompressionConfig) -> dict:
-    """Prune (per ``config.density``) and share weights in place; returns per-layer figures."""
+def prune_stage_(model: nn.Module, config: CompressionConfig) -> dict[str, float]:
+    """Prune in place per ``config.density`` (or ``config.sensitivity``); returns density per layer."""
     names = list(prunable_layers(model))
     density = config.density
     if density == "auto":
         density = "keep" if overall_density(model) < 0.6 else "profile"
     if config.sensitivity is not None:
-        achieved = prune_(model, PruneConfig(sensitivity=config.sensitivity))
-    elif density == "keep":
-        achieved = prune_(model, PruneConfig(density={n: 1.0 for n in names}))
-    elif density == "profile":
-        achieved = prune_(model, PruneConfig())
-    else:
-        spec = parse_layer_spec(density, names, "density")
-        for n, d in spec.items():
-            if not 0.0 < d <= 1.0:
-                raise ValueError(f"density must be in (0, 1], got {d} for {n}")
-        achieved = prune_(model, PruneConfig(density=spec))
-    bits = config.layer_bits(names)
+        return prune_(model, PruneConfig(sensitivity=config.sensitivity))
+    if density == "keep":
+        return prune_(model, PruneConfig(density={n: 1.0 for n in names}))
+    if density == "profile":
+        return prune_(model, PruneConfig())
+    spec = parse_layer_spec(density, names, "density")
+    for n, d in spec.items():
+        if not 0.0 < d <= 1.0:
+            raise ValueError(f"density must be in (0, 1], got {d} for {n}")
+    return prune_(model, PruneConfig(density=spec))
+
+
+def share_stage_(model: nn.Module, bits: dict[str, int], codebook_dtype: str = "auto", iters: int = 30) -> dict:
+    """Weight sharing in place with the given bits per layer; picks codebook storage per layer
+    and rounds f2 codebooks in the model too, so the model equals what the file will hold."""
     layers = prunable_layers(model)
+    names = list(layers)
     exact = {n: int(torch.unique(layers[n].weight[layers[n].weight_mask]).numel()) <= 2 ** bits[n] for n in names}
-    centroids = share_weights_(model, bits, config.kmeans_iters)
-    if config.codebook_dtype == "auto":
+    centroids = share_weights_(model, bits, iters)
+    if codebook_dtype == "auto":
         dtypes = {n: "f4" if exact[n] else "f2" for n in names}
-    elif config.codebook_dtype in ("f4", "f2"):
-        dtypes = {n: config.codebook_dtype for n in names}
+    elif codebook_dtype in ("f4", "f2"):
+        dtypes = {n: codebook_dtype for n in names}
     else:
-        raise ValueError(f"codebook dtype must be auto, f4 or f2, got {config.codebook_dtype!r}")
+        raise ValueError(f"codebook dtype must be auto, f4 or f2, got {codebook_dtype!r}")
     with torch.no_grad():
         for n in names:
             if dtypes[n] == "f2":
-                # Keep the model identical to what the file will hold.
                 m = layers[n]
                 m.weight_codebook.copy_(m.weight_codebook.half().float())
                 flat = m.weight.view(-1)
                 keep = m.weight_mask.view(-1)
                 flat[keep] = m.weight_codebook[m.weight_index.view(-1)[keep].long()]
-    return {"density": achieved, "bits": bits, "centroids": centroids, "codebook_dtype": dtypes, "lossless": exact}
+    return {"bits": bits, "centroids": centroids, "codebook_dtype": dtypes, "lossless": exact}
+
+
+def prune_and_share_(model: nn.Module, config: CompressionConfig) -> dict:
+    """Prune (per ``config.density``) and share weights (per ``config.bits``) in place."""
+    achieved = prune_stage_(model, config)
+    info = share_stage_(model, config.layer_bits(list(prunable_layers(model))), config.codebook_dtype,
+                        config.kmeans_iters)
+    info["density"] = achieved
+    return info
 
 
 def compress_loaded(weights, config: CompressionConfig | None = None) -> tuple[bytes, nn.Module, dict]:

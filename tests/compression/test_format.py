@@ -1,0 +1,116 @@
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from squeezenet.compression import CompressionConfig, compress_loaded, decode, size_report
+from squeezenet.compression.format import MAGIC, gap_symbols, positions_from_gaps
+from squeezenet.errors import FormatError
+from squeezenet.models import create_model, list_models
+from squeezenet.preprocessing import CIFAR10
+from squeezenet.weights import LoadedWeights, load_weights
+
+
+def loaded(name, **kw):
+    m = create_model(name, num_classes=10, **kw)
+    return LoadedWeights(model_name=name, state_dict=m.state_dict(), preprocessing=CIFAR10, num_classes=10,
+                         model_kwargs=kw, path="test")
+
+
+def test_gap_symbols_with_skip_exact():
+    pos = np.array([0, 3, 20, 21])
+    sym = gap_symbols(pos, 8)  # SKIP = 8 advances 8 positions without an entry
+    assert sym.tolist() == [0, 2, 8, 8, 0, 0]  # gap 16 = two SKIPs, then gap 0
+    assert positions_from_gaps(sym, 8).tolist() == pos.tolist()
+    assert gap_symbols(np.array([], np.int64), 8).size == 0
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n != "alexnet"])
+def test_every_squeezenet_round_trips(name):
+    kw = {"small_input": True}
+    data, model, info = compress_loaded(loaded(name, **kw), CompressionConfig(bits=4, density="profile"))
+    header, state, shared = decode(data)
+    for k, v in model.state_dict().items():
+        if k in state:
+            assert torch.equal(state[k], v), k
+    assert header["model"] == name and header["model_kwargs"] == kw
+    rep = size_report(data)
+    assert rep["bytes"] == len(data) == sum(rep["components"].values())
+
+
+def test_alexnet_round_trips():
+    data, model, _ = compress_loaded(loaded("alexnet"), CompressionConfig(bits=3, density="profile", kmeans_iters=5))
+    _, state, _ = decode(data)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items() if k in state)
+    assert len(data) < 0.08 * 4 * sum(p.numel() for p in model.parameters())
+
+
+def test_load_weights_detects_compressed_and_builds(tmp_path):
+    data, model, _ = compress_loaded(loaded("squeezenet1_1", small_input=True), CompressionConfig(bits=5))
+    path = tmp_path / "model.bin"  # extension is irrelevant: detection is by content
+    path.write_bytes(data)
+    lw = load_weights(path)
+    assert lw.kind == "compressed" and lw.preprocessing == CIFAR10
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    assert torch.equal(lw.build_model()(x), model(x))
+
+
+def _rewrite_header(data: bytes, edit) -> bytes:
+    """Change the JSON header and fix up the checksum: a hostile but well-formed file."""
+    _, version, flags, hlen = struct.unpack_from("<8sHHI", data)
+    header = json.loads(zlib.decompress(data[16:16 + hlen]))
+    edit(header)
+    hb = zlib.compress(json.dumps(header).encode())
+    body = data[16 + hlen:-4]
+    out = struct.pack("<8sHHI", MAGIC, version, flags, len(hb)) + hb + body
+    return out + struct.pack("<I", zlib.crc32(out))
+
+
+@pytest.fixture(scope="module")
+def small_file():
+    data, _, _ = compress_loaded(loaded("squeezenet1_1", small_input=True), CompressionConfig(bits=4))
+    return data
+
+
+def test_corrupt_files_rejected(small_file):
+    data = small_file
+    decode(data)
+    with pytest.raises(FormatError, match="checksum"):
+        decode(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    with pytest.raises(FormatError, match="truncated|checksum"):
+        decode(data[:-10])
+    with pytest.raises(FormatError, match="magic"):
+        decode(b"NOTMAGIC" + data[8:])
+    bad_version = bytearray(data)
+    bad_version[8] = 9
+    with pytest.raises(FormatError, match="version"):
+        decode(bytes(bad_version))
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda h: h["layers"][0].update(nnz=10**12), "kept weights"),
+    (lambda h: h["layers"][0].update(bits=12), "bits"),
+    (lambda h: h["layers"][0].update(index_bits=-5), "index bits"),
+    (lambda h: h["layers"][0].update(shape=[4096, 4096, 3, 3]), "shape"),
+    (lambda h: h.update(model="resnet50"), "unknown model"),
+    (lambda h: h.update(model="squeezenet1_0"), "match"),
+    (lambda h: h.update(num_classes=-1), "num_classes"),
+    (lambda h: h["layers"][1].update(sizes=[1, 2, 3]), "section sizes"),
+    (lambda h: h["layers"].pop(), "match"),
+])
+def test_hostile_headers_rejected(small_file, edit, match):
+    with pytest.raises(FormatError, match=match):
+        decode(_rewrite_header(small_file, edit))
+
+
+def test_codebook_index_out_of_range_rejected(small_file):
+    # Claim a smaller codebook than the indices use; sizes are fixed up so only the range check can catch it.
+    def shrink(h):
+        layer = h["layers"][0]
+        layer["k"] = 1
+    with pytest.raises(FormatError):
+        decode(_rewrite_header(small_file, shrink))

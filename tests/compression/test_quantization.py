@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from squeezenet.compression import kmeans_1d, prune_, share_weights_, snap_shared_weights_, sum_cluster_gradients_
+from squeezenet.compression.pruning import PruneConfig, apply_masks_
+
+
+def test_kmeans_exact_when_few_values():
+    c, labels = kmeans_1d(np.array([1.0, 1.0, 2.0, 5.0]), 4)
+    assert c.tolist() == [1.0, 2.0, 5.0] and labels.tolist() == [0, 0, 1, 2]
+
+
+def test_kmeans_two_clusters_exact():
+    c, labels = kmeans_1d(np.array([0.0, 1, 2, 9, 10, 11]), 2)
+    assert c.tolist() == [1.0, 10.0] and labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_kmeans_linear_init_and_full_codebook():
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(0, 0.01, 5000), [0.5, -0.5]])  # heavy tails leave init bins empty
+    c, labels = kmeans_1d(v, 16)
+    assert c.size == 16  # empty clusters are re-seeded, not lost
+    assert np.all(np.diff(c) > 0)
+    assert np.abs(c[labels] - v).max() < 0.05
+    assert {0.5, -0.5} <= set(np.round(c, 6).tolist())  # extremes kept (linear init, as in the paper)
+
+
+def test_kmeans_edge_cases():
+    c, labels = kmeans_1d(np.array([]), 4)
+    assert c.size == 0 and labels.size == 0
+    c, labels = kmeans_1d(np.array([0.3] * 10), 4)
+    assert c.tolist() == [pytest.approx(0.3)] and set(labels.tolist()) == {0}
+    with pytest.raises(ValueError):
+        kmeans_1d(np.array([1.0]), 0)
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+
+
+def test_share_weights_limits_distinct_values_and_keeps_zeros():
+    m = tiny_model()
+    prune_(m, PruneConfig(density={"0": 0.5, "3": 0.25}))
+    share_weights_(m, {"0": 2, "3": 3})
+    for name, bits in (("0", 2), ("3", 3)):
+        layer = m.get_submodule(name)
+        nz = layer.weight[layer.weight_mask]
+        assert torch.unique(nz).numel() <= 2 ** bits
+        assert (layer.weight[~layer.weight_mask] == 0).all()
+        assert torch.equal(layer.weight[layer.weight_mask], layer.weight_codebook[layer.weight_index[layer.weight_mask].long()])
+
+
+def test_bits_validated():
+    with pytest.raises(ValueError, match="1..8"):
+        share_weights_(tiny_model(), 9)
+
+
+def test_centroid_gradient_is_sum_over_cluster():
+    lin = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 1.0, 3.0, 0.0]]))
+    share_weights_(lin, 8)
+    lin.weight.grad = torch.tensor([[0.1, 0.2, 0.5, 7.0]])
+    sum_cluster_gradients_(lin)
+    # weights 0 and 1 share a centroid: both get 0.1 + 0.2; the pruned weight gets nothing
+    assert torch.allclose(lin.weight.grad, torch.tensor([[0.3, 0.3, 0.5, 0.0]]))
+
+
+def test_masks_and_sharing_survive_optimizer_steps():
+    m = tiny_model()
+    prune_(m, PruneConfig(density={"0": 0.4, "3": 0.3}))
+    share_weights_(m, 3)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    x = torch.randn(8, 2, 6, 6)
+    for _ in range(5):
+        opt.zero_grad()
+        m(x).pow(2).mean().backward()
+        sum_cluster_gradients_(m)
+        opt.step()
+        apply_masks_(m)
+        snap_shared_weights_(m)
+    for name in ("0", "3"):
+        layer = m.get_submodule(name)
+        assert (layer.weight[~layer.weight_mask] == 0).all()
+        assert torch.unique(layer.weight[layer.weight_mask]).numel() <= 8
+        assert torch.equal(layer.weight[layer.weight_mask],
+                           layer.weight_codebook[layer.weight_index[layer.weight_mask].long()])
