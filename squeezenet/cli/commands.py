@@ -106,6 +106,33 @@ def cmd_size(args) -> int:
     return 0
 
 
+def cmd_sensitivity(args) -> int:
+    from ..compression.cli_ops import calibration_batch
+    from ..compression.sensitivity import sensitivity
+    from ..weights import load_weights
+    lw = load_weights(args.weights)
+    images = calibration_batch(args.calibration, lw.preprocessing, args.images)
+    bits = [int(b) for b in args.bits.split(",")]
+    if any(not 1 <= b <= 8 for b in bits):
+        raise UsageError("--bits values must be in 1..8")
+    densities = [float(d) for d in args.densities.split(",")] if args.densities else None
+    if densities and any(not 0 < d <= 1 for d in densities):
+        raise UsageError("--densities values must be in (0, 1]")
+    result = sensitivity(lw.build_model(), images, bits, densities, args.metric)
+    out = sys.stderr if args.json else sys.stdout
+    head = f"{'layer':<26}" + "".join(f"{f'{b} bits':>10}" for b in bits) + "".join(f"{f'd={d}':>10}" for d in densities or [])
+    print(f"sensitivity ({args.metric}: {'relative layer output error' if args.metric == 'layer' else '1 - top-1 agreement'})", file=out)
+    print(head, file=out)
+    for layer, row in result["bits"].items():
+        cells = "".join(f"{row[b]:>10.4f}" for b in bits)
+        cells += "".join(f"{result['density'][layer][d]:>10.4f}" for d in densities or [])
+        print(f"{layer:<26}{cells}", file=out)
+    if args.json:
+        _print_json({k: ({l: {str(b): e for b, e in r.items()} for l, r in v.items()} if isinstance(v, dict) else v)
+                     for k, v in result.items()})
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from ..evaluation.reproduce import reproduce
     result = reproduce(data=args.data, weights=args.weights, out=args.out, calibration=args.calibration)
@@ -185,6 +212,20 @@ def add_commands(sub) -> None:
     s.add_argument("file", type=_existing_path, help="compressed .sqz or published .net file")
     s.add_argument("--json", action="store_true", help="print one JSON object with bytes and components")
     s.set_defaults(func=cmd_size)
+
+    s = sub.add_parser("sensitivity", help="per-layer sensitivity to bits and density",
+                       description="For each layer alone, quantize to each bit width (and prune to each density) "
+                                   "and measure the error on unlabelled calibration images: 'layer' = relative "
+                                   "error of the layer's output (fast), 'network' = 1 - top-1 agreement of the "
+                                   "whole model with the original (slow).")
+    s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
+    s.add_argument("--calibration", required=True, type=_existing_path, help="folder of unlabelled images")
+    s.add_argument("--images", type=_positive_int, default=16, help="calibration images (default 16)")
+    s.add_argument("--bits", default="2,3,4,5,6,7,8", help="bit widths to try (default 2..8)")
+    s.add_argument("--densities", default=None, help="densities to try, e.g. 0.2,0.5")
+    s.add_argument("--metric", choices=["layer", "network"], default="layer", help="error measure (default layer)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_sensitivity)
 
     s = sub.add_parser("reproduce", help="measure the paper's Table 2 (sizes and accuracies)",
                        description="AlexNet and SqueezeNet fp32 sizes, the published 8-bit file with its accuracy, "

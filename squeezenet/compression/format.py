@@ -111,12 +111,15 @@ def positions_from_gaps(symbols: np.ndarray, span: int) -> np.ndarray:
 
 
 def _choose_position_coding(mask: np.ndarray) -> tuple[str, int, np.ndarray, huffman.HuffmanTable]:
-    """Cheapest of: dense (no stream), gaps between kept, gaps between pruned; over spans."""
+    """Cheapest coding of a mask: dense (no stream), else gaps between the kept or the pruned
+    positions (whichever are fewer) over the gap alphabet size that minimises stream + table."""
     n_keep = int(mask.sum())
     if n_keep == mask.size:
         return "dense", 0, np.zeros(0, np.int64), huffman.HuffmanTable([], [])
     best = None
-    for mode, pos in (("kept", np.flatnonzero(mask)), ("pruned", np.flatnonzero(~mask))):
+    # Code the minority: gaps between the rarer kind of position are the cheaper stream.
+    mode, pos = ("kept", np.flatnonzero(mask)) if 2 * n_keep <= mask.size else ("pruned", np.flatnonzero(~mask))
+    for mode, pos in ((mode, pos),):
         for span in SPANS:
             sym = gap_symbols(pos, span)
             table = huffman.build_table(sym)

@@ -38,7 +38,9 @@ DEFAULT_POINTS = [
     ("ours 7-bit", None, 7, 0),
     ("ours <= 440 kB", 440_000, None, 0),
     ("ours <= 400 kB", 400_000, None, 0),
+    ("ours <= 400 kB + distillation", 400_000, None, 60),
     ("ours <= 370 kB", 370_000, None, 0),
+    ("ours <= 340 kB", 340_000, None, 0),
 ]
 
 
@@ -77,14 +79,25 @@ def reproduce(data=None, weights=None, out="reproduce", calibration=None, points
     rows.append({"model": "SqueezeNet v1.0", "method": "published Deep Compression 8-bit (.net)", "bytes": pub_bytes,
                  "top1": ref["top1"], "top5": ref["top5"], "agreement_with_8bit": 1.0, "file": str(weights)})
     log(f"published .net: {pub_bytes:,} bytes, top-1 {ref['top1']:.3f}, top-5 {ref['top5']:.3f}")
+    analysis = None
     for label, budget, bits, steps in points:
         steps = steps if finetune_steps is None else (finetune_steps if budget else 0)
         if (budget or steps) and calibration is None:
             log(f"skipping {label}: needs calibration images (--calibration)")
             continue
-        path = out / (label.replace(" ", "_").replace("<=", "le").replace(",", "") + ".sqz")
-        _, rep = compress_weights(published, out=path, bits=bits or 8, density="keep", size_budget=budget,
-                                  calibration=calibration, finetune_steps=steps, log=lambda *a: None)
+        if budget:
+            if analysis is None:
+                # One sensitivity analysis serves every budget.
+                from ..compression.cli_ops import calibration_batch
+                from ..compression.sensitivity import estimate_overhead, layer_sizes, sensitivity
+                probe = published.build_model()
+                analysis = (sensitivity(probe, calibration_batch(calibration, published.preprocessing))["bits"],
+                            layer_sizes(probe), estimate_overhead(probe))
+            from ..compression.sensitivity import allocate_bits
+            bits = allocate_bits(analysis[0], analysis[1], budget, analysis[2])
+        path = out / (label.replace(" ", "_").replace("<=", "le").replace(",", "").replace("+_", "") + ".sqz")
+        _, rep = compress_weights(published, out=path, bits=bits, density="keep", calibration=calibration,
+                                  finetune_steps=steps, log=lambda *a: None)
         t = time.perf_counter()
         header, state, _ = read_compressed(path)
         decode_s = time.perf_counter() - t

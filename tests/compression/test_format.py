@@ -114,3 +114,17 @@ def test_codebook_index_out_of_range_rejected(small_file):
         layer["k"] = 1
     with pytest.raises(FormatError):
         decode(_rewrite_header(small_file, shrink))
+
+
+def test_empty_layer_and_single_value_layer_round_trip():
+    m = create_model("squeezenet1_1", num_classes=10, small_input=True)
+    with torch.no_grad():
+        m.features[3].squeeze.weight.zero_()          # every weight pruned: an empty layer
+        m.features[3].expand1x1.weight.fill_(0.25)    # one distinct value
+    lw = LoadedWeights("squeezenet1_1", m.state_dict(), CIFAR10, num_classes=10, model_kwargs={"small_input": True})
+    data, model, _ = compress_loaded(lw, CompressionConfig(bits=3, density="keep"))
+    header, state, _ = decode(data)
+    assert (state["features.3.squeeze.weight"] == 0).all()
+    assert (state["features.3.expand1x1.weight"] == 0.25).all()
+    layers = {l["name"]: l for l in header["layers"]}
+    assert layers["features.3.squeeze"]["nnz"] == 0 and layers["features.3.expand1x1"]["positions"] == "dense"
