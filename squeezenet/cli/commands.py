@@ -40,7 +40,8 @@ def _existing_path(text: str) -> Path:
 def cmd_eval(args) -> int:
     from ..evaluation.evaluate import evaluate_weights
     result = evaluate_weights(args.weights, args.data, batch_size=args.batch_size, workers=args.workers,
-                              engine=args.engine)
+                              engine=args.engine, calibration=args.calibration,
+                              log=lambda m: print(m, file=sys.stderr))
     line = (f"{result['weights']} ({result['weights_kind']}, {result['model']}, engine {result['engine']}): "
             f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  on {result['images']} images "
             f"({result['images_per_s']:.1f} images/s)")
@@ -133,6 +134,39 @@ def cmd_sensitivity(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from ..training import load_config, train
+    overrides = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                 "seed": args.seed, "workers": args.workers, "max_steps_per_epoch": args.max_steps,
+                 "limit_train": args.limit_train}
+    if args.small_input:
+        overrides["model_kwargs"] = {"small_input": True}
+    cfg = load_config(args.config, **overrides)
+    if args.small_input and cfg.preprocessing != "cifar10" and args.config is None:
+        cfg.preprocessing = "cifar10"
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    result = train(cfg, args.data, args.out, args.resume, log=log)
+    if args.json and result.get("processes", 1) >= 1:
+        import torch.distributed as dist
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            _print_json(result)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ..export import export_weights
+    report = export_weights(args.weights, args.format, args.out, batch=args.batch, int8=args.int8,
+                            calibration=args.calibration)
+    msg = f"wrote {report['out']} ({report['bytes']:,} bytes); max abs difference to PyTorch {report['max_abs_diff']:.2e}"
+    if args.int8:
+        msg += (f"; int8 max abs difference {report['int8_max_abs_diff']:.3g} on a random input "
+                f"(measure its accuracy with `squeezenet eval --engine`)")
+    print(msg, file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        _print_json(report)
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from ..evaluation.reproduce import reproduce
     result = reproduce(data=args.data, weights=args.weights, out=args.out, calibration=args.calibration)
@@ -151,7 +185,11 @@ def add_commands(sub) -> None:
     s.add_argument("--data", required=True, type=_existing_path, help="ImageNet validation folder with the mapping file")
     s.add_argument("--batch-size", type=_positive_int, default=50, help="images per batch (default 50)")
     s.add_argument("--workers", type=_nonneg_int, default=None, help="data loading processes (default: 2)")
-    s.add_argument("--engine", choices=["torch"], default="torch", help="inference engine (default torch)")
+    s.add_argument("--engine", choices=["auto", "torch", "torch-channels-last", "onnxruntime", "onnxruntime-int8"],
+                   default="torch", help="inference engine (default torch; auto times the fp32 engines here and "
+                                         "keeps the fastest; int8 needs --calibration)")
+    s.add_argument("--calibration", type=_existing_path, default=None,
+                   help="images for int8 calibration (never the evaluation images)")
     s.add_argument("--json", action="store_true", help="print one JSON object with top1, top5, images")
     s.set_defaults(func=cmd_eval)
 
@@ -212,6 +250,40 @@ def add_commands(sub) -> None:
     s.add_argument("file", type=_existing_path, help="compressed .sqz or published .net file")
     s.add_argument("--json", action="store_true", help="print one JSON object with bytes and components")
     s.set_defaults(func=cmd_size)
+
+    s = sub.add_parser("train", help="train a model on image folders (one process or torchrun/DDP)",
+                       description="Train on DIR/train/<class>/... with evaluation on DIR/val or DIR/test. Recipes "
+                                   "in configs/ (paper ImageNet solver, CIFAR-10); flags override the config. "
+                                   "Several processes: torchrun --nproc_per_node=N -m squeezenet train ... "
+                                   "(--batch-size is global). Writes metrics.csv, last.pt and best.pt to --out.")
+    s.add_argument("--model", default=None, help="model name (default: the config's, else squeezenet1_1)")
+    s.add_argument("--data", required=True, type=_existing_path, help="folder with train/ and val/ or test/")
+    s.add_argument("--config", type=_existing_path, default=None, help="YAML recipe (see configs/)")
+    s.add_argument("--epochs", type=_positive_int, default=None, help="epochs (overrides the config)")
+    s.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size")
+    s.add_argument("--lr", type=float, default=None, help="learning rate at the reference batch")
+    s.add_argument("--small-input", action="store_true", help="32x32 stem (CIFAR-10 sized images)")
+    s.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder (default runs/train)")
+    s.add_argument("--resume", type=_existing_path, default=None, help="continue from a last.pt checkpoint")
+    s.add_argument("--seed", type=_nonneg_int, default=None, help="random seed")
+    s.add_argument("--workers", type=_nonneg_int, default=None, help="data loading processes")
+    s.add_argument("--max-steps", type=_nonneg_int, default=None, help="at most this many steps per epoch")
+    s.add_argument("--limit-train", type=_nonneg_int, default=None, help="train on a fixed random subset")
+    s.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("export", help="export any weights to ONNX, TorchScript or a torch.export program",
+                       description="Export weights (any supported file, compressed ones included) and check the "
+                                   "result against PyTorch on the same input. Files carry the model name, "
+                                   "preprocessing and class names as metadata; ONNX files pass onnx.checker.")
+    s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
+    s.add_argument("--format", required=True, choices=["onnx", "torchscript", "exported-program"], help="output format")
+    s.add_argument("--out", required=True, type=Path, help="output file")
+    s.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
+    s.add_argument("--int8", action="store_true", help="static int8 quantization (ONNX; QDQ, per-channel weights)")
+    s.add_argument("--calibration", type=_existing_path, default=None, help="images for int8 calibration")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("sensitivity", help="per-layer sensitivity to bits and density",
                        description="For each layer alone, quantize to each bit width (and prune to each density) "

@@ -21,14 +21,15 @@ def _progress(total: int, desc: str, enabled: bool | None):
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, *, progress: bool | None = None,
+def evaluate(model, loader: torch.utils.data.DataLoader, *, progress: bool | None = None,
              desc: str = "eval") -> dict:
-    """Top-1 and top-5 of ``model`` over ``loader``.
+    """Top-1 and top-5 of ``model`` (a module or an inference engine) over ``loader``.
 
     Returns:
         ``{"top1", "top5", "images", "seconds", "images_per_s"}`` with accuracies as fractions.
     """
-    model.eval()
+    if isinstance(model, nn.Module):
+        model.eval()
     correct1 = correct5 = seen = 0
     start = time.perf_counter()
     with _progress(len(loader.dataset), desc, progress) as bar:
@@ -60,17 +61,18 @@ def make_loader(data: str | os.PathLike, weights: LoadedWeights, batch_size: int
 
 def evaluate_weights(weights: str | os.PathLike | LoadedWeights, data: str | os.PathLike, *,
                      batch_size: int = 50, workers: int | None = None, progress: bool | None = None,
-                     engine: str = "torch") -> dict:
-    """Load weights (any supported file), evaluate on an ImageNet validation folder."""
-    if engine != "torch":
-        raise ValueError(f"unknown engine {engine!r}; available: torch")
+                     engine: str = "torch", calibration=None, log=None) -> dict:
+    """Load weights (any supported file), evaluate on an ImageNet validation folder with the
+    chosen inference engine (see ``squeezenet.export.engine``)."""
+    from ..export.engine import make_engine
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     loader = make_loader(data, lw, batch_size, workers)
     if lw.num_classes < len(loader.dataset.wnids):
         raise ValueError(f"{lw.path}: weights have {lw.num_classes} classes but the mapping file lists "
                          f"{len(loader.dataset.wnids)}")
-    result = evaluate(lw.build_model(), loader, progress=progress)
-    result.update({"weights": str(lw.path), "weights_kind": lw.kind, "model": lw.model_name, "engine": engine,
+    runner = make_engine(lw, engine, calibration, log)
+    result = evaluate(runner, loader, progress=progress)
+    result.update({"weights": str(lw.path), "weights_kind": lw.kind, "model": lw.model_name, "engine": runner.name,
                    "preprocessing": lw.preprocessing.to_dict()})
     return result
 

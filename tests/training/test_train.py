@@ -1,0 +1,113 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from squeezenet.training import TrainingError, load_config, train
+from squeezenet.weights import load_weights
+
+FAST = dict(model="squeezenet1_1", model_kwargs={"small_input": True}, batch_size=8, lr=0.01, epochs=3,
+            schedule="cosine", optimizer="sgd", preprocessing="cifar10", augment="cifar", workers=0)
+
+
+def cfg(**kw):
+    return load_config(None, **{**FAST, **kw})
+
+
+def test_train_writes_checkpoints_and_metrics(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    result = train(cfg(epochs=2), tiny_data, out, progress=False, log=lambda *a: None)
+    assert result["epoch"] == 2 and 0 <= result["top1"] <= 1
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("epoch,")
+    lw = load_weights(out / "last.pt")
+    assert lw.num_classes == 3 and lw.class_names == ["class0", "class1", "class2"]
+    assert (out / "best.pt").is_file()
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_reaches_the_same_weights(tiny_data, tmp_path):
+    full = tmp_path / "full"
+    train(cfg(), tiny_data, full, progress=False, log=lambda *a: None)
+    cut = tmp_path / "cut"
+    steps = {"n": 0}
+
+    def die_in_epoch_3(model):
+        steps["n"] += 1
+        if steps["n"] > 2 * 3 + 1:  # 3 steps per epoch (24 images / 8): die during epoch 3
+            raise Interrupt()
+    with pytest.raises(Interrupt):
+        train(cfg(), tiny_data, cut, after_step=die_in_epoch_3, progress=False, log=lambda *a: None)
+    ck = torch.load(cut / "last.pt", weights_only=True)
+    assert ck["epoch"] == 1  # epochs 1 and 2 finished (0-based index 1)
+    train(cfg(), tiny_data, cut, resume=cut / "last.pt", progress=False, log=lambda *a: None)
+    a = load_weights(full / "last.pt").state_dict
+    b = load_weights(cut / "last.pt").state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_is_a_clear_error(tiny_data):
+    with pytest.raises(TrainingError, match="loss became"):
+        train(cfg(lr=1e12, epochs=1, schedule="constant"), tiny_data, None, progress=False, log=lambda *a: None)
+
+
+def test_bad_config_rejected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: -1\n")
+    with pytest.raises(TrainingError, match="epochs"):
+        load_config(bad)
+    bad.write_text("learning_rate: 0.1\n")
+    with pytest.raises(TrainingError, match="unknown config keys"):
+        load_config(bad)
+
+
+def test_shipped_configs_load():
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for path in root.glob("*.yaml"):
+        load_config(path)
+
+
+DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from squeezenet.training import load_config, train
+from squeezenet.training.train import unwrap
+cfg = load_config(None, model="squeezenet1_1", model_kwargs={"small_input": True}, batch_size=8, lr=0.01,
+                  epochs=2, schedule="cosine", preprocessing="cifar10", workers=0)
+captured = {}
+def keep(model):
+    captured["model"] = model
+train(cfg, sys.argv[1], sys.argv[2], after_step=keep, progress=False)
+state = unwrap(captured["model"]).state_dict()
+torch.save(state, f"{sys.argv[2]}/rank{dist.get_rank()}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_two_cpu_processes_agree(tiny_data, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "ddp"
+    out.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    import socket
+    with socket.socket() as sock:  # a free port on the loopback interface
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                        "--master_addr=127.0.0.1", f"--master_port={port}", str(script), str(tiny_data), str(out)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r0 = torch.load(out / "rank0.pt", weights_only=True)
+    r1 = torch.load(out / "rank1.pt", weights_only=True)
+    saved = load_weights(out / "last.pt").state_dict
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    assert all(torch.equal(r0[k], saved[k]) for k in saved)
+    assert p.stdout.count("epoch 2/2") == 1  # rank 0 logs alone
