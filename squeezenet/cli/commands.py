@@ -167,6 +167,22 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from ..export.bench import format_bench, run_bench
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        raise UsageError(f"--batch must be comma-separated positive integers, got {args.batch!r}") from None
+    if any(b < 1 for b in batches):
+        raise UsageError("--batch sizes must be positive")
+    result = run_bench(args.model, batches, args.seconds, args.threads,
+                       log=lambda m: print(m, file=sys.stderr))
+    print(format_bench(result), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        _print_json(result)
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from ..evaluation.reproduce import reproduce
     result = reproduce(data=args.data, weights=args.weights, out=args.out, calibration=args.calibration)
@@ -185,7 +201,8 @@ def add_commands(sub) -> None:
     s.add_argument("--data", required=True, type=_existing_path, help="ImageNet validation folder with the mapping file")
     s.add_argument("--batch-size", type=_positive_int, default=50, help="images per batch (default 50)")
     s.add_argument("--workers", type=_nonneg_int, default=None, help="data loading processes (default: 2)")
-    s.add_argument("--engine", choices=["auto", "torch", "torch-channels-last", "onnxruntime", "onnxruntime-int8"],
+    s.add_argument("--engine", choices=["auto", "torch", "torch-channels-last", "onnxruntime", "onnxruntime-int8",
+                                        "openvino", "openvino-int8"],
                    default="torch", help="inference engine (default torch; auto times the fp32 engines here and "
                                          "keeps the fastest; int8 needs --calibration)")
     s.add_argument("--calibration", type=_existing_path, default=None,
@@ -284,6 +301,17 @@ def add_commands(sub) -> None:
     s.add_argument("--calibration", type=_existing_path, default=None, help="images for int8 calibration")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("bench", help="inference speed: torchvision, ONNX Runtime, OpenVINO, ours, side by side",
+                       description="Images/s and latency percentiles of each runtime path at each batch size, with "
+                                   "ratios to ONNX Runtime fp32 and to the fastest path. int8 models are calibrated "
+                                   "on random inputs: speed only.")
+    s.add_argument("--model", default="squeezenet1_0", help="model name (default squeezenet1_0)")
+    s.add_argument("--batch", default="1,32", help="batch sizes, comma-separated (default 1,32)")
+    s.add_argument("--seconds", type=float, default=3.0, help="timing per path and batch (default 3 s)")
+    s.add_argument("--threads", type=_positive_int, default=None, help="threads (default: all cores)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("sensitivity", help="per-layer sensitivity to bits and density",
                        description="For each layer alone, quantize to each bit width (and prune to each density) "

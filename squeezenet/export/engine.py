@@ -17,7 +17,7 @@ import torch
 
 from ..weights import LoadedWeights
 
-ENGINES = ("auto", "torch", "torch-channels-last", "onnxruntime", "onnxruntime-int8")
+ENGINES = ("auto", "torch", "torch-channels-last", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
 
 
 class Engine:
@@ -57,6 +57,24 @@ class OnnxRuntimeEngine(Engine):
         return torch.from_numpy(self.session.run(None, {self.input: x.contiguous().numpy()})[0])
 
 
+class OpenVinoEngine(Engine):
+    """OpenVINO on the CPU at its default inference precision (bf16 where the CPU has it, else fp32)."""
+
+    def __init__(self, path: Path, name: str = "openvino", threads: int | None = None, hint: str = "LATENCY") -> None:
+        import openvino as ov
+        core = ov.Core()
+        self.compiled = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": hint,
+                                                             "INFERENCE_NUM_THREADS": threads or (os.cpu_count() or 1)})
+        self.request = self.compiled.create_infer_request()
+        self.name = name
+        hint_type = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = hint_type.get_type_name() if hasattr(hint_type, "get_type_name") else str(hint_type)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.request.infer({0: x.contiguous().numpy()})
+        return torch.from_numpy(np.array(next(iter(out.values()))))
+
+
 def _export_tmp(lw: LoadedWeights, int8: bool, calibration) -> Path:
     from .exporting import export_weights
     folder = Path(tempfile.mkdtemp(prefix="squeezenet-engine-"))
@@ -75,13 +93,21 @@ def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=N
         return TorchEngine(lw, channels_last=True)
     if engine == "onnxruntime":
         return OnnxRuntimeEngine(_export_tmp(lw, False, None))
+    if engine == "openvino":
+        return OpenVinoEngine(_export_tmp(lw, False, None))
+    if engine == "openvino-int8":
+        if calibration is None:
+            raise ValueError("engine openvino-int8 needs --calibration DIR (images not used for evaluation)")
+        return OpenVinoEngine(_export_tmp(lw, True, calibration), "openvino-int8")
     if engine == "onnxruntime-int8":
         if calibration is None:
             raise ValueError("engine onnxruntime-int8 needs --calibration DIR (images not used for evaluation)")
         return OnnxRuntimeEngine(_export_tmp(lw, True, calibration), "onnxruntime-int8")
     candidates = [TorchEngine(lw), TorchEngine(lw, channels_last=True)]
     try:
-        candidates.append(OnnxRuntimeEngine(_export_tmp(lw, False, None)))
+        onnx_path = _export_tmp(lw, False, None)
+        candidates.append(OnnxRuntimeEngine(onnx_path))
+        candidates.append(OpenVinoEngine(onnx_path))
     except ImportError:
         pass
     x = torch.randn(8, 3, lw.preprocessing.crop, lw.preprocessing.crop)

@@ -1,0 +1,110 @@
+"""``squeezenet bench``: inference speed of the runtimes a user would pick, side by side.
+
+Paths: torchvision eager fp32 (the baseline users start from), our PyTorch path
+(channels_last), ONNX Runtime fp32 and int8 (static QDQ, per-channel), OpenVINO at its default
+precision and running the int8 model, and our ``auto`` engine. The int8 models here are
+calibrated on random inputs: their *speed* is representative, their accuracy is not (measure it
+with ``squeezenet eval --engine ... --calibration DIR``).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _time_path(fn, x, seconds: float, min_iters: int = 5) -> dict:
+    fn(x)
+    fn(x)
+    lat = []
+    start = time.perf_counter()
+    while len(lat) < min_iters or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        fn(x)
+        lat.append(time.perf_counter() - t)
+    n = x.shape[0]
+    q = np.percentile(lat, [50, 90, 99]) * 1e3
+    return {"images_per_s": n * len(lat) / sum(lat), "p50_ms": float(q[0]), "p90_ms": float(q[1]),
+            "p99_ms": float(q[2]), "iterations": len(lat)}
+
+
+def run_bench(model: str = "squeezenet1_0", batches=(1, 32), seconds: float = 3.0, threads: int | None = None,
+              log=print) -> dict:
+    """Time every available path at each batch size; ratios against ONNX Runtime fp32 and the fastest."""
+    import torchvision
+    from ..export.engine import OnnxRuntimeEngine, OpenVinoEngine, TorchEngine, make_engine
+    from ..export.exporting import export_weights
+    from ..models import create_model
+    from ..preprocessing import CAFFE_IMAGENET
+    from ..weights import LoadedWeights
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    net = create_model(model)
+    lw = LoadedWeights(model, net.state_dict(), CAFFE_IMAGENET if model == "squeezenet1_0" else CAFFE_IMAGENET)
+    size = lw.preprocessing.crop
+    folder = Path(tempfile.mkdtemp(prefix="squeezenet-bench-"))
+    fp32 = folder / "m.onnx"
+    export_weights(lw, "onnx", fp32)
+    # int8 speed model: calibrated on random images written to a temporary folder
+    calib = folder / "calib"
+    calib.mkdir()
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(calib / f"{i}.png")
+    int8 = folder / "m.int8.onnx"
+    export_weights(lw, "onnx", int8, int8=True, calibration=calib, calibration_images=8)
+    paths = {}
+    if model in ("squeezenet1_0", "squeezenet1_1"):
+        tv = getattr(torchvision.models, model)(weights=None).eval()
+        tv.load_state_dict(net.state_dict())
+        paths["torchvision eager fp32"] = lambda x, m=tv: m(x)
+    ours = TorchEngine(lw, channels_last=True)
+    paths["ours: torch channels_last fp32"] = ours
+    paths["onnxruntime fp32"] = OnnxRuntimeEngine(fp32, threads=threads)
+    paths["onnxruntime int8"] = OnnxRuntimeEngine(int8, threads=threads)
+    ovd = OpenVinoEngine(fp32, threads=threads)
+    paths[f"openvino default ({ovd.precision})"] = ovd
+    paths["openvino int8"] = OpenVinoEngine(int8, threads=threads)
+    auto = make_engine(lw, "auto")
+    paths[f"ours: auto engine (-> {auto.name})"] = auto
+    rows = []
+    for b in batches:
+        x = torch.randn(b, 3, size, size)
+        results = {}
+        for name, fn in paths.items():
+            with torch.inference_mode():
+                results[name] = _time_path(fn, x, seconds)
+            log(f"batch {b:>3} {name:<44} {results[name]['images_per_s']:8.1f} images/s")
+        ort = results["onnxruntime fp32"]["images_per_s"]
+        fastest = max(r["images_per_s"] for r in results.values())
+        for name, r in results.items():
+            rows.append({"path": name, "batch": b, **r, "vs_onnxruntime_fp32": r["images_per_s"] / ort,
+                         "vs_fastest": r["images_per_s"] / fastest})
+    return {"model": model, "input_size": size, "threads": threads, "cpu": _cpu_name(), "rows": rows,
+            "images_per_s": max(r["images_per_s"] for r in rows if r["path"].startswith("ours: auto"))}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown"
+
+
+def format_bench(result: dict) -> str:
+    lines = [f"{result['model']} at {result['input_size']}x{result['input_size']}, {result['threads']} threads, {result['cpu']}",
+             f"{'path':<46} {'batch':>5} {'images/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'vs ORT fp32':>11} {'vs fastest':>10}"]
+    for r in result["rows"]:
+        lines.append(f"{r['path']:<46} {r['batch']:>5} {r['images_per_s']:>9.1f} {r['p50_ms']:>8.1f} {r['p90_ms']:>8.1f} "
+                     f"{r['p99_ms']:>8.1f} {r['vs_onnxruntime_fp32']:>10.2f}x {r['vs_fastest']:>9.2f}x")
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from squeezenet.export import export_weights
+from squeezenet.export.engine import make_engine
+from squeezenet.models import create_model
+from squeezenet.preprocessing import CIFAR10
+from squeezenet.weights import LoadedWeights
+
+
+def small(name="squeezenet1_1"):
+    m = create_model(name, num_classes=10, small_input=True)
+    return LoadedWeights(name, m.state_dict(), CIFAR10, num_classes=10, model_kwargs={"small_input": True},
+                         class_names=[f"c{i}" for i in range(10)])
+
+
+@pytest.mark.parametrize("fmt,suffix", [("onnx", "onnx"), ("torchscript", "pt"), ("exported-program", "pt2")])
+def test_export_round_trip_matches_pytorch(tmp_path, fmt, suffix):
+    report = export_weights(small(), fmt, tmp_path / f"m.{suffix}")
+    assert report["max_abs_diff"] < 1e-4 and report["bytes"] > 0
+
+
+def test_onnx_carries_metadata_and_dynamic_batch(tmp_path):
+    out = tmp_path / "m.onnx"
+    export_weights(small("squeezenet1_0_complex_bypass"), "onnx", out)
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["squeezenet.preprocessing"])["crop"] == 32
+    assert json.loads(meta["squeezenet.class_names"])[3] == "c3"
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"input": np.zeros((5, 3, 32, 32), np.float32)})[0].shape == (5, 10)
+
+
+def test_fixed_batch_and_bad_batch(tmp_path):
+    assert export_weights(small(), "onnx", tmp_path / "b4.onnx", batch=4)["batch"] == 4
+    with pytest.raises(ValueError, match="batch"):
+        export_weights(small(), "onnx", tmp_path / "x.onnx", batch="zero")
+
+
+def test_int8_export_loads_and_predicts_sanely(tmp_path):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(calib / f"{i}.png")
+    lw = small()
+    report = export_weights(lw, "onnx", tmp_path / "q.onnx", int8=True, calibration=calib)
+    assert report["calibration_images"] == 8
+    eng = make_engine(lw, "onnxruntime-int8", calibration=calib)
+    x = torch.randn(4, 3, 32, 32)
+    out = eng(x)
+    ref = lw.build_model()(x)
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+    assert (out - ref).abs().max() < 0.5 * ref.abs().max() + 0.1  # int8 stays near fp32
+    with pytest.raises(ValueError, match="calibration"):
+        export_weights(lw, "onnx", tmp_path / "q2.onnx", int8=True)
+
+
+@pytest.mark.parametrize("engine", ["torch", "torch-channels-last", "onnxruntime", "openvino"])
+def test_engine_choice_is_honoured(engine):
+    lw = small()
+    eng = make_engine(lw, engine)
+    assert eng.name == engine
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(eng(x), lw.build_model()(x), atol=1e-4, rtol=1e-4)
+
+
+def test_auto_engine_reports_its_choice():
+    msgs = []
+    eng = make_engine(small(), "auto", log=msgs.append)
+    assert eng.name in ("torch", "torch-channels-last", "onnxruntime", "openvino")
+    assert "->" in msgs[0] and eng.name in msgs[0]
+    with pytest.raises(ValueError, match="unknown engine"):
+        make_engine(small(), "tensorrt")
