@@ -2,11 +2,14 @@
 
     python bench/bench_inference.py [--batch 1,32] [--seconds 3]
 """
-import sys
+import argparse
 
 from squeezenet.cli.main import main
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--shared")]
-    args = [a for i, a in enumerate(args) if i == 0 or not sys.argv[1:][i - 1].startswith("--shared")]
-    raise SystemExit(main(["bench", *args]))
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--shared", help="unused (accepted for bench/run_all.py)")
+    p.add_argument("--batch", default="1,32")
+    p.add_argument("--seconds", default="3")
+    a = p.parse_args()
+    raise SystemExit(main(["bench", "--batch", a.batch, "--seconds", a.seconds]))

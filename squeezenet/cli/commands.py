@@ -249,7 +249,14 @@ def add_commands(sub) -> None:
     s.add_argument("--finetune-steps", type=_nonneg_int, default=0,
                    help="centroid fine-tuning steps by distillation on --calibration images (default 0)")
     s.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate (Adam)")
-    s.add_argument("--codebook-dtype", choices=["f4", "f2"], default="f4", help="codebook storage (default f4, exact)")
+    s.add_argument("--codebook-dtype", choices=["auto", "f4", "f2"], default="auto",
+                   help="codebook storage: f4 exact, f2 half size, auto = f4 where sharing was lossless (default)")
+    s.add_argument("--data", type=_existing_path, default=None,
+                   help="labelled folders (train/ and val|test/): prune, retrain with masks, share, fine-tune "
+                        "centroids with labels, reporting accuracy after each stage")
+    s.add_argument("--retrain-epochs", type=_nonneg_int, default=1, help="epochs of retraining per stage (with --data)")
+    s.add_argument("--config", type=_existing_path, default=None, help="training recipe for retraining (with --data)")
+    s.add_argument("--max-steps", type=_nonneg_int, default=None, help="at most this many steps per retraining epoch")
     s.add_argument("--json", action="store_true", help="print one JSON object with bytes and per-stage figures")
     s.set_defaults(func=cmd_compress)
 

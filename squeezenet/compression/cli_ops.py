@@ -82,6 +82,17 @@ def compress_weights(weights, *, out=None, bits=8, density="auto", size_budget: 
 def compress_command(args) -> dict:
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     bits = args.bits if args.bits is not None else (args.bits_per_layer or 8)
+    if args.data is not None:
+        from .retrain import compress_with_retraining
+        if args.size_budget:
+            raise ValueError("--size-budget is not combined with --data retraining; give --bits")
+        report = compress_with_retraining(args.weights, args.data, args.out, bits=bits,
+                                          density="profile" if args.density == "auto" else args.density,
+                                          retrain_epochs=args.retrain_epochs, config=args.config,
+                                          max_steps=args.max_steps or 0, log=log)
+        log(f"wrote {args.out}: {report['bytes']:,} bytes, {report['ratio_vs_fp32']:.1f}x smaller than fp32; "
+            f"top-1 {report['top1']:.4f} ({report['top1_lost'] * 100:+.2f} points lost)")
+        return report
     _, report = compress_weights(args.weights, out=args.out, bits=bits, density=args.density,
                                  size_budget=args.size_budget, calibration=args.calibration,
                                  finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,

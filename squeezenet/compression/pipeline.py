@@ -124,9 +124,10 @@ def share_stage_(model: nn.Module, bits: dict[str, int], codebook_dtype: str = "
             if dtypes[n] == "f2":
                 m = layers[n]
                 m.weight_codebook.copy_(m.weight_codebook.half().float())
-                flat = m.weight.view(-1)
-                keep = m.weight_mask.view(-1)
-                flat[keep] = m.weight_codebook[m.weight_index.view(-1)[keep].long()]
+                flat = m.weight.detach().reshape(-1).clone()
+                keep = m.weight_mask.reshape(-1)
+                flat[keep] = m.weight_codebook[m.weight_index.reshape(-1)[keep].long()]
+                m.weight.copy_(flat.reshape(m.weight.shape))  # copy_, not a view: channels_last safe
     return {"bits": bits, "centroids": centroids, "codebook_dtype": dtypes, "lossless": exact}
 
 

@@ -161,7 +161,9 @@ def snap_shared_weights_(model: nn.Module) -> None:
             0, idx[keep], torch.ones_like(flat[keep], dtype=torch.float64))
         cb = torch.where(n > 0, s / n.clamp_min(1), m.weight_codebook.double()).float()
         m.weight_codebook.copy_(cb)
-        flat.copy_(torch.where(keep, cb[idx].to(flat.dtype), torch.zeros_like(flat)))
+        # reshape() may copy (channels_last weights), so write back through copy_ on the weight
+        new = torch.where(keep, cb[idx].to(flat.dtype), torch.zeros_like(flat))
+        m.weight.copy_(new.reshape(m.weight.shape))
 
 
 def attach_shared_state_(model: nn.Module, state_dict: dict) -> None:

@@ -88,3 +88,13 @@ def test_masks_and_sharing_survive_optimizer_steps():
         assert torch.unique(layer.weight[layer.weight_mask]).numel() <= 8
         assert torch.equal(layer.weight[layer.weight_mask],
                            layer.weight_codebook[layer.weight_index[layer.weight_mask].long()])
+
+
+def test_snap_writes_back_for_channels_last_weights():
+    m = tiny_model().to(memory_format=torch.channels_last)
+    share_weights_(m, 2)
+    conv = m.get_submodule("0")
+    with torch.no_grad():
+        conv.weight.add_(0.01 * torch.randn_like(conv.weight))  # drift off the centroids
+    snap_shared_weights_(m)
+    assert torch.unique(conv.weight[conv.weight_mask]).numel() <= 4

@@ -111,3 +111,17 @@ def test_ddp_two_cpu_processes_agree(tiny_data, tmp_path):
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     assert all(torch.equal(r0[k], saved[k]) for k in saved)
     assert p.stdout.count("epoch 2/2") == 1  # rank 0 logs alone
+
+
+def test_compress_with_retraining_reports_every_stage(tiny_data, tmp_path):
+    from squeezenet.compression.retrain import compress_with_retraining
+    run = tmp_path / "run"
+    train(cfg(epochs=1), tiny_data, run, progress=False, log=lambda *a: None)
+    out = tmp_path / "m.sqz"
+    rep = compress_with_retraining(run / "last.pt", tiny_data, out, bits=4, retrain_epochs=1, log=lambda *a: None)
+    stages = [s["stage"] for s in rep["stages"]]
+    assert stages[0] == "original" and stages[-1] == "file (decoded from disk)"
+    assert "pruned + retrained" in stages and "centroids fine-tuned" in stages
+    assert rep["bytes"] == out.stat().st_size and rep["ratio_vs_fp32"] > 5
+    lw = load_weights(out)
+    assert lw.kind == "compressed" and lw.class_names == ["class0", "class1", "class2"]

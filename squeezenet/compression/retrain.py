@@ -1,0 +1,72 @@
+"""Deep Compression with retraining on labelled image folders, through the training loop.
+
+Stages (accuracy measured after each): original -> pruned -> pruned and retrained with masks
+-> weight-shared -> centroids fine-tuned with labels -> written, decoded from disk.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..training.train import Dist, TrainingError, build_data, evaluate, load_config, train
+from .format import compress_model, read_compressed, save_compressed
+from .finetune import after_step_, before_step_
+from .pipeline import CompressionConfig, prune_stage_, share_stage_
+from .pruning import apply_masks_, mask_gradients_, prunable_layers
+
+
+def compress_with_retraining(weights, data, out, *, bits=8, density="profile", retrain_epochs: int = 1,
+                             finetune_epochs: int | None = None, config=None, lr: float | None = None,
+                             max_steps: int = 0, log=print) -> dict:
+    """Prune, retrain, share, fine-tune centroids with labels, Huffman-code and write ``out``."""
+    from ..weights import LoadedWeights, load_weights
+    lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
+    saved_cfg = (lw.extra or {}).get("config") or {}
+    overrides = {"model": lw.model_name, "model_kwargs": lw.model_kwargs, "epochs": retrain_epochs,
+                 "schedule": "cosine", "max_steps_per_epoch": max_steps}
+    if config is None and saved_cfg:
+        keep = {k: v for k, v in saved_cfg.items() if k not in overrides}
+        cfg = load_config(None, **keep, **overrides)
+    else:
+        cfg = load_config(config, **overrides)
+    cfg.lr = lr if lr is not None else cfg.lr * 0.1  # retraining starts from a trained model: a tenth of the lr
+    train_b, eval_b, classes = build_data(data, cfg, Dist(), cfg.batch_size, log)
+    if lw.class_names and list(lw.class_names) != classes:
+        raise TrainingError(f"{data}: classes {classes} differ from the checkpoint's {lw.class_names}")
+    model = lw.build_model()
+    stages = []
+
+    def measure(stage: str) -> None:
+        r = evaluate(model, eval_b, Dist())
+        stages.append({"stage": stage, "top1": r["top1"], "top5": r["top5"]})
+        log(f"{stage:<34} top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}")
+
+    start = time.perf_counter()
+    measure("original")
+    config_c = CompressionConfig(density=density, bits=bits)
+    prune_stage_(model, config_c)
+    measure("pruned")
+    if retrain_epochs:
+        train(cfg, data, None, model=model, before_step=mask_gradients_, after_step=apply_masks_, progress=None,
+              log=log)
+        measure("pruned + retrained")
+    names = list(prunable_layers(model))
+    share_stage_(model, config_c.layer_bits(names))
+    measure(f"weight-shared ({bits} bits)")
+    ft = retrain_epochs if finetune_epochs is None else finetune_epochs
+    if ft:
+        cfg.epochs = ft
+        train(cfg, data, None, model=model, before_step=before_step_, after_step=after_step_, progress=None, log=log)
+        measure("centroids fine-tuned")
+    blob = compress_model(model, lw.model_name, model_kwargs=lw.model_kwargs, preprocessing=lw.preprocessing.to_dict(),
+                          class_names=classes)
+    save_compressed(out, blob)
+    _, state, _ = read_compressed(out)
+    model = lw.build_model()
+    model.load_state_dict(state)
+    measure("file (decoded from disk)")
+    fp32 = 4 * sum(p.numel() for p in model.parameters())
+    return {"out": str(out), "bytes": len(blob), "fp32_bytes": fp32, "ratio_vs_fp32": fp32 / len(blob),
+            "stages": stages, "top1": stages[-1]["top1"], "top5": stages[-1]["top5"],
+            "top1_lost": stages[0]["top1"] - stages[-1]["top1"], "seconds": time.perf_counter() - start}
