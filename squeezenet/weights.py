@@ -105,6 +105,13 @@ def _load_torch_file(path: Path) -> LoadedWeights:
     raise FormatError(f"{path}: a torch file, but neither our checkpoint nor a torchvision SqueezeNet state dict")
 
 
+def _is_zip(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except Exception:  # is_zipfile itself raises BadZipFile on some damaged archives
+        return False
+
+
 def load_weights(path: str | os.PathLike) -> LoadedWeights:
     """Load weights from ``path``, whatever kind of file it is.
 
@@ -125,7 +132,9 @@ def load_weights(path: str | os.PathLike) -> LoadedWeights:
     from .compression.format import MAGIC, load_compressed  # noqa: E402
     if head.startswith(MAGIC):
         return load_compressed(path)
-    if head.startswith(b"PK\x03\x04") and zipfile.is_zipfile(path):
+    if head.startswith(b"PK\x03\x04"):
+        if not _is_zip(path):
+            raise FormatError(f"{path}: a damaged zip archive, not a readable checkpoint")
         return _load_torch_file(path)
     from .compression.caffe_net import layers_to_state_dict, parse_caffe_net
     data = path.read_bytes()

@@ -9,6 +9,7 @@ flattened in (out, in, kh, kw) order, as in Caffe and PyTorch.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,10 +55,12 @@ class NetLayer:
         return self.codebook[self.indices].reshape(self.shape)
 
 
+@functools.lru_cache(maxsize=8)
 def squeezenet1_0_shapes(num_classes: int = 1000) -> list[tuple[int, ...]]:
-    """Weight shapes of the 26 convolutions in prototxt order."""
+    """Weight shapes of the 26 convolutions in prototxt order (built on the meta device)."""
     from ..models import create_model
-    sd = create_model("squeezenet1_0", num_classes=num_classes).state_dict()
+    with torch.device("meta"):
+        sd = create_model("squeezenet1_0", num_classes=num_classes).state_dict()
     return [tuple(sd[f"{module}.weight"].shape) for _, module in LAYER_NAMES]
 
 
@@ -127,6 +130,8 @@ def parse_caffe_net(data: bytes, path: str | os.PathLike = "<bytes>", num_classe
         if rest <= 0 or rest % 4:
             raise _fail(path, f"file size {len(data)} does not match the entry counts in its header")
         num_classes = rest // 4
+        if num_classes > 100_000:
+            raise _fail(path, f"file size implies {num_classes} classes")
         shapes = squeezenet1_0_shapes(num_classes)
     elif num_classes != 1000:
         shapes = squeezenet1_0_shapes(num_classes)

@@ -20,6 +20,7 @@ and index streams are canonical-Huffman coded (``huffman.py``).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -291,21 +292,36 @@ def parse_header(data: bytes, path="<bytes>") -> tuple[dict, int]:
 
 def _expected_shapes(header: dict, path) -> tuple[dict, list]:
     """Build the declared architecture on the meta device (no memory) and list its shapes."""
-    from ..models import create_model
-    from ..models.registry import UnknownModelError
     name, kwargs = header.get("model"), header.get("model_kwargs")
     num_classes = header.get("num_classes")
     if not isinstance(name, str) or not isinstance(kwargs, dict):
         raise _bad(path, "header lacks the model name or arguments")
     _int(num_classes, 1, 1_000_000, "num_classes", path)
     try:
+        key = json.dumps([name, kwargs, num_classes], sort_keys=True)
+    except (TypeError, ValueError):
+        raise _bad(path, "model arguments are not plain JSON values") from None
+    try:
+        return _shapes_for(key)
+    except ValueError as e:
+        raise _bad(path, str(e)) from None
+
+
+@functools.lru_cache(maxsize=32)
+def _shapes_for(key: str) -> tuple[dict, dict]:
+    from ..models import create_model
+    from ..models.registry import UnknownModelError
+    name, kwargs, num_classes = json.loads(key)
+    try:
         with torch.device("meta"):
             model = create_model(name, num_classes=num_classes, **kwargs)
     except UnknownModelError as e:
-        raise _bad(path, str(e)) from None
-    except (TypeError, ValueError) as e:
-        raise _bad(path, f"model {name} cannot be built with {kwargs}: {e}") from None
+        raise ValueError(str(e)) from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise ValueError(f"model {name} cannot be built with {kwargs}: {e}") from None
     layers = {n: m for n, m in prunable_layers(model).items()}
+    if sum(p.numel() for p in model.parameters()) > 256_000_000:
+        raise ValueError(f"model {name} with {kwargs} is larger than any model this tool writes")
     params = {k: tuple(v.shape) for k, v in model.named_parameters()}
     return {n: (tuple(m.weight.shape), m.bias is not None) for n, m in layers.items()}, params
 

@@ -117,10 +117,15 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> TrainConf
         path = Path(path)
         if not path.is_file():
             raise TrainingError(f"{path}: config file not found")
+        if path.stat().st_size > 1 << 20:
+            raise TrainingError(f"{path}: a config file over 1 MiB is not a recipe")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise TrainingError(f"{path}: not a UTF-8 text file") from None
         except yaml.YAMLError as e:
-            raise TrainingError(f"{path}: not valid YAML ({e})") from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrainingError(f"{path}: not valid YAML ({first})") from None
         if not isinstance(loaded, dict):
             raise TrainingError(f"{path}: a config must be a mapping of keys to values")
         values.update(loaded)
