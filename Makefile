@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SHARED ?= ../shared/data
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint clean
+.PHONY: demo test test-all bench robustness clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 # Slow tests too (long compression and training runs).
 test-all: $(STAMP)
 	RUN_SLOW=1 $(PY) -m pytest -q
+
+# Fuzzing, hostile files, bad arguments and resume (docs/robustness.md).
+robustness: $(STAMP)
+	$(PY) -m pytest -q tests/test_fuzz.py tests/compression/test_format.py tests/compression/test_caffe_net.py tests/cli tests/training/test_train.py
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py --shared $(SHARED)
