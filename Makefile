@@ -25,7 +25,7 @@ test-all: $(STAMP)
 
 # Fuzzing, hostile files, bad arguments and resume (docs/robustness.md).
 robustness: $(STAMP)
-	$(PY) -m pytest -q tests/test_fuzz.py tests/compression/test_format.py tests/compression/test_caffe_net.py tests/cli tests/training/test_train.py
+	$(PY) -m pytest -q tests/test_fuzz.py tests/compression/test_format.py tests/compression/test_caffe_net.py tests/cli tests/training/test_train.py tests/robustness
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py --shared $(SHARED)
