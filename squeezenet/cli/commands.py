@@ -102,6 +102,10 @@ def cmd_size(args) -> int:
     report = size_of_file(args.file)
     text = format_size_report(report)
     print(text, file=sys.stderr if args.json else sys.stdout)
+    if args.plot:
+        from ..compression.plots import plot_weight_distributions
+        report["plot"] = plot_weight_distributions(args.file, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         _print_json(report)
     return 0
@@ -178,6 +182,19 @@ def cmd_bench(args) -> int:
     result = run_bench(args.model, batches, args.seconds, args.threads,
                        log=lambda m: print(m, file=sys.stderr))
     print(format_bench(result), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        _print_json(result)
+    return 0
+
+
+def cmd_explore(args) -> int:
+    from ..exploration import run_sweep
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    overrides = {k: v for k, v in {"config": args.config, "epochs": args.epochs, "batch_size": args.batch_size,
+                                   "limit_train": args.limit_train, "max_steps_per_epoch": args.max_steps,
+                                   "seed": args.seed}.items() if v is not None}
+    result = run_sweep(args.sweep, args.data, args.out, args.values, jobs=args.jobs, log=log, **overrides)
+    log("wrote " + ", ".join(result["files"]))
     if args.json:
         _print_json(result)
     return 0
@@ -272,6 +289,7 @@ def add_commands(sub) -> None:
                        description="Bytes per layer and per component (header, codebooks, biases, code tables, "
                                    "weight codes, position codes), with ratios against fp32 SqueezeNet and AlexNet.")
     s.add_argument("file", type=_existing_path, help="compressed .sqz or published .net file")
+    s.add_argument("--plot", type=Path, default=None, help="also write a PNG: weight histograms with centroids per layer")
     s.add_argument("--json", action="store_true", help="print one JSON object with bytes and components")
     s.set_defaults(func=cmd_size)
 
@@ -319,6 +337,25 @@ def add_commands(sub) -> None:
     s.add_argument("--threads", type=_positive_int, default=None, help="threads (default: all cores)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("explore", help="design-space sweeps (paper sections 5-6): train each point, plot, report",
+                       description="Sweep the squeeze ratio (at pct3x3 0.5), the 3x3 fraction (at SR 0.5) or the "
+                                   "bypass variants; each point is trained, evaluated and saved as it finishes "
+                                   "(a restarted sweep skips finished points). Writes CSV, JSON, a PNG and a "
+                                   "Markdown report into --out.")
+    s.add_argument("--sweep", required=True, choices=["sr", "pct3x3", "bypass"], help="which sweep")
+    s.add_argument("--values", nargs="+", default=None, help="points to run (default: the paper's)")
+    s.add_argument("--data", required=True, type=_existing_path, help="folder with train/ and val|test/")
+    s.add_argument("--config", type=_existing_path, default=None, help="training recipe (default: CIFAR-10 defaults)")
+    s.add_argument("--epochs", type=_positive_int, default=None, help="epochs per point")
+    s.add_argument("--batch-size", type=_positive_int, default=None, help="batch size")
+    s.add_argument("--limit-train", type=_nonneg_int, default=None, help="train on a fixed random subset per point")
+    s.add_argument("--max-steps", type=_nonneg_int, default=None, help="at most this many steps per epoch")
+    s.add_argument("--seed", type=_nonneg_int, default=None, help="random seed")
+    s.add_argument("--jobs", type=_positive_int, default=1, help="points trained in parallel processes")
+    s.add_argument("--out", type=Path, default=Path("explore"), help="output folder (default ./explore)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_explore)
 
     s = sub.add_parser("sensitivity", help="per-layer sensitivity to bits and density",
                        description="For each layer alone, quantize to each bit width (and prune to each density) "

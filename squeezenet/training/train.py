@@ -358,7 +358,7 @@ def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
         if cfg.schedule == "onecycle":
             # linear up for 15% of the steps, then linear down to 0 (fast convergence on small budgets)
             peak = max(1, int(0.15 * total))
-            return (step + 1) / peak if step < peak else max(0.0, (total - step) / (total - peak))
+            return (step + 1) / peak if step < peak else max(0.0, (total - step) / max(1, total - peak))
         if step < warm:
             return (step + 1) / warm
         p = min(1.0, (step - warm) / max(1, total - warm))

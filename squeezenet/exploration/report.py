@@ -1,0 +1,72 @@
+"""CSV, JSON, plots (the paper's Figure 3 layout; a bar chart for bypass) and a Markdown report."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .sweep import PAPER
+
+
+def write_outputs(sweep: str, rows: list[dict], out: Path) -> list[str]:
+    out = Path(out)
+    files = []
+    keys = ["id", "sweep", "value", "params", "bytes", "mb", "macs", "top1", "top5", "best_top1", "epochs",
+            "seconds", "train_images"]
+    with open(out / f"{sweep}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    files.append(str(out / f"{sweep}.csv"))
+    (out / f"{sweep}.json").write_text(json.dumps(rows, indent=1))
+    files.append(str(out / f"{sweep}.json"))
+    files.append(plot(sweep, rows, out / f"{sweep}.png"))
+    (out / f"{sweep}.md").write_text(markdown(sweep, rows))
+    files.append(str(out / f"{sweep}.md"))
+    return files
+
+
+def plot(sweep: str, rows: list[dict], path: Path) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    if sweep == "bypass":
+        names = [str(r["value"]) for r in rows]
+        x = range(len(rows))
+        ax.bar([i - 0.2 for i in x], [100 * r["top1"] for r in rows], 0.4, label="top-1 (ours)")
+        ax.bar([i + 0.2 for i in x], [100 * r["top5"] for r in rows], 0.4, label="top-5 (ours)")
+        ax.set_xticks(list(x), names)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title("Bypass variants (paper Table 3 layout), CIFAR-10")
+    else:
+        mb = [r["mb"] for r in rows]
+        ax.plot(mb, [100 * r["top1"] for r in rows], "o-", label="top-1 (ours)")
+        ax.plot(mb, [100 * r["top5"] for r in rows], "s--", label="top-5 (ours)")
+        for r in rows:
+            ax.annotate(f"{r['value']}", (r["mb"], 100 * r["top1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("model size (MB, fp32)")
+        ax.set_ylabel("accuracy (%)")
+        label = "squeeze ratio (SR)" if sweep == "sr" else "percentage of 3x3 filters"
+        ax.set_title(f"Accuracy vs model size, sweeping {label} (paper Figure 3 layout)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def markdown(sweep: str, rows: list[dict]) -> str:
+    lines = [f"# Sweep: {sweep}", "",
+             "Measured here on CIFAR-10 (32x32 stem, short CPU budget) -- a different dataset and budget from "
+             "the paper's ImageNet runs; compare trends, not values.", "",
+             "| point | params | fp32 MB | MACs | top-1 | top-5 | epochs | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['id']} | {r['params']:,} | {r['mb']:.2f} | {r['macs']:,} | {r['top1']:.4f} | {r['top5']:.4f} "
+                     f"| {r['epochs']} | {r['seconds']:.0f} |")
+    lines += ["", "Paper (ImageNet):", ""]
+    for p in PAPER[sweep]:
+        value, mb, t1, t5 = p
+        lines.append(f"- {sweep} = {value}: " + ", ".join(x for x in (
+            f"{mb} MB" if mb else "", f"top-1 {t1}%" if t1 else "", f"top-5 {t5}%" if t5 else "") if x))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,127 @@
+"""``squeezenet explore``: the paper's design-space sweeps, trained and measured.
+
+Each point is built by the metaparameter generator, trained with the training loop,
+evaluated, and saved as ``points/<id>.json`` the moment it finishes; a sweep started again
+skips finished points. Points can run in parallel processes (``jobs``), each with an equal
+share of the cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+# Paper sweeps (section 5): SR at pct3x3 = 0.5; pct3x3 at SR = 0.5; section 6: bypass.
+SWEEPS = {
+    "sr": [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0],
+    "pct3x3": [0.01, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 0.99],
+    "bypass": ["none", "simple", "complex"],
+}
+# What the paper reports on ImageNet (Figure 3, Table 3), to place beside our points.
+PAPER = {
+    "sr": [(0.125, 4.8, None, 80.3), (0.75, 19.0, None, 86.0)],
+    "pct3x3": [(0.5, None, None, 85.6)],
+    "bypass": [("none", 4.8, 57.5, 80.3), ("simple", 4.8, 60.4, 82.5), ("complex", 7.7, 58.8, 82.0)],
+}
+
+
+def point_kwargs(sweep: str, value) -> dict:
+    """Generator arguments of one point (small-input stem for 32x32 data)."""
+    if sweep == "sr":
+        return {"sr": float(value), "pct3x3": 0.5, "small_input": True}
+    if sweep == "pct3x3":
+        return {"sr": 0.5, "pct3x3": float(value), "small_input": True}
+    if sweep == "bypass":
+        return {"bypass": None if value in (None, "none") else str(value), "small_input": True}
+    raise ValueError(f"unknown sweep {sweep!r}; choose one of {', '.join(SWEEPS)}")
+
+
+def point_id(sweep: str, value) -> str:
+    return f"{sweep}-{value}"
+
+
+def _parse_values(sweep: str, values) -> list:
+    if values is None:
+        return list(SWEEPS[sweep])
+    out = []
+    for v in values:
+        if sweep == "bypass":
+            if v not in ("none", "simple", "complex"):
+                raise ValueError(f"bypass values are none, simple, complex; got {v!r}")
+            out.append(v)
+        else:
+            try:
+                out.append(float(v))
+            except ValueError:
+                raise ValueError(f"{sweep} values must be numbers, got {v!r}") from None
+    for v in out:
+        point_kwargs(sweep, v)  # validates ranges through the generator below
+    return out
+
+
+def run_point(sweep: str, value, data: str, out: str, overrides: dict, threads: int) -> dict:
+    """Train and measure one design point; writes ``points/<id>.json`` atomically."""
+    import torch
+    from ..models import create_model
+    from ..models.summary import summarize
+    from ..training import load_config, train
+    from ..utils import atomic_write_bytes
+    torch.set_num_threads(threads)
+    kwargs = point_kwargs(sweep, value)
+    cfg_path = overrides.pop("config", None)
+    cfg = load_config(cfg_path, model="squeezenet_from_metaparameters", model_kwargs=kwargs, **overrides)
+    pid = point_id(sweep, value)
+    start = time.perf_counter()
+    result = train(cfg, data, Path(out) / "runs" / pid, progress=False, log=lambda *a: None)
+    seconds = time.perf_counter() - start
+    summary = summarize(create_model("squeezenet_from_metaparameters", num_classes=len(result["classes"]), **kwargs),
+                        cfg.prep.crop)
+    row = {"id": pid, "sweep": sweep, "value": value, "model_kwargs": kwargs, "params": summary["params"],
+           "bytes": summary["bytes"], "mb": summary["mb"], "macs": summary["macs"], "top1": result["top1"],
+           "top5": result["top5"], "best_top1": result["best_top1"], "epochs": cfg.epochs, "seconds": seconds,
+           "train_images": cfg.limit_train or "all"}
+    atomic_write_bytes(Path(out) / "points" / f"{pid}.json", json.dumps(row, indent=1).encode())
+    return row
+
+
+def run_sweep(sweep: str, data, out, values=None, jobs: int = 1, log=print, **overrides) -> dict:
+    """Run (or finish) a sweep; returns every point, then writes CSV, JSON, plots and report."""
+    if sweep not in SWEEPS:
+        raise ValueError(f"unknown sweep {sweep!r}; choose one of {', '.join(SWEEPS)}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    values = _parse_values(sweep, values)
+    out = Path(out)
+    (out / "points").mkdir(parents=True, exist_ok=True)
+    done = {}
+    for v in values:
+        p = out / "points" / f"{point_id(sweep, v)}.json"
+        if p.is_file():
+            try:
+                done[point_id(sweep, v)] = json.loads(p.read_text())
+            except json.JSONDecodeError:
+                p.unlink()  # a damaged record: run the point again
+    todo = [v for v in values if point_id(sweep, v) not in done]
+    if done:
+        log(f"{len(done)} point(s) already finished in {out}/points, skipping them")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    if jobs == 1:
+        for v in todo:
+            log(f"training {point_id(sweep, v)} ...")
+            row = run_point(sweep, v, str(data), str(out), dict(overrides), threads)
+            done[row["id"]] = row
+            log(f"  {row['id']}: {row['params']:,} params, {row['mb']:.2f} MB, top-1 {row['top1']:.4f}, top-5 {row['top5']:.4f}")
+    else:
+        import multiprocessing as mp
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(run_point, sweep, v, str(data), str(out), dict(overrides), threads) for v in todo]
+            for f in futures:
+                row = f.result()
+                done[row["id"]] = row
+                log(f"  {row['id']}: top-1 {row['top1']:.4f}, top-5 {row['top5']:.4f}")
+    rows = [done[point_id(sweep, v)] for v in values]
+    from .report import write_outputs
+    files = write_outputs(sweep, rows, out)
+    return {"sweep": sweep, "points": rows, "files": files, "out": str(out)}
