@@ -162,7 +162,7 @@ def _plot(result: dict, path: Path) -> None:
     ax.set_title("SqueezeNet v1.0 Deep Compression: size vs accuracy")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -59,3 +59,26 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
 def test_missing_output_folder_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="output folder does not exist"):
         atomic_write_bytes(tmp_path / "nope" / "x.sqz", b"x")
+
+
+def test_read_only_output_folder_is_clear_and_keeps_previous(tmp_path, monkeypatch):
+    # Root ignores permission bits, so the refusal the OS gives an ordinary user is simulated.
+    import tempfile
+    target = tmp_path / "model.sqz"
+    save_compressed(target, b"previous good file")
+
+    def refuse(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError, match="not writable"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"previous good file"
+
+
+def test_cli_reports_unwritable_output_in_one_line(tmp_path):
+    from tests.conftest import PUBLISHED_NET, need
+    need(PUBLISHED_NET)
+    p = subprocess.run([sys.executable, "-m", "squeezenet", "compress", "--weights", str(PUBLISHED_NET),
+                        "--out", str(tmp_path / "missing" / "m.sqz")], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "output folder does not exist" in p.stderr
