@@ -6,27 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from .main import UsageError, _positive_int, _print_json
+from .main import UsageError, _positive_int, _print_json, bounded_int
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
-    return v
-
-
-def _bits(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bits must be an integer in 1..8, got {text!r}") from None
-    if not 1 <= v <= 8:
-        raise argparse.ArgumentTypeError(f"bits must be in 1..8, got {v}")
-    return v
+_nonneg_int = bounded_int(0, what="value")
+_bits = bounded_int(1, 8, what="bits")
 
 
 def _existing_path(text: str) -> Path:
