@@ -529,6 +529,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         f"{d.world} process(es) on {d.device}, global batch {cfg.batch_size}, lr {lr:.4g}, "
         f"bf16 {'on' if autocast else 'off'}, channels_last {cfg.channels_last}")
     metrics: dict = {}
+    board = _tensorboard(out) if (out and d.main) else None
     for epoch in range(start_epoch, cfg.epochs):
         tr = train_one_epoch(net, train_b, opt, sched, d=d, epoch=epoch, autocast=autocast,
                              label_smoothing=cfg.label_smoothing, max_steps=cfg.max_steps_per_epoch,
@@ -544,6 +545,11 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         say(f"epoch {epoch + 1}/{cfg.epochs}: loss {tr['loss']:.4f}, train top-1 {tr['top1']:.4f}"
             + (f", test top-1 {ev['top1']:.4f}, top-5 {ev['top5']:.4f}" if ev else "")
             + f", {tr['seconds']:.0f} s, {tr['images_per_s']:.0f} images/s")
+        if board is not None:
+            for k, v in metrics.items():
+                if k != "epoch" and v is not None:
+                    board.add_scalar(k, v, epoch + 1)
+            board.flush()
         if out and d.main:
             _append_csv(out / "metrics.csv", metrics)
             save_training_checkpoint(out / "last.pt", net, opt, sched, cfg, epoch, best, classes, history, stage)
@@ -554,6 +560,15 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
     result = dict(metrics)
     result.update({"best_top1": best, "classes": classes, "processes": d.world, "out": str(out) if out else None})
     return result
+
+
+def _tensorboard(out: Path):
+    """A TensorBoard writer when the ``tensorboard`` package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _append_csv(path: Path, row: dict) -> None:
