@@ -129,7 +129,7 @@ def load_weights(path: str | os.PathLike) -> LoadedWeights:
         raise FormatError(f"{path}: {size} bytes is larger than any weights file this tool reads")
     with open(path, "rb") as f:
         head = f.read(8)
-    from .compression.format import MAGIC, load_compressed  # noqa: E402
+    from .compression.format import MAGIC, load_compressed
     if head.startswith(MAGIC):
         return load_compressed(path)
     if head.startswith(b"PK\x03\x04"):

@@ -134,9 +134,9 @@ def cmd_train(args) -> int:
         cfg.preprocessing = "cifar10"
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     result = train(cfg, args.data, args.out, args.resume, log=log)
-    if args.json and result.get("processes", 1) >= 1:
+    if args.json:
         import torch.distributed as dist
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        if not dist.is_initialized() or dist.get_rank() == 0:  # one JSON line, from rank 0
             _print_json(result)
     return 0
 

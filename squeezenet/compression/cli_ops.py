@@ -104,14 +104,13 @@ def compress_command(args) -> dict:
 
 def net_size_report(path) -> dict:
     """Byte accounting of the published ``.net`` format."""
-    from .caffe_net import CODEBOOK_SIZE, read_caffe_net
+    from .caffe_net import CODEBOOK_SIZE, encode_positions, read_caffe_net
     layers = read_caffe_net(path)
     rows = []
     comp = {"header": 4 * len(layers), "codebooks": 0, "biases": 0, "weight_codes": 0, "position_codes": 0}
     for l in layers:
         n = int(np.count_nonzero(l.indices))
         numel = int(np.prod(l.shape))
-        from .caffe_net import encode_positions
         pos = np.flatnonzero(l.indices)
         gaps, _ = encode_positions(pos, l.indices[pos])
         entries = gaps.size

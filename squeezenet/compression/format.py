@@ -117,17 +117,16 @@ def _choose_position_coding(mask: np.ndarray) -> tuple[str, int, np.ndarray, huf
     n_keep = int(mask.sum())
     if n_keep == mask.size:
         return "dense", 0, np.zeros(0, np.int64), huffman.HuffmanTable([], [])
-    best = None
     # Code the minority: gaps between the rarer kind of position are the cheaper stream.
     mode, pos = ("kept", np.flatnonzero(mask)) if 2 * n_keep <= mask.size else ("pruned", np.flatnonzero(~mask))
-    for mode, pos in ((mode, pos),):
-        for span in SPANS:
-            sym = gap_symbols(pos, span)
-            table = huffman.build_table(sym)
-            cost = _bits_to_bytes(huffman.encoded_bits(sym, table)) + len(_table_bytes(table, span + 1))
-            if best is None or cost < best[0]:
-                best = (cost, mode, span, sym, table)
-    _, mode, span, sym, table = best
+    best = None
+    for span in SPANS:
+        sym = gap_symbols(pos, span)
+        table = huffman.build_table(sym)
+        cost = _bits_to_bytes(huffman.encoded_bits(sym, table)) + len(_table_bytes(table, span + 1))
+        if best is None or cost < best[0]:
+            best = (cost, span, sym, table)
+    _, span, sym, table = best
     return mode, span, sym, table
 
 

@@ -115,7 +115,6 @@ def predict(weights: str | os.PathLike | LoadedWeights, images: list, *, top: in
 
 def preload(data: str | os.PathLike, preprocessing, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of an ImageNet validation folder as one tensor (to evaluate many models)."""
-    from ..preprocessing import Preprocessing  # noqa: F401  (type of ``preprocessing``)
     ds = ImageNetFolder(data, preprocessing.transform())
     loader = torch.utils.data.DataLoader(ds, batch_size=50, num_workers=min(2, os.cpu_count() or 1) if workers is None else workers)
     xs, ys = zip(*loader)

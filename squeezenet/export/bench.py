@@ -45,7 +45,7 @@ def run_bench(model: str = "squeezenet1_0", batches=(1, 32), seconds: float = 3.
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     net = create_model(model)
-    lw = LoadedWeights(model, net.state_dict(), CAFFE_IMAGENET if model == "squeezenet1_0" else CAFFE_IMAGENET)
+    lw = LoadedWeights(model, net.state_dict(), CAFFE_IMAGENET)
     size = lw.preprocessing.crop
     folder = Path(tempfile.mkdtemp(prefix="squeezenet-bench-"))
     fp32 = folder / "m.onnx"
