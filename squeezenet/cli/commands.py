@@ -164,7 +164,7 @@ def cmd_bench(args) -> int:
     if any(b < 1 for b in batches):
         raise UsageError("--batch sizes must be positive")
     result = run_bench(args.model, batches, args.seconds, args.threads,
-                       log=lambda m: print(m, file=sys.stderr))
+                       log=lambda m: print(m, file=sys.stderr), calibration=args.calibration, weights=args.weights)
     print(format_bench(result), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         _print_json(result)
@@ -177,7 +177,10 @@ def cmd_explore(args) -> int:
     overrides = {k: v for k, v in {"config": args.config, "epochs": args.epochs, "batch_size": args.batch_size,
                                    "limit_train": args.limit_train, "max_steps_per_epoch": args.max_steps,
                                    "seed": args.seed}.items() if v is not None}
-    result = run_sweep(args.sweep, args.data, args.out, args.values, jobs=args.jobs, log=log, **overrides)
+    width = {k: v for k, v in {"base_e": args.base_e, "incr_e": args.incr_e, "freq": args.freq}.items()
+             if v is not None}
+    result = run_sweep(args.sweep, args.data, args.out, args.values, jobs=args.jobs, log=log, width=width,
+                       **overrides)
     log("wrote " + ", ".join(result["files"]))
     if args.json:
         _print_json(result)
@@ -204,10 +207,12 @@ def add_commands(sub) -> None:
     s.add_argument("--workers", type=_nonneg_int, default=None, help="data loading processes (default: 2)")
     s.add_argument("--engine", choices=["auto", "torch", "torch-channels-last", "onnxruntime", "onnxruntime-int8",
                                         "openvino", "openvino-int8"],
-                   default="torch", help="inference engine (default torch; auto times the fp32 engines here and "
-                                         "keeps the fastest; int8 needs --calibration)")
+                   default="torch", help="inference engine (default torch). auto times the fp32 engines here and "
+                                         "keeps the fastest; with --calibration it also builds OpenVINO int8 "
+                                         "(NNCF) and admits it if its top-1 agrees with fp32 on >= 85%% of "
+                                         "held-out calibration images. The *-int8 engines need --calibration")
     s.add_argument("--calibration", type=_existing_path, default=None,
-                   help="images for int8 calibration (never the evaluation images)")
+                   help="images for int8 calibration (never the evaluation images: overlap is refused)")
     s.add_argument("--json", action="store_true", help="print one JSON object with top1, top5, images")
     s.set_defaults(func=cmd_eval)
 
@@ -319,6 +324,11 @@ def add_commands(sub) -> None:
     s.add_argument("--batch", default="1,32", help="batch sizes, comma-separated (default 1,32)")
     s.add_argument("--seconds", type=float, default=3.0, help="timing per path and batch (default 3 s)")
     s.add_argument("--threads", type=_positive_int, default=None, help="threads (default: all cores)")
+    s.add_argument("--weights", type=_existing_path, default=None,
+                   help="weights file to time instead of a freshly built --model")
+    s.add_argument("--calibration", type=_existing_path, default=None,
+                   help="real images for int8 calibration; lets the auto engine admit int8 after its "
+                        "agreement check (default: random images, int8 rows timed for speed only)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_bench)
 
@@ -336,6 +346,10 @@ def add_commands(sub) -> None:
     s.add_argument("--limit-train", type=_nonneg_int, default=None, help="train on a fixed random subset per point")
     s.add_argument("--max-steps", type=_nonneg_int, default=None, help="at most this many steps per epoch")
     s.add_argument("--seed", type=_nonneg_int, default=None, help="random seed")
+    s.add_argument("--base-e", type=_positive_int, default=None,
+                   help="expand filters of the first fire module, fixed for every point (default 128)")
+    s.add_argument("--incr-e", type=_nonneg_int, default=None, help="expand filters added every FREQ modules (default 128)")
+    s.add_argument("--freq", type=_positive_int, default=None, help="fire modules per increment (default 2)")
     s.add_argument("--jobs", type=_positive_int, default=1, help="points trained in parallel processes")
     s.add_argument("--out", type=Path, default=Path("explore"), help="output folder (default ./explore)")
     s.add_argument("--json", action="store_true", help="print one JSON object")

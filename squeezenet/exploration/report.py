@@ -56,10 +56,24 @@ def plot(sweep: str, rows: list[dict], path: Path) -> str:
     return str(path)
 
 
+def _fixed_settings(rows: list[dict]) -> list[str]:
+    """The metaparameters every point shares (the width may be narrower than the paper's)."""
+    if not rows:
+        return []
+    kws = [r.get("model_kwargs") or {} for r in rows]
+    shared = {k: v for k, v in kws[0].items() if all(kw.get(k) == v for kw in kws)}
+    width = {k: shared.get(k, d) for k, d in (("base_e", 128), ("incr_e", 128), ("freq", 2))}
+    note = "" if width == {"base_e": 128, "incr_e": 128, "freq": 2} else " (narrower than the paper's 128/128/2)"
+    train = rows[0].get("train_images", "all")
+    return [f"Fixed for every point: base_e {width['base_e']}, incr_e {width['incr_e']}, freq {width['freq']}{note}; "
+            f"training images per epoch: {train}.", ""]
+
+
 def markdown(sweep: str, rows: list[dict]) -> str:
     lines = [f"# Sweep: {sweep}", "",
              "Measured here on CIFAR-10 (32x32 stem, short CPU budget) -- a different dataset and budget from "
              "the paper's ImageNet runs; compare trends, not values.", "",
+             *_fixed_settings(rows),
              "| point | params | fp32 MB | MACs | top-1 | top-5 | epochs | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['id']} | {r['params']:,} | {r['mb']:.2f} | {r['macs']:,} | {r['top1']:.4f} | {r['top5']:.4f} "

@@ -27,22 +27,37 @@ PAPER = {
 }
 
 
-def point_kwargs(sweep: str, value) -> dict:
-    """Generator arguments of one point (small-input stem for 32x32 data)."""
+# Metaparameters a sweep may hold fixed at other values than the paper's (a narrower design
+# space for small budgets): expand filters base_e + incr_e * floor(i / freq).
+WIDTH_KEYS = ("base_e", "incr_e", "freq")
+
+
+def point_kwargs(sweep: str, value, width: dict | None = None) -> dict:
+    """Generator arguments of one point (small-input stem for 32x32 data).
+
+    Args:
+        width: optional base_e / incr_e / freq held fixed across the sweep.
+    """
+    width = dict(width or {})
+    unknown = set(width) - set(WIDTH_KEYS)
+    if unknown:
+        raise ValueError(f"unknown width metaparameter(s) {sorted(unknown)}; use {', '.join(WIDTH_KEYS)}")
     if sweep == "sr":
-        return {"sr": float(value), "pct3x3": 0.5, "small_input": True}
-    if sweep == "pct3x3":
-        return {"sr": 0.5, "pct3x3": float(value), "small_input": True}
-    if sweep == "bypass":
-        return {"bypass": None if value in (None, "none") else str(value), "small_input": True}
-    raise ValueError(f"unknown sweep {sweep!r}; choose one of {', '.join(SWEEPS)}")
+        kw = {"sr": float(value), "pct3x3": 0.5}
+    elif sweep == "pct3x3":
+        kw = {"sr": 0.5, "pct3x3": float(value)}
+    elif sweep == "bypass":
+        kw = {"bypass": None if value in (None, "none") else str(value)}
+    else:
+        raise ValueError(f"unknown sweep {sweep!r}; choose one of {', '.join(SWEEPS)}")
+    return {**kw, **width, "small_input": True}
 
 
 def point_id(sweep: str, value) -> str:
     return f"{sweep}-{value}"
 
 
-def _parse_values(sweep: str, values) -> list:
+def _parse_values(sweep: str, values, width: dict | None = None) -> list:
     if values is None:
         return list(SWEEPS[sweep])
     out = []
@@ -56,12 +71,16 @@ def _parse_values(sweep: str, values) -> list:
                 out.append(float(v))
             except ValueError:
                 raise ValueError(f"{sweep} values must be numbers, got {v!r}") from None
-    for v in out:
-        point_kwargs(sweep, v)  # validates ranges through the generator below
+    from ..models import create_model
+    for v in out:  # build each point on the meta device: bad ranges fail before any training
+        import torch
+        with torch.device("meta"):
+            create_model("squeezenet_from_metaparameters", num_classes=10, **point_kwargs(sweep, v, width))
     return out
 
 
-def run_point(sweep: str, value, data: str, out: str, overrides: dict, threads: int) -> dict:
+def run_point(sweep: str, value, data: str, out: str, overrides: dict, threads: int,
+              width: dict | None = None) -> dict:
     """Train and measure one design point; writes ``points/<id>.json`` atomically."""
     import torch
     from ..models import create_model
@@ -69,7 +88,7 @@ def run_point(sweep: str, value, data: str, out: str, overrides: dict, threads: 
     from ..training import load_config, train
     from ..utils import atomic_write_bytes
     torch.set_num_threads(threads)
-    kwargs = point_kwargs(sweep, value)
+    kwargs = point_kwargs(sweep, value, width)
     cfg_path = overrides.pop("config", None)
     cfg = load_config(cfg_path, model="squeezenet_from_metaparameters", model_kwargs=kwargs, **overrides)
     pid = point_id(sweep, value)
@@ -86,13 +105,19 @@ def run_point(sweep: str, value, data: str, out: str, overrides: dict, threads: 
     return row
 
 
-def run_sweep(sweep: str, data, out, values=None, jobs: int = 1, log=print, **overrides) -> dict:
-    """Run (or finish) a sweep; returns every point, then writes CSV, JSON, plots and report."""
+def run_sweep(sweep: str, data, out, values=None, jobs: int = 1, log=print, width: dict | None = None,
+              **overrides) -> dict:
+    """Run (or finish) a sweep; returns every point, then writes CSV, JSON, plots and report.
+
+    Args:
+        width: base_e / incr_e / freq held fixed for every point (default: the paper's 128/128/2).
+        overrides: training settings (epochs, batch_size, limit_train, ...).
+    """
     if sweep not in SWEEPS:
         raise ValueError(f"unknown sweep {sweep!r}; choose one of {', '.join(SWEEPS)}")
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    values = _parse_values(sweep, values)
+    values = _parse_values(sweep, values, width)
     out = Path(out)
     (out / "points").mkdir(parents=True, exist_ok=True)
     done = {}
@@ -100,9 +125,15 @@ def run_sweep(sweep: str, data, out, values=None, jobs: int = 1, log=print, **ov
         p = out / "points" / f"{point_id(sweep, v)}.json"
         if p.is_file():
             try:
-                done[point_id(sweep, v)] = json.loads(p.read_text())
+                row = json.loads(p.read_text())
             except json.JSONDecodeError:
                 p.unlink()  # a damaged record: run the point again
+                continue
+            if row.get("model_kwargs") != point_kwargs(sweep, v, width):
+                # Mixing points of different design spaces in one report would mislead.
+                raise ValueError(f"{p} was trained with {row.get('model_kwargs')}, not "
+                                 f"{point_kwargs(sweep, v, width)}; use another --out")
+            done[point_id(sweep, v)] = row
     todo = [v for v in values if point_id(sweep, v) not in done]
     if done:
         log(f"{len(done)} point(s) already finished in {out}/points, skipping them")
@@ -110,13 +141,13 @@ def run_sweep(sweep: str, data, out, values=None, jobs: int = 1, log=print, **ov
     if jobs == 1:
         for v in todo:
             log(f"training {point_id(sweep, v)} ...")
-            row = run_point(sweep, v, str(data), str(out), dict(overrides), threads)
+            row = run_point(sweep, v, str(data), str(out), dict(overrides), threads, width)
             done[row["id"]] = row
             log(f"  {row['id']}: {row['params']:,} params, {row['mb']:.2f} MB, top-1 {row['top1']:.4f}, top-5 {row['top5']:.4f}")
     else:
         import multiprocessing as mp
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(run_point, sweep, v, str(data), str(out), dict(overrides), threads) for v in todo]
+            futures = [pool.submit(run_point, sweep, v, str(data), str(out), dict(overrides), threads, width) for v in todo]
             for f in futures:
                 row = f.result()
                 done[row["id"]] = row

@@ -28,6 +28,22 @@ def test_sweep_runs_saves_and_resumes(tmp_path, monkeypatch):
     assert [p["id"] for p in r2["points"]] == ["sr-0.25", "sr-0.5", "sr-1.0"]
 
 
+def test_narrow_width_is_used_reported_and_guarded(tmp_path, monkeypatch):
+    monkeypatch.setenv("SQUEEZENET_HOME", str(tmp_path / "home"))
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    out = tmp_path / "narrow"
+    narrow = run_sweep("sr", data, out, values=["0.5"], width={"base_e": 16, "incr_e": 16}, log=lambda *a: None, **FAST)
+    wide = run_sweep("sr", data, tmp_path / "wide", values=["0.5"], log=lambda *a: None, **FAST)
+    assert narrow["points"][0]["params"] < wide["points"][0]["params"] / 10  # width enters squared
+    assert narrow["points"][0]["model_kwargs"]["base_e"] == 16
+    assert "base_e 16, incr_e 16" in (out / "sr.md").read_text()
+    # Finished points of another design space are never mixed into the same report.
+    with pytest.raises(ValueError, match="another --out"):
+        run_sweep("sr", data, out, values=["0.5"], log=lambda *a: None, **FAST)
+    with pytest.raises(ValueError, match="unknown width"):
+        run_sweep("sr", data, tmp_path / "x", values=["0.5"], width={"depth": 3})
+
+
 def test_bypass_sweep_bar_chart(tmp_path, monkeypatch):
     monkeypatch.setenv("SQUEEZENET_HOME", str(tmp_path / "home"))
     data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
