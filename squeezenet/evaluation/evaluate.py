@@ -70,11 +70,27 @@ def evaluate_weights(weights: str | os.PathLike | LoadedWeights, data: str | os.
     if lw.num_classes < len(loader.dataset.wnids):
         raise ValueError(f"{lw.path}: weights have {lw.num_classes} classes but the mapping file lists "
                          f"{len(loader.dataset.wnids)}")
+    if calibration is not None:
+        _refuse_overlap(calibration, loader.dataset)
     runner = make_engine(lw, engine, calibration, log)
     result = evaluate(runner, loader, progress=progress)
     result.update({"weights": str(lw.path), "weights_kind": lw.kind, "model": lw.model_name, "engine": runner.name,
                    "preprocessing": lw.preprocessing.to_dict()})
+    if getattr(runner, "choice", None):
+        result["engine_choice"] = runner.choice
     return result
+
+
+def _refuse_overlap(calibration: str | os.PathLike, dataset: ImageNetFolder) -> None:
+    """int8 calibrated on the evaluation images would report an optimistic accuracy."""
+    from ..data.imagenet import IMAGE_EXTENSIONS
+    root = Path(calibration)
+    files = [root] if root.is_file() else [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
+    calib = {p.resolve() for p in files}
+    shared = [p for p, _ in dataset.samples if p.resolve() in calib]
+    if shared:
+        raise ValueError(f"{calibration}: {len(shared)} calibration image(s) are also evaluation images "
+                         f"(e.g. {shared[0]}); calibrate on other images")
 
 
 def class_names_for(weights: LoadedWeights, mapping: str | os.PathLike | None = None) -> list[str]:

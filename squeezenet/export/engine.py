@@ -1,9 +1,11 @@
-"""Inference engines behind ``eval`` / ``predict``: the same weights through PyTorch or ONNX
-Runtime (fp32 or static int8), with the choice visible.
+"""Inference engines behind ``eval`` / ``predict``: the same weights through PyTorch, ONNX
+Runtime or OpenVINO (fp32 or static int8), with the choice visible.
 
 ``auto`` exports the model, times each available fp32 path on this machine for a few batches
-and keeps the fastest. int8 paths are never chosen silently: they need calibration images,
-and their accuracy must be measured (``squeezenet eval --engine onnxruntime-int8``).
+and keeps the fastest. Given calibration images it also builds the int8 paths, quantized on
+three quarters of those images, and admits one only if its top-1 agrees with fp32 on the
+held-out quarter at least ``min_agreement`` of the time; the admitted int8 path competes on
+speed with the fp32 ones. Without calibration images int8 is never chosen.
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ class OpenVinoEngine(Engine):
     def __init__(self, path: Path, name: str = "openvino", threads: int | None = None, hint: str = "LATENCY") -> None:
         import openvino as ov
         core = ov.Core()
+        self.path = Path(path)
         self.compiled = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": hint,
                                                              "INFERENCE_NUM_THREADS": threads or (os.cpu_count() or 1)})
         self.request = self.compiled.create_infer_request()
@@ -75,16 +78,31 @@ class OpenVinoEngine(Engine):
         return torch.from_numpy(np.array(next(iter(out.values()))))
 
 
-def _export_tmp(lw: LoadedWeights, int8: bool, calibration) -> Path:
-    from .exporting import export_weights
-    folder = Path(tempfile.mkdtemp(prefix="squeezenet-engine-"))
-    out = folder / ("model.int8.onnx" if int8 else "model.onnx")
-    export_weights(lw, "onnx", out, int8=int8, calibration=calibration)
+def _export_openvino_int8(lw: LoadedWeights, calibration, images: int = 64) -> Path:
+    from .int8 import quantize_openvino_int8
+    fp32 = _export_tmp(lw, False, None)
+    out = fp32.with_name("model.int8.xml")
+    quantize_openvino_int8(fp32, out, calibration, lw.preprocessing, images)
     return out
 
 
-def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=None) -> Engine:
-    """Build the named engine for ``lw``; ``auto`` times the fp32 engines and keeps the fastest."""
+def _export_tmp(lw: LoadedWeights, int8: bool, calibration, calibration_images: int = 64) -> Path:
+    from .exporting import export_weights
+    folder = Path(tempfile.mkdtemp(prefix="squeezenet-engine-"))
+    out = folder / ("model.int8.onnx" if int8 else "model.onnx")
+    export_weights(lw, "onnx", out, int8=int8, calibration=calibration, calibration_images=calibration_images)
+    return out
+
+
+def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=None,
+                min_agreement: float = 0.85, calibration_images: int = 128) -> Engine:
+    """Build the named engine for ``lw``.
+
+    ``auto`` times the fp32 engines and keeps the fastest; with ``calibration`` (a folder of
+    images never used for evaluation) int8 engines that agree with fp32 on held-out calibration
+    images at least ``min_agreement`` of the time compete too. The returned engine carries
+    ``choice``: the timings and agreements behind the decision.
+    """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "torch":
@@ -98,11 +116,11 @@ def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=N
     if engine == "openvino-int8":
         if calibration is None:
             raise ValueError("engine openvino-int8 needs --calibration DIR (images not used for evaluation)")
-        return OpenVinoEngine(_export_tmp(lw, True, calibration), "openvino-int8")
+        return OpenVinoEngine(_export_openvino_int8(lw, calibration, calibration_images), "openvino-int8")
     if engine == "onnxruntime-int8":
         if calibration is None:
             raise ValueError("engine onnxruntime-int8 needs --calibration DIR (images not used for evaluation)")
-        return OnnxRuntimeEngine(_export_tmp(lw, True, calibration), "onnxruntime-int8")
+        return OnnxRuntimeEngine(_export_tmp(lw, True, calibration, calibration_images), "onnxruntime-int8")
     candidates = [TorchEngine(lw), TorchEngine(lw, channels_last=True)]
     try:
         onnx_path = _export_tmp(lw, False, None)
@@ -110,6 +128,9 @@ def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=N
         candidates.append(OpenVinoEngine(onnx_path))
     except ImportError:
         pass
+    agreements = {}
+    if calibration is not None:
+        candidates += _int8_candidates(lw, calibration, calibration_images, min_agreement, agreements, log)
     x = torch.randn(8, 3, lw.preprocessing.crop, lw.preprocessing.crop)
     timings = {}
     for e in candidates:
@@ -123,6 +144,53 @@ def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=N
             runs.append(time.perf_counter() - t)
         timings[e.name] = min(runs)
     best = min(candidates, key=lambda e: timings[e.name])
+    best.choice = {"images_per_s": {k: 8 / v for k, v in timings.items()}, "int8_agreement": agreements,
+                   "min_agreement": min_agreement, "chosen": best.name}
     if log:
         log("engine auto: " + ", ".join(f"{k} {8 / v:.0f} images/s" for k, v in timings.items()) + f" -> {best.name}")
     return best
+
+
+def _int8_candidates(lw: LoadedWeights, calibration, images: int, min_agreement: float, agreements: dict,
+                     log) -> list[Engine]:
+    """int8 engines quantized on 3/4 of the calibration images, kept if they agree with fp32 on the rest."""
+    from .int8 import calibration_arrays, quantize_onnx_int8, quantize_openvino_int8
+    xs = calibration_arrays(calibration, lw.preprocessing, images)
+    if len(xs) < 8:
+        raise ValueError(f"{calibration}: int8 needs at least 8 calibration images, found {len(xs)}")
+    held_out = np.arange(len(xs)) % 4 == 3
+    quant, check = xs[~held_out], xs[held_out]
+    model = lw.build_model()
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(check)).argmax(1)
+    fp32 = _export_tmp(lw, False, None)
+    out = []
+    # OpenVINO + NNCF is the int8 recipe that kept closest to fp32 in our measurements
+    # (bench/bench_int8_accuracy.py); ONNX Runtime's QDQ model is the fallback without it.
+    builders = {"openvino-int8": lambda: OpenVinoEngine(_q(quantize_openvino_int8, fp32, "model.int8.xml", quant),
+                                                       "openvino-int8"),
+                "onnxruntime-int8": lambda: OnnxRuntimeEngine(_q(quantize_onnx_int8, fp32, "model.int8.onnx", quant),
+                                                             "onnxruntime-int8")}
+    for name, build in builders.items():
+        try:
+            engine = build()
+        except ImportError as e:
+            if log:
+                log(f"engine auto: {name} unavailable ({e})")
+            continue
+        agree = float((engine(torch.from_numpy(check)).argmax(1) == reference).float().mean())
+        agreements[name] = agree
+        if log:
+            log(f"engine auto: {name} top-1 agrees with fp32 on {agree:.1%} of {len(check)} held-out "
+                f"calibration images ({'admitted' if agree >= min_agreement else 'rejected'}, "
+                f"threshold {min_agreement:.0%})")
+        if agree >= min_agreement:
+            out.append(engine)
+            break
+    return out
+
+
+def _q(quantize, fp32: Path, name: str, xs: np.ndarray) -> Path:
+    path = fp32.with_name(name)
+    quantize(fp32, path, xs)
+    return path

@@ -52,3 +52,12 @@ def test_evaluate_checkpoint_on_tiny_folder(tmp_path):
     save_checkpoint(ck, "squeezenet1_1", m.state_dict(), preprocessing=TORCHVISION_IMAGENET, num_classes=8)
     r = evaluate_weights(ck, root, batch_size=3, workers=0, progress=False)
     assert r["images"] == 4 and 0 <= r["top1"] <= r["top5"] <= 1 and r["weights_kind"] == "checkpoint"
+
+
+def test_calibrating_on_the_evaluation_images_is_refused(tmp_path):
+    root = make_folder(tmp_path / "d")
+    m = create_model("squeezenet1_1", num_classes=8)
+    ck = tmp_path / "ck.pt"
+    save_checkpoint(ck, "squeezenet1_1", m.state_dict(), preprocessing=TORCHVISION_IMAGENET, num_classes=8)
+    with pytest.raises(ValueError, match="also evaluation images"):
+        evaluate_weights(ck, root, workers=0, progress=False, engine="onnxruntime-int8", calibration=root / "val")

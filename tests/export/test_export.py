@@ -72,6 +72,51 @@ def test_engine_choice_is_honoured(engine):
     torch.testing.assert_close(eng(x), lw.build_model()(x), atol=1e-4, rtol=1e-4)
 
 
+def random_images(folder, n, size=32):
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_onnx_int8_uses_7bit_weights_without_vnni(tmp_path):
+    from squeezenet.export.int8 import cpu_has_vnni
+    calib = random_images(tmp_path / "calib", 8)
+    report = export_weights(small(), "onnx", tmp_path / "q.onnx", int8=True, calibration=calib)
+    # u8 x s8 pairs overflow int16 on CPUs without VNNI: 7-bit weights there.
+    assert report["reduce_range"] is (not cpu_has_vnni())
+
+
+def test_openvino_int8_engine_is_nncf_quantized_and_near_fp32(tmp_path):
+    calib = random_images(tmp_path / "calib", 8)
+    lw = small()
+    eng = make_engine(lw, "openvino-int8", calibration=calib)
+    assert eng.name == "openvino-int8"
+    x = torch.randn(4, 3, 32, 32)
+    ref = lw.build_model()(x)
+    out = eng(x)
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+    assert (out - ref).abs().max() < 0.5 * ref.abs().max() + 0.1
+    import openvino as ov
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(eng.path)).get_ops()}
+    assert "FakeQuantize" in ops  # really quantized, not an fp32 model under an int8 name
+
+
+def test_auto_admits_int8_only_after_its_agreement_check(tmp_path):
+    calib = random_images(tmp_path / "calib", 16)
+    msgs = []
+    admitted = make_engine(small(), "auto", calibration=calib, min_agreement=0.0, log=msgs.append)
+    agreement = admitted.choice["int8_agreement"]
+    assert set(agreement) and all(0.0 <= a <= 1.0 for a in agreement.values())
+    assert any("held-out calibration images" in m for m in msgs)
+    assert any(name in admitted.choice["images_per_s"] for name in agreement)  # timed with the fp32 paths
+    rejected = make_engine(small(), "auto", calibration=calib, min_agreement=1.01)
+    assert "int8" not in rejected.name and not any("int8" in k for k in rejected.choice["images_per_s"])
+    with pytest.raises(ValueError, match="at least 8"):
+        make_engine(small(), "auto", calibration=random_images(tmp_path / "few", 3))
+
+
 def test_auto_engine_reports_its_choice():
     msgs = []
     eng = make_engine(small(), "auto", log=msgs.append)
