@@ -11,6 +11,6 @@ $PY -m squeezenet train --model squeezenet1_1 --small-input --data "$DATA" --con
     --epochs "$EPOCHS" --out "$OUT"
 echo "training wall time: $(( $(date +%s) - start )) s"
 $PY -m squeezenet compress --weights "$OUT/best.pt" --data "$DATA" --config configs/cifar10.yaml \
-    --retrain-epochs 1 --max-steps 150 --bits 6 --out "$OUT/cifar.sqz" --json | tail -1 > "$OUT/compress.json"
+    --retrain-epochs 1 --bits 5 --out "$OUT/cifar.sqz" --json | tail -1 > "$OUT/compress.json"
 $PY -m squeezenet size "$OUT/cifar.sqz" | tail -2
 echo "total wall time: $(( $(date +%s) - start )) s"

@@ -13,6 +13,12 @@ _nonneg_int = bounded_int(0, what="value")
 _bits = bounded_int(1, 8, what="bits")
 
 
+# Equal to squeezenet.export.engine.ENGINES (checked by a test); spelled out here so that
+# building the parser does not import torch.
+ENGINE_CHOICES = ("auto", "torch", "torch-channels-last", "onnxruntime", "onnxruntime-int8", "openvino",
+                  "openvino-int8")
+
+
 def _existing_path(text: str) -> Path:
     p = Path(text)
     if not p.exists():
@@ -37,7 +43,8 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from ..evaluation.evaluate import predict
-    results = predict(args.weights, args.images, top=args.top, mapping=args.mapping)
+    results = predict(args.weights, args.images, top=args.top, mapping=args.mapping, engine=args.engine,
+                      calibration=args.calibration, log=lambda m: print(m, file=sys.stderr))
     if args.json:
         _print_json({"results": results})
         return 0
@@ -205,12 +212,11 @@ def add_commands(sub) -> None:
     s.add_argument("--data", required=True, type=_existing_path, help="ImageNet validation folder with the mapping file")
     s.add_argument("--batch-size", type=_positive_int, default=50, help="images per batch (default 50)")
     s.add_argument("--workers", type=_nonneg_int, default=None, help="data loading processes (default: 2)")
-    s.add_argument("--engine", choices=["auto", "torch", "torch-channels-last", "onnxruntime", "onnxruntime-int8",
-                                        "openvino", "openvino-int8"],
-                   default="torch", help="inference engine (default torch). auto times the fp32 engines here and "
-                                         "keeps the fastest; with --calibration it also builds OpenVINO int8 "
-                                         "(NNCF) and admits it if its top-1 agrees with fp32 on >= 85%% of "
-                                         "held-out calibration images. The *-int8 engines need --calibration")
+    s.add_argument("--engine", choices=ENGINE_CHOICES, default="torch",
+                   help="inference engine (default torch). auto times the fp32 engines here and "
+                        "keeps the fastest; with --calibration it also builds OpenVINO int8 (NNCF) and "
+                        "admits it if its top-1 agrees with fp32 on >= 85%% of held-out calibration "
+                        "images. The *-int8 engines need --calibration")
     s.add_argument("--calibration", type=_existing_path, default=None,
                    help="images for int8 calibration (never the evaluation images: overlap is refused)")
     s.add_argument("--json", action="store_true", help="print one JSON object with top1, top5, images")
@@ -223,6 +229,9 @@ def add_commands(sub) -> None:
     s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
     s.add_argument("--top", type=_positive_int, default=5, help="classes per image (default 5)")
     s.add_argument("--mapping", type=_existing_path, default=None, help="LOC_synset_mapping.txt for class names")
+    s.add_argument("--engine", choices=ENGINE_CHOICES, default="torch",
+                   help="inference engine, as for eval (default torch)")
+    s.add_argument("--calibration", type=_existing_path, default=None, help="images for int8 calibration")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_predict)
 

@@ -108,20 +108,24 @@ def class_names_for(weights: LoadedWeights, mapping: str | os.PathLike | None = 
 
 @torch.inference_mode()
 def predict(weights: str | os.PathLike | LoadedWeights, images: list, *, top: int = 5,
-            mapping: str | os.PathLike | None = None) -> list[dict]:
-    """Top-``top`` classes with probabilities for each image path."""
+            mapping: str | os.PathLike | None = None, engine: str = "torch", calibration=None,
+            log=None) -> list[dict]:
+    """Top-``top`` classes with probabilities for each image path, through ``engine``."""
+    from ..export.engine import make_engine
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     if top < 1:
         raise ValueError(f"--top must be at least 1, got {top}")
+    for path in images:  # before building an engine, which can take seconds
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such image")
     names = class_names_for(lw, mapping)
-    model = lw.build_model()
+    model = make_engine(lw, engine, calibration, log)
     transform = lw.preprocessing.transform()
     results = []
     for path in images:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such image")
         x = transform(load_image(path)).unsqueeze(0)
-        probs = torch.softmax(model(x), dim=1)[0]
+        with torch.inference_mode():
+            probs = torch.softmax(model(x).float(), dim=1)[0]
         p, idx = probs.topk(min(top, probs.numel()))
         results.append({"image": str(path), "predictions": [
             {"class_index": int(i), "class_name": names[int(i)] if int(i) < len(names) else str(int(i)),

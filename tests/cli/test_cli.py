@@ -49,3 +49,9 @@ def test_every_command_has_help():
         text = sp.format_help()
         assert "--json" in text or name == "list" or "--out" in text, name
         assert sp.description or sp.format_usage(), name
+
+
+def test_cli_engine_choices_match_the_library():
+    from squeezenet.cli.commands import ENGINE_CHOICES
+    from squeezenet.export.engine import ENGINES
+    assert tuple(ENGINE_CHOICES) == tuple(ENGINES)

@@ -48,3 +48,18 @@ def test_predict_names_classes():
     preds = res[0]["predictions"]
     assert len(preds) == 3 and preds[0]["probability"] >= preds[1]["probability"]
     assert preds[0]["class_name"] == "tench"
+
+
+def test_predict_through_the_int8_engine_agrees_on_a_clear_image(tmp_path):
+    """int8 export gives sane predictions on shared images, calibrated on *other* images."""
+    val = need(IMAGENET_SAMPLES) / "val"
+    files = sorted(val.rglob("*.JPEG"))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for f in files[1::2][:16]:
+        (calib / f.name).symlink_to(f.resolve())
+    img = sorted((val / "n01440764").glob("*.JPEG"))[0]
+    assert not (calib / img.name).exists()
+    res = predict(need(PUBLISHED_NET), [img], top=3, mapping=IMAGENET_SAMPLES / "LOC_synset_mapping.txt",
+                  engine="openvino-int8", calibration=calib)
+    assert res[0]["predictions"][0]["class_name"] == "tench"
