@@ -156,6 +156,9 @@ def cmd_export(args) -> int:
     if args.int8:
         msg += (f"; int8 max abs difference {report['int8_max_abs_diff']:.3g} on a random input "
                 f"(measure its accuracy with `squeezenet eval --engine`)")
+        if report.get("calibration_images", 0) < 16:
+            print(f"warning: calibrated on only {report.get('calibration_images')} image(s); activation ranges "
+                  f"from so few images are unreliable (64 or more recommended)", file=sys.stderr)
     print(msg, file=sys.stderr if args.json else sys.stdout)
     if args.json:
         _print_json(report)
@@ -312,15 +315,17 @@ def add_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("export", help="export any weights to ONNX, TorchScript or a torch.export program",
+    s = sub.add_parser("export", help="export any weights to ONNX, TorchScript, a torch.export program or OpenVINO IR",
                        description="Export weights (any supported file, compressed ones included) and check the "
                                    "result against PyTorch on the same input. Files carry the model name, "
                                    "preprocessing and class names as metadata; ONNX files pass onnx.checker.")
     s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
-    s.add_argument("--format", required=True, choices=["onnx", "torchscript", "exported-program"], help="output format")
+    s.add_argument("--format", required=True, choices=["onnx", "torchscript", "exported-program", "openvino"],
+                   help="output format (openvino: NAME.xml + NAME.bin)")
     s.add_argument("--out", required=True, type=Path, help="output file")
     s.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
-    s.add_argument("--int8", action="store_true", help="static int8 quantization (ONNX; QDQ, per-channel weights)")
+    s.add_argument("--int8", action="store_true",
+                   help="static int8 quantization: ONNX QDQ per-channel (ONNX Runtime) or, for openvino, NNCF")
     s.add_argument("--calibration", type=_existing_path, default=None, help="images for int8 calibration")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_export)

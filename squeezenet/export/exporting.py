@@ -1,4 +1,5 @@
-"""``squeezenet export``: any weights file to ONNX, TorchScript or a torch.export program.
+"""``squeezenet export``: any weights file to ONNX, TorchScript, a torch.export program or an
+OpenVINO IR (``.xml`` + ``.bin``; with ``--int8`` quantized by NNCF, the fastest CPU path here).
 
 Every export is checked against PyTorch on the same input (max abs difference reported) and
 carries the model name, preprocessing and class names as metadata, so a deployment tool can
@@ -17,7 +18,7 @@ import torch
 from ..errors import SqueezeNetError
 from ..weights import LoadedWeights, load_weights
 
-FORMATS = ("onnx", "torchscript", "exported-program")
+FORMATS = ("onnx", "torchscript", "exported-program", "openvino")
 
 
 class ExportError(SqueezeNetError):
@@ -76,8 +77,10 @@ def export_weights(weights, fmt: str, out: str | os.PathLike, *, batch="dynamic"
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if int8 and fmt != "onnx":
-        raise ValueError("--int8 is available for --format onnx")
+    if int8 and fmt not in ("onnx", "openvino"):
+        raise ValueError("--int8 is available for --format onnx and --format openvino")
+    if fmt == "openvino" and Path(out).suffix != ".xml":
+        raise ValueError(f"--format openvino writes NAME.xml (+ NAME.bin); got {out}")
     if int8 and calibration is None:
         raise ValueError("--int8 needs --calibration DIR (images other than those you evaluate on)")
     n = _parse_batch(batch)
@@ -106,6 +109,23 @@ def export_weights(weights, fmt: str, out: str | os.PathLike, *, batch="dynamic"
             got8 = onnx_outputs(out, check.numpy())
             report["int8_max_abs_diff"] = float(np.abs(got8 - ref.numpy()).max())
             report["fp32_onnx"] = str(fp32)
+    elif fmt == "openvino":
+        import openvino as ov
+        fp32 = out.with_name(out.stem + ".fp32.onnx")
+        export_onnx(model, check[:1] if n is None else check, fp32, n is None, meta)
+        report["max_abs_diff"] = float(np.abs(onnx_outputs(fp32, check.numpy()) - ref.numpy()).max())
+        if int8:
+            from .int8 import quantize_openvino_int8
+            report.update(quantize_openvino_int8(fp32, out, calibration, lw.preprocessing, calibration_images, meta))
+        else:
+            ir = ov.Core().read_model(str(fp32))
+            for key, value in meta.items():
+                ir.set_rt_info(value, key.split("."))
+            ov.save_model(ir, str(out), compress_to_fp16=False)
+        fp32.unlink()
+        compiled = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        got = np.array(next(iter(compiled({0: check.numpy()}).values())))
+        report["int8_max_abs_diff" if int8 else "max_abs_diff"] = float(np.abs(got - ref.numpy()).max())
     elif fmt == "torchscript":
         traced = torch.jit.trace(model, check[:1], check_trace=False)
         tmp = out.with_name(f".{out.name}.tmp")
@@ -126,8 +146,8 @@ def export_weights(weights, fmt: str, out: str | os.PathLike, *, batch="dynamic"
             report["max_abs_diff"] = float((loaded.module()(check) - ref).abs().max())
     report["seconds"] = time.perf_counter() - start
     report["out"] = str(out)
-    report["bytes"] = out.stat().st_size
-    if fmt != "onnx" or not int8:
+    report["bytes"] = out.stat().st_size + (out.with_suffix(".bin").stat().st_size if fmt == "openvino" else 0)
+    if not int8:
         if report["max_abs_diff"] > 1e-4 * max(1.0, float(ref.abs().max())):
             raise ExportError(f"{out}: exported outputs differ from PyTorch by {report['max_abs_diff']:.3g}")
     return report

@@ -77,17 +77,25 @@ def quantize_onnx_int8(fp32_path: Path, out: Path, calibration, preprocessing=No
 
 
 def quantize_openvino_int8(fp32_path: Path, out_xml: Path, calibration, preprocessing=None,
-                           images: int = 64) -> dict:
+                           images: int = 64, metadata: dict | None = None) -> dict:
     """OpenVINO IR (``out_xml`` + ``.bin``) quantized by NNCF with its default CPU preset."""
     try:
         import nncf
         import openvino as ov
     except ImportError as e:  # pragma: no cover - both are dependencies
         raise ImportError(f"OpenVINO int8 needs the nncf and openvino packages ({e})") from None
+    import contextlib
+    import logging
+    import sys
     xs = calibration_arrays(calibration, preprocessing, images)
     model = ov.Core().read_model(str(fp32_path))
     dataset = nncf.Dataset([xs[i:i + 1] for i in range(len(xs))])
-    quantized = nncf.quantize(model, dataset, subset_size=len(xs))
+    nncf.set_log_level(logging.ERROR)
+    # NNCF draws progress bars on stdout, where --json promises one object on the last line.
+    with contextlib.redirect_stdout(sys.stderr):
+        quantized = nncf.quantize(model, dataset, subset_size=len(xs))
+    for key, value in (metadata or {}).items():
+        quantized.set_rt_info(value, key.split("."))
     out_xml = Path(out_xml)
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     return {"calibration": _describe(calibration), "calibration_images": len(xs), "quantizer": "nncf"}

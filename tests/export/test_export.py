@@ -124,3 +124,21 @@ def test_auto_engine_reports_its_choice():
     assert "->" in msgs[0] and eng.name in msgs[0]
     with pytest.raises(ValueError, match="unknown engine"):
         make_engine(small(), "tensorrt")
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_openvino_ir_export_matches_and_carries_metadata(tmp_path, int8):
+    import openvino as ov
+    calib = random_images(tmp_path / "calib", 8) if int8 else None
+    out = tmp_path / "m.xml"
+    report = export_weights(small(), "openvino", out, int8=int8, calibration=calib)
+    assert out.with_suffix(".bin").stat().st_size > 0 and report["bytes"] > out.stat().st_size
+    if int8:
+        assert report["int8_max_abs_diff"] < 1.0
+    else:
+        assert report["max_abs_diff"] < 1e-4
+    model = ov.Core().read_model(str(out))
+    assert json.loads(model.get_rt_info(["squeezenet", "preprocessing"]).astype(str))["crop"] == 32
+    assert not (tmp_path / "m.fp32.onnx").exists()
+    with pytest.raises(ValueError, match="xml"):
+        export_weights(small(), "openvino", tmp_path / "m.onnx")
