@@ -65,8 +65,8 @@ def main() -> int:
                 top1 += r["top1"] * r["images"]
                 top5 += r["top5"] * r["images"]
                 n += r["images"]
-                chosen.append(r["engine"] + (f" (agreement {r['engine_choice']['int8_agreement']})"
-                                             if "engine_choice" in r else ""))
+                agreement = r.get("engine_choice", {}).get("int8_agreement", {})
+                chosen.append(r["engine"] + "".join(f" ({k} agreed {v:.0%})" for k, v in agreement.items()))
             rows.append({"engine": engine, "top1": top1 / n, "top5": top5 / n, "images": n,
                          "chosen": chosen, "seconds": time.perf_counter() - start})
             print(f"  {engine}: top-1 {top1 / n:.4f} top-5 {top5 / n:.4f} ({', '.join(chosen)})", file=sys.stderr)
