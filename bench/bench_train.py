@@ -46,18 +46,21 @@ def reference_loop(data: Path, steps: int, batch: int) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
-def our_loop(data: Path, steps: int, batch: int) -> tuple[float, dict]:
+def our_loop(data: Path, steps: int, batch: int, channels_last: bool = True) -> tuple[float, dict]:
     from squeezenet.models import create_model
     from squeezenet.training.train import Dist, bf16_pays, build_data, load_config, make_scheduler, train_one_epoch
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "cifar10.yaml", batch_size=batch)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "cifar10.yaml", batch_size=batch,
+                      channels_last=channels_last)
     d = Dist()
     tb, _, _ = build_data(data, cfg, d, batch, log=lambda *a: None)   # decoded once (cached after the first run)
-    model = create_model("squeezenet1_1", num_classes=10, small_input=True).to(memory_format=torch.channels_last)
+    model = create_model("squeezenet1_1", num_classes=10, small_input=True)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sched = make_scheduler(opt, cfg, 1000)
     train_one_epoch(model, tb, opt, sched, d=d, epoch=0, max_steps=3, autocast=bf16_pays(d.device))
     r = train_one_epoch(model, tb, opt, sched, d=d, epoch=1, max_steps=steps, autocast=bf16_pays(d.device))
-    return r["images_per_s"], {"bf16": bf16_pays(d.device), "channels_last": True}
+    return r["images_per_s"], {"bf16": bf16_pays(d.device), "channels_last": channels_last}
 
 
 def main() -> None:
@@ -72,13 +75,16 @@ def main() -> None:
         print(f"skipped: {data} not found")
         return
     ours, info = our_loop(data, a.steps, a.batch)
+    cache_only, _ = our_loop(data, a.steps, a.batch, channels_last=False)
     ref = reference_loop(data, a.steps, a.batch)
     print(f"{'loop':<58} {'images/s':>9} {'ratio':>6}")
     print(f"{'reference: ImageFolder + DataLoader + torchvision, fp32':<58} {ref:>9.1f} {1.0:>5.2f}x")
+    print(f"{'squeezenet train, tensor cache only (contiguous NCHW)':<58} {cache_only:>9.1f} {cache_only / ref:>5.2f}x")
     print(f"{'squeezenet train (tensor cache, channels_last' + (', bf16' if info['bf16'] else '') + ')':<58} {ours:>9.1f} {ours / ref:>5.2f}x")
     print(f"squeezenet1_1 32x32 stem, batch {a.batch}, {a.steps} steps, {torch.get_num_threads()} threads")
     if a.json:
-        print(json.dumps({"reference_images_per_s": ref, "images_per_s": ours, "ratio": ours / ref, **info}))
+        print(json.dumps({"reference_images_per_s": ref, "images_per_s": ours, "ratio": ours / ref,
+                          "tensor_cache_only_images_per_s": cache_only, **info}))
 
 
 if __name__ == "__main__":
