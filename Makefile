@@ -16,12 +16,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m squeezenet.demo --shared $(SHARED)
 
+# OpenVINO int8 tests run in a pytest process of their own: in one process with the rest of the
+# suite, the process was killed by SIGSEGV while it launched a child process (not understood yet).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not openvino_int8"
+	$(PY) -m pytest -q -m openvino_int8
 
 # Slow tests too (long compression and training runs).
 test-all: $(STAMP)
-	RUN_SLOW=1 $(PY) -m pytest -q
+	RUN_SLOW=1 $(PY) -m pytest -q -m "not openvino_int8"
+	RUN_SLOW=1 $(PY) -m pytest -q -m openvino_int8
 
 # Fuzzing, hostile files, bad arguments and resume (docs/robustness.md).
 robustness: $(STAMP)

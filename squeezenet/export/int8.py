@@ -78,26 +78,29 @@ def quantize_onnx_int8(fp32_path: Path, out: Path, calibration, preprocessing=No
 
 def quantize_openvino_int8(fp32_path: Path, out_xml: Path, calibration, preprocessing=None,
                            images: int = 64, metadata: dict | None = None) -> dict:
-    """OpenVINO IR (``out_xml`` + ``.bin``) quantized by NNCF with its default CPU preset."""
-    try:
-        import nncf
-        import openvino as ov
-    except ImportError as e:  # pragma: no cover - both are dependencies
-        raise ImportError(f"OpenVINO int8 needs the nncf and openvino packages ({e})") from None
-    import contextlib
-    import logging
+    """OpenVINO IR (``out_xml`` + ``.bin``) quantized by NNCF with its default CPU preset.
+
+    NNCF runs in a child process: after NNCF had run inside a long-lived process (the test
+    suite), a later child process launch there ended with the parent killed by SIGSEGV; the
+    child keeps whatever NNCF leaves behind out of the caller's process.
+    """
+    import json
+    import subprocess
     import sys
+    import tempfile
     xs = calibration_arrays(calibration, preprocessing, images)
-    model = ov.Core().read_model(str(fp32_path))
-    dataset = nncf.Dataset([xs[i:i + 1] for i in range(len(xs))])
-    nncf.set_log_level(logging.ERROR)
-    # NNCF draws progress bars on stdout, where --json promises one object on the last line.
-    with contextlib.redirect_stdout(sys.stderr):
-        quantized = nncf.quantize(model, dataset, subset_size=len(xs))
-    for key, value in (metadata or {}).items():
-        quantized.set_rt_info(value, key.split("."))
     out_xml = Path(out_xml)
-    ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
+    with tempfile.TemporaryDirectory(prefix="squeezenet-nncf-") as tmp:
+        np.save(Path(tmp) / "calibration.npy", xs)
+        (Path(tmp) / "metadata.json").write_text(json.dumps(metadata or {}))
+        proc = subprocess.run([sys.executable, "-m", "squeezenet.export._nncf_worker", str(fp32_path), str(out_xml),
+                               str(Path(tmp) / "calibration.npy"), str(Path(tmp) / "metadata.json")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode == 3:
+        raise ImportError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "nncf missing")
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"NNCF quantization of {fp32_path} failed (exit {proc.returncode}):\n{tail}")
     return {"calibration": _describe(calibration), "calibration_images": len(xs), "quantizer": "nncf"}
 
 

@@ -50,6 +50,7 @@ def test_predict_names_classes():
     assert preds[0]["class_name"] == "tench"
 
 
+@pytest.mark.openvino_int8
 def test_predict_through_the_int8_engine_agrees_on_a_clear_image(tmp_path):
     """int8 export gives sane predictions on shared images, calibrated on *other* images."""
     val = need(IMAGENET_SAMPLES) / "val"

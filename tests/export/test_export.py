@@ -88,6 +88,7 @@ def test_onnx_int8_uses_7bit_weights_without_vnni(tmp_path):
     assert report["reduce_range"] is (not cpu_has_vnni())
 
 
+@pytest.mark.openvino_int8
 def test_openvino_int8_engine_is_nncf_quantized_and_near_fp32(tmp_path):
     calib = random_images(tmp_path / "calib", 8)
     lw = small()
@@ -103,6 +104,7 @@ def test_openvino_int8_engine_is_nncf_quantized_and_near_fp32(tmp_path):
     assert "FakeQuantize" in ops  # really quantized, not an fp32 model under an int8 name
 
 
+@pytest.mark.openvino_int8
 def test_auto_admits_int8_only_after_its_agreement_check(tmp_path):
     calib = random_images(tmp_path / "calib", 16)
     msgs = []
@@ -126,6 +128,7 @@ def test_auto_engine_reports_its_choice():
         make_engine(small(), "tensorrt")
 
 
+@pytest.mark.openvino_int8
 @pytest.mark.parametrize("int8", [False, True])
 def test_openvino_ir_export_matches_and_carries_metadata(tmp_path, int8):
     import openvino as ov
