@@ -83,10 +83,8 @@ def evaluate_weights(weights: str | os.PathLike | LoadedWeights, data: str | os.
 
 def _refuse_overlap(calibration: str | os.PathLike, dataset: ImageNetFolder) -> None:
     """int8 calibrated on the evaluation images would report an optimistic accuracy."""
-    from ..data.imagenet import IMAGE_EXTENSIONS
-    root = Path(calibration)
-    files = [root] if root.is_file() else [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
-    calib = {p.resolve() for p in files}
+    from ..compression.finetune import UnlabelledImages
+    calib = {p.resolve() for p in UnlabelledImages(calibration, transform=None).files}
     shared = [p for p, _ in dataset.samples if p.resolve() in calib]
     if shared:
         raise ValueError(f"{calibration}: {len(shared)} calibration image(s) are also evaluation images "
@@ -124,8 +122,7 @@ def predict(weights: str | os.PathLike | LoadedWeights, images: list, *, top: in
     results = []
     for path in images:
         x = transform(load_image(path)).unsqueeze(0)
-        with torch.inference_mode():
-            probs = torch.softmax(model(x).float(), dim=1)[0]
+        probs = torch.softmax(model(x).float(), dim=1)[0]
         p, idx = probs.topk(min(top, probs.numel()))
         results.append({"image": str(path), "predictions": [
             {"class_index": int(i), "class_name": names[int(i)] if int(i) < len(names) else str(int(i)),

@@ -5,7 +5,15 @@ import csv
 import json
 from pathlib import Path
 
-from .sweep import PAPER
+from .sweep import PAPER, WIDTH_KEYS
+
+
+def paper_width() -> dict:
+    """base_e / incr_e / freq as the metaparameter generator defaults them (the paper's)."""
+    import inspect
+    from ..models.squeezenet import squeezenet_from_metaparameters
+    params = inspect.signature(squeezenet_from_metaparameters).parameters
+    return {k: params[k].default for k in WIDTH_KEYS}
 
 
 def write_outputs(sweep: str, rows: list[dict], out: Path) -> list[str]:
@@ -70,8 +78,10 @@ def _fixed_settings(rows: list[dict]) -> list[str]:
         return []
     kws = [r.get("model_kwargs") or {} for r in rows]
     shared = {k: v for k, v in kws[0].items() if all(kw.get(k) == v for kw in kws)}
-    width = {k: shared.get(k, d) for k, d in (("base_e", 128), ("incr_e", 128), ("freq", 2))}
-    note = "" if width == {"base_e": 128, "incr_e": 128, "freq": 2} else " (narrower than the paper's 128/128/2)"
+    paper = paper_width()
+    width = {k: shared.get(k, d) for k, d in paper.items()}
+    note = "" if width == paper else (" (narrower than the paper's "
+                                      + "/".join(str(v) for v in paper.values()) + ")")
     train = rows[0].get("train_images", "all")
     return [f"Fixed for every point: base_e {width['base_e']}, incr_e {width['incr_e']}, freq {width['freq']}{note}; "
             f"training images per epoch: {train}.", ""]

@@ -71,9 +71,9 @@ def _parse_values(sweep: str, values, width: dict | None = None) -> list:
                 out.append(float(v))
             except ValueError:
                 raise ValueError(f"{sweep} values must be numbers, got {v!r}") from None
+    import torch
     from ..models import create_model
     for v in out:  # build each point on the meta device: bad ranges fail before any training
-        import torch
         with torch.device("meta"):
             create_model("squeezenet_from_metaparameters", num_classes=10, **point_kwargs(sweep, v, width))
     return out
@@ -129,10 +129,10 @@ def run_sweep(sweep: str, data, out, values=None, jobs: int = 1, log=print, widt
             except json.JSONDecodeError:
                 p.unlink()  # a damaged record: run the point again
                 continue
-            if row.get("model_kwargs") != point_kwargs(sweep, v, width):
+            wanted = point_kwargs(sweep, v, width)
+            if row.get("model_kwargs") != wanted:
                 # Mixing points of different design spaces in one report would mislead.
-                raise ValueError(f"{p} was trained with {row.get('model_kwargs')}, not "
-                                 f"{point_kwargs(sweep, v, width)}; use another --out")
+                raise ValueError(f"{p} was trained with {row.get('model_kwargs')}, not {wanted}; use another --out")
             done[point_id(sweep, v)] = row
     todo = [v for v in values if point_id(sweep, v) not in done]
     if done:

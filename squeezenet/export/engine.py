@@ -122,6 +122,7 @@ def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=N
             raise ValueError("engine onnxruntime-int8 needs --calibration DIR (images not used for evaluation)")
         return OnnxRuntimeEngine(_export_tmp(lw, True, calibration, calibration_images), "onnxruntime-int8")
     candidates = [TorchEngine(lw), TorchEngine(lw, channels_last=True)]
+    onnx_path = None
     try:
         onnx_path = _export_tmp(lw, False, None)
         candidates.append(OnnxRuntimeEngine(onnx_path))
@@ -130,7 +131,10 @@ def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=N
         pass
     agreements = {}
     if calibration is not None:
-        candidates += _int8_candidates(lw, calibration, calibration_images, min_agreement, agreements, log)
+        if onnx_path is None:
+            raise ImportError("int8 engines need the onnx and onnxruntime packages")
+        candidates += _int8_candidates(lw, onnx_path, calibration, calibration_images, min_agreement, agreements,
+                                       log)
     x = torch.randn(8, 3, lw.preprocessing.crop, lw.preprocessing.crop)
     timings = {}
     for e in candidates:
@@ -151,8 +155,8 @@ def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=N
     return best
 
 
-def _int8_candidates(lw: LoadedWeights, calibration, images: int, min_agreement: float, agreements: dict,
-                     log) -> list[Engine]:
+def _int8_candidates(lw: LoadedWeights, fp32: Path, calibration, images: int, min_agreement: float,
+                     agreements: dict, log) -> list[Engine]:
     """int8 engines quantized on 3/4 of the calibration images, kept if they agree with fp32 on the rest."""
     from .int8 import calibration_arrays, quantize_onnx_int8, quantize_openvino_int8
     xs = calibration_arrays(calibration, lw.preprocessing, images)
@@ -163,7 +167,6 @@ def _int8_candidates(lw: LoadedWeights, calibration, images: int, min_agreement:
     model = lw.build_model()
     with torch.inference_mode():
         reference = model(torch.from_numpy(check)).argmax(1)
-    fp32 = _export_tmp(lw, False, None)
     out = []
     # OpenVINO + NNCF is the int8 recipe that kept closest to fp32 in our measurements
     # (bench/bench_int8_accuracy.py); ONNX Runtime's QDQ model is the fallback without it.

@@ -80,9 +80,9 @@ def quantize_openvino_int8(fp32_path: Path, out_xml: Path, calibration, preproce
                            images: int = 64, metadata: dict | None = None) -> dict:
     """OpenVINO IR (``out_xml`` + ``.bin``) quantized by NNCF with its default CPU preset.
 
-    NNCF runs in a child process: after NNCF had run inside a long-lived process (the test
-    suite), a later child process launch there ended with the parent killed by SIGSEGV; the
-    child keeps whatever NNCF leaves behind out of the caller's process.
+    NNCF runs in a child process, which keeps its progress output, logging setup and threads
+    out of the caller's process. (It was moved there while chasing a SIGSEGV seen in the test
+    suite; that alone did not stop it: see docs/robustness.md.)
     """
     import json
     import subprocess
