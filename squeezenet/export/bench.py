@@ -11,7 +11,6 @@ real calibration images ``auto`` may admit int8 after its agreement check (accur
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -19,20 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def _time_path(fn, x, seconds: float, min_iters: int = 5) -> dict:
-    fn(x)
-    fn(x)
-    lat = []
-    start = time.perf_counter()
-    while len(lat) < min_iters or time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        fn(x)
-        lat.append(time.perf_counter() - t)
-    n = x.shape[0]
-    q = np.percentile(lat, [50, 90, 99]) * 1e3
-    return {"images_per_s": n * len(lat) / sum(lat), "p50_ms": float(q[0]), "p90_ms": float(q[1]),
-            "p99_ms": float(q[2]), "iterations": len(lat)}
+from .timing import time_interleaved
 
 
 def run_bench(model: str = "squeezenet1_0", batches=(1, 32), seconds: float = 3.0, threads: int | None = None,
@@ -90,11 +76,10 @@ def run_bench(model: str = "squeezenet1_0", batches=(1, 32), seconds: float = 3.
     rows = []
     for b in batches:
         x = torch.randn(b, 3, size, size)
-        results = {}
-        for name, fn in paths.items():
-            with torch.inference_mode():
-                results[name] = _time_path(fn, x, seconds)
-            log(f"batch {b:>3} {name:<44} {results[name]['images_per_s']:8.1f} images/s")
+        with torch.inference_mode():
+            results = time_interleaved(paths, x, seconds * len(paths))
+        for name, r in results.items():
+            log(f"batch {b:>3} {name:<44} {r['images_per_s']:8.1f} images/s")
         ort = results["onnxruntime fp32"]["images_per_s"]
         fastest = max(r["images_per_s"] for r in results.values())
         for name, r in results.items():

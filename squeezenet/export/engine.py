@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..weights import LoadedWeights
+from .timing import time_interleaved
 
 ENGINES = ("auto", "torch", "torch-channels-last", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
 
@@ -136,17 +136,11 @@ def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=N
         candidates += _int8_candidates(lw, onnx_path, calibration, calibration_images, min_agreement, agreements,
                                        log)
     x = torch.randn(8, 3, lw.preprocessing.crop, lw.preprocessing.crop)
-    timings = {}
-    for e in candidates:
-        e(x)  # warm up
-        # best of repeated runs: the minimum is the least noisy estimate on a shared machine
-        runs = []
-        budget = time.perf_counter() + 1.0
-        while len(runs) < 3 or (time.perf_counter() < budget and len(runs) < 20):
-            t = time.perf_counter()
-            e(x)
-            runs.append(time.perf_counter() - t)
-        timings[e.name] = min(runs)
+    # interleaved rounds and the median latency: on a shared machine the load drifts, and a
+    # path timed alone in a slow moment would lose for reasons that are not its own
+    with torch.inference_mode():
+        measured = time_interleaved({e.name: e for e in candidates}, x, seconds=0.3 * len(candidates), rounds=3)
+    timings = {name: r["p50_ms"] / 1e3 for name, r in measured.items()}
     best = min(candidates, key=lambda e: timings[e.name])
     best.choice = {"images_per_s": {k: 8 / v for k, v in timings.items()}, "int8_agreement": agreements,
                    "min_agreement": min_agreement, "chosen": best.name}
