@@ -374,16 +374,19 @@ def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
 def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, d: Dist, epoch: int,
                     autocast: bool = False, label_smoothing: float = 0.0, max_steps: int = 0,
                     before_step: Callable | None = None, after_step: Callable | None = None,
-                    progress: bool = False) -> dict:
+                    progress: bool | str = False) -> dict:
     """One pass over ``batches``. ``before_step`` runs after backward (e.g. mask or sum
-    gradients), ``after_step`` after each optimizer step (e.g. re-apply masks and centroids)."""
+    gradients), ``after_step`` after each optimizer step (e.g. re-apply masks and centroids).
+    ``progress``: True for a progress bar, ``"lines"`` for a plain line every tenth of the
+    epoch (logs, where a bar's carriage returns show nothing until the epoch ends), False for none."""
     from tqdm import tqdm
     model.train()
     batches.set_epoch(epoch)
     total = len(batches) if not max_steps else min(max_steps, len(batches))
     loss_sum = correct = seen = 0.0
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=f"epoch {epoch + 1}", disable=not progress, unit="batch", dynamic_ncols=True)
+    bar = tqdm(total=total, desc=f"epoch {epoch + 1}", disable=progress is not True, unit="batch", dynamic_ncols=True)
+    line_every = max(1, total // 10) if progress == "lines" else 0
     for step, (x, y) in enumerate(batches):
         if step >= total:
             break
@@ -409,6 +412,9 @@ def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, d: Dist,
         bar.update(1)
         el = time.perf_counter() - start
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{seen / el:.0f}")
+        if line_every and ((step + 1) % line_every == 0 or step + 1 == total):
+            print(f"epoch {epoch + 1}: step {step + 1}/{total}, loss {loss_sum / seen:.3f}, acc {correct / seen:.3f}, "
+                  f"{seen / el:.0f} images/s, {el:.0f} s", file=sys.stderr, flush=True)
     bar.close()
     seconds = time.perf_counter() - start
     return {"loss": loss_sum / max(seen, 1), "top1": correct / max(seen, 1), "images": int(seen),
@@ -524,7 +530,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
     out = Path(out) if out else None
     if out and d.main:
         out.mkdir(parents=True, exist_ok=True)
-    show = (sys.stderr.isatty() if progress is None else progress) and d.main
+    show = (progress if progress is not None else (True if sys.stderr.isatty() else "lines")) if d.main else False
     say(f"training {cfg.model} on {len(train_b) * per_rank * d.world:,} images x {cfg.epochs} epochs, "
         f"{d.world} process(es) on {d.device}, global batch {cfg.batch_size}, lr {lr:.4g}, "
         f"bf16 {'on' if autocast else 'off'}, channels_last {cfg.channels_last}")

@@ -125,3 +125,14 @@ def test_compress_with_retraining_reports_every_stage(tiny_data, tmp_path):
     assert rep["bytes"] == out.stat().st_size and rep["ratio_vs_fp32"] > 5
     lw = load_weights(out)
     assert lw.kind == "compressed" and lw.class_names == ["class0", "class1", "class2"]
+
+
+def test_without_a_terminal_progress_comes_as_plain_lines(tiny_data, capsys):
+    # logs (nohup, CI) get one line per tenth of the epoch instead of a bar's carriage returns
+    train(cfg(epochs=1), tiny_data, None, log=lambda *a: None)
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith("epoch 1: step ")]
+    assert lines and "\r" not in err
+    last = lines[-1]
+    steps, total = last.split("step ")[1].split(",")[0].split("/")
+    assert steps == total and "images/s" in last and "loss " in last
