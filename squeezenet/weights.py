@@ -129,13 +129,13 @@ def load_weights(path: str | os.PathLike) -> LoadedWeights:
         raise FormatError(f"{path}: {size} bytes is larger than any weights file this tool reads")
     with open(path, "rb") as f:
         head = f.read(8)
-    from .compression.format import MAGIC, load_compressed
-    if head.startswith(MAGIC):
-        return load_compressed(path)
-    if head.startswith(b"PK\x03\x04"):
+    if head.startswith(b"PK\x03\x04"):  # checked first: a checkpoint needs PyTorch alone, not bitarray
         if not _is_zip(path):
             raise FormatError(f"{path}: a damaged zip archive, not a readable checkpoint")
         return _load_torch_file(path)
+    from .compression.format import MAGIC, load_compressed
+    if head.startswith(MAGIC):
+        return load_compressed(path)
     from .compression.caffe_net import layers_to_state_dict, parse_caffe_net
     data = path.read_bytes()
     try:

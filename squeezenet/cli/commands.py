@@ -78,8 +78,8 @@ def cmd_compress(args) -> int:
 def cmd_decompress(args) -> int:
     from ..weights import load_weights, save_checkpoint
     lw = load_weights(args.file)
-    if lw.kind != "compressed":
-        raise UsageError(f"{args.file}: not a compressed (.sqz) file (it is a {lw.kind})")
+    if lw.kind not in ("compressed", "caffe-net"):
+        raise UsageError(f"{args.file}: not a compressed file (.sqz or the published .net); it is a {lw.kind}")
     save_checkpoint(args.out, lw.model_name, lw.state_dict, preprocessing=lw.preprocessing,
                     num_classes=lw.num_classes, model_kwargs=lw.model_kwargs, class_names=lw.class_names)
     print(f"wrote {args.out} ({lw.model_name}, {lw.num_classes} classes)", file=sys.stderr if args.json else sys.stdout)
@@ -278,10 +278,11 @@ def add_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object with bytes and per-stage figures")
     s.set_defaults(func=cmd_compress)
 
-    s = sub.add_parser("decompress", help="decode a .sqz file into a checkpoint",
-                       description="Decode a compressed file into our checkpoint format (loadable with "
-                                   "weights_only=True, usable by eval/predict/export).")
-    s.add_argument("file", type=_existing_path, help="compressed .sqz file")
+    s = sub.add_parser("decompress", help="decode a .sqz or published .net file into a checkpoint",
+                       description="Decode a compressed file (ours, .sqz, or the published Deep Compression "
+                                   ".net) into our checkpoint format: loadable with weights_only=True by "
+                                   "PyTorch alone, usable by eval/predict/export.")
+    s.add_argument("file", type=_existing_path, help="compressed file: .sqz or the published .net")
     s.add_argument("--out", required=True, type=Path, help="output checkpoint path")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_decompress)

@@ -55,3 +55,28 @@ def test_cli_engine_choices_match_the_library():
     from squeezenet.cli.commands import ENGINE_CHOICES
     from squeezenet.export.engine import ENGINES
     assert tuple(ENGINE_CHOICES) == tuple(ENGINES)
+
+
+def test_decompress_sqz_and_published_net_into_plain_checkpoints(tmp_path, capsys):
+    import torch
+
+    from squeezenet.models import create_model
+    from squeezenet.preprocessing import TORCHVISION_IMAGENET
+    from squeezenet.weights import load_weights, save_checkpoint
+    from tests.conftest import PUBLISHED_NET
+    dense = tmp_path / "dense.pt"
+    save_checkpoint(dense, "squeezenet1_1", create_model("squeezenet1_1", num_classes=10).state_dict(),
+                    preprocessing=TORCHVISION_IMAGENET, num_classes=10)
+    assert main(["compress", "--weights", str(dense), "--out", str(tmp_path / "m.sqz"), "--bits", "4"]) == 0
+    sources = [tmp_path / "m.sqz"] + ([PUBLISHED_NET] if PUBLISHED_NET.is_file() else [])
+    for src in sources:
+        out = tmp_path / (src.stem + ".pt")
+        assert main(["decompress", str(src), "--out", str(out), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bytes"] == out.stat().st_size
+        torch.load(out, weights_only=True)  # plain tensors: PyTorch alone reads it
+        a, b = load_weights(src), load_weights(out)
+        assert a.model_name == b.model_name and a.num_classes == b.num_classes
+        assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    # a dense checkpoint is not a compressed file: refused in one line
+    assert main(["decompress", str(dense), "--out", str(tmp_path / "x.pt")]) != 0
+    assert "not a compressed file" in capsys.readouterr().err
