@@ -19,6 +19,16 @@ ENGINE_CHOICES = ("auto", "torch", "torch-channels-last", "onnxruntime", "onnxru
                   "openvino-int8")
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"value must be a positive number, got {text!r}")
+    return v
+
+
 def _existing_path(text: str) -> Path:
     p = Path(text)
     if not p.exists():
@@ -275,6 +285,8 @@ def add_commands(sub) -> None:
     s.add_argument("--retrain-epochs", type=_nonneg_int, default=1, help="epochs of retraining per stage (with --data)")
     s.add_argument("--config", type=_existing_path, default=None, help="training recipe for retraining (with --data)")
     s.add_argument("--max-steps", type=_nonneg_int, default=None, help="at most this many steps per retraining epoch")
+    s.add_argument("--retrain-lr", type=_positive_float, default=None,
+                   help="peak learning rate of retraining and label fine-tuning (default: a tenth of the recipe's)")
     s.add_argument("--json", action="store_true", help="print one JSON object with bytes and per-stage figures")
     s.set_defaults(func=cmd_compress)
 

@@ -89,7 +89,7 @@ def compress_command(args) -> dict:
         report = compress_with_retraining(args.weights, args.data, args.out, bits=bits,
                                           density="profile" if args.density == "auto" else args.density,
                                           retrain_epochs=args.retrain_epochs, config=args.config,
-                                          max_steps=args.max_steps or 0, log=log)
+                                          max_steps=args.max_steps or 0, lr=args.retrain_lr, log=log)
         log(f"wrote {args.out}: {report['bytes']:,} bytes, {report['ratio_vs_fp32']:.1f}x smaller than fp32; "
             f"top-1 {report['top1']:.4f} ({report['top1_lost'] * 100:+.2f} points lost)")
         return report

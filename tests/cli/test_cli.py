@@ -34,6 +34,7 @@ def test_summary_of_generated_configuration(capsys):
     (["compress", "--weights", "/nonexistent", "--out", "x.sqz"], "no such file"),
     (["compress", "--weights", "pyproject.toml", "--out", "x.sqz", "--bits", "9"], "1..8"),
     (["size", "pyproject.toml"], "not a valid"),
+    (["compress", "--weights", "pyproject.toml", "--out", "x.sqz", "--retrain-lr", "-1"], "positive number"),
 ])
 def test_bad_arguments_one_line_no_traceback(args, needle):
     p = run(args)
