@@ -77,7 +77,7 @@ def run_bench(model: str = "squeezenet1_0", batches=(1, 32), seconds: float = 3.
     for b in batches:
         x = torch.randn(b, 3, size, size)
         with torch.inference_mode():
-            results = time_interleaved(paths, x, seconds * len(paths))
+            results = time_interleaved(paths, x, seconds)
         for name, r in results.items():
             log(f"batch {b:>3} {name:<44} {r['images_per_s']:8.1f} images/s")
         ort = results["onnxruntime fp32"]["images_per_s"]

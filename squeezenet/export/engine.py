@@ -139,7 +139,7 @@ def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=N
     # interleaved rounds and the median latency: on a shared machine the load drifts, and a
     # path timed alone in a slow moment would lose for reasons that are not its own
     with torch.inference_mode():
-        measured = time_interleaved({e.name: e for e in candidates}, x, seconds=0.3 * len(candidates), rounds=3)
+        measured = time_interleaved({e.name: e for e in candidates}, x, seconds=0.5, rounds=3)
     timings = {name: r["p50_ms"] / 1e3 for name, r in measured.items()}
     best = min(candidates, key=lambda e: timings[e.name])
     best.choice = {"images_per_s": {k: 8 / v for k, v in timings.items()}, "int8_agreement": agreements,

@@ -7,7 +7,7 @@ import numpy as np
 
 
 def time_interleaved(paths: dict, x, seconds: float, rounds: int = 6, min_iters: int = 5) -> dict:
-    """Latencies of every path on ``x``, measured in interleaved rounds.
+    """Latencies of every path on ``x``, measured in interleaved rounds (``seconds`` per path in all).
 
     Timing paths one after another lets the load of a shared machine drift between rows (the
     same model timed in two consecutive rows differed by up to 14% here); in rounds, each path
