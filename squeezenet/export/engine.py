@@ -9,8 +9,11 @@ speed with the fp32 ones. Without calibration images int8 is never chosen.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +72,7 @@ class OpenVinoEngine(Engine):
         self.compiled = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": hint,
                                                              "INFERENCE_NUM_THREADS": threads or (os.cpu_count() or 1)})
         self.request = self.compiled.create_infer_request()
+        reset_main_thread_alt_stack()
         self.name = name
         hint_type = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = hint_type.get_type_name() if hasattr(hint_type, "get_type_name") else str(hint_type)
@@ -76,6 +80,41 @@ class OpenVinoEngine(Engine):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = self.request.infer({0: x.contiguous().numpy()})
         return torch.from_numpy(np.array(next(iter(out.values()))))
+
+
+class _StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+_ALT_STACK: ctypes.Array | None = None
+
+
+def reset_main_thread_alt_stack() -> int | None:
+    """Give the main thread an alternate signal stack that is never freed; returns its address.
+
+    OpenVINO's CPU plugin installs its own alternate stack on the calling thread while it
+    compiles a model and, when those calls nest, leaves one on it that it later unmaps; the next
+    signal handled on that stack (SIGCHLD when a child process exits) killed the process with
+    SIGSEGV (docs/robustness.md). Called after each OpenVINO compile. Linux, main thread only.
+    """
+    global _ALT_STACK
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return None
+    if _ALT_STACK is None:
+        _ALT_STACK = ctypes.create_string_buffer(64 * 1024)
+    stack = _StackT(ctypes.addressof(_ALT_STACK), 0, ctypes.sizeof(_ALT_STACK))
+    if ctypes.CDLL(None, use_errno=True).sigaltstack(ctypes.byref(stack), None) != 0:
+        return None
+    return stack.ss_sp
+
+
+def current_alt_stack() -> int | None:
+    """Address of this thread's alternate signal stack (None if disabled or not Linux)."""
+    if sys.platform != "linux":
+        return None
+    old = _StackT()
+    ctypes.CDLL(None).sigaltstack(None, ctypes.byref(old))
+    return None if old.ss_flags & 2 else old.ss_sp  # 2 = SS_DISABLE
 
 
 def _export_openvino_int8(lw: LoadedWeights, calibration, images: int = 64) -> Path:

@@ -145,3 +145,25 @@ def test_openvino_ir_export_matches_and_carries_metadata(tmp_path, int8):
     assert not (tmp_path / "m.fp32.onnx").exists()
     with pytest.raises(ValueError, match="xml"):
         export_weights(small(), "openvino", tmp_path / "m.onnx")
+
+
+def test_after_openvino_compiles_the_main_thread_keeps_a_signal_stack_we_own(tmp_path):
+    # OpenVINO's CPU plugin left its own, later unmapped, alternate stack on the main thread:
+    # a child's SIGCHLD then killed the process with SIGSEGV (docs/robustness.md)
+    import sys
+    if sys.platform != "linux":
+        pytest.skip("sigaltstack check is Linux-only")
+    pytest.importorskip("openvino")
+    import ctypes
+
+    from squeezenet.export import engine as engine_mod
+    from squeezenet.export.engine import OpenVinoEngine, current_alt_stack
+    from squeezenet.preprocessing import TORCHVISION_IMAGENET
+    lw = LoadedWeights("squeezenet1_1", create_model("squeezenet1_1", num_classes=4).state_dict(),
+                       TORCHVISION_IMAGENET, num_classes=4)
+    onnx_path = tmp_path / "m.onnx"
+    export_weights(lw, "onnx", onnx_path)
+    for _ in range(3):
+        e = OpenVinoEngine(onnx_path, threads=1)
+        e(torch.zeros(1, 3, 224, 224))
+        assert current_alt_stack() == ctypes.addressof(engine_mod._ALT_STACK)
