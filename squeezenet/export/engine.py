@@ -66,13 +66,10 @@ class OpenVinoEngine(Engine):
     """OpenVINO on the CPU at its default inference precision (bf16 where the CPU has it, else fp32)."""
 
     def __init__(self, path: Path, name: str = "openvino", threads: int | None = None, hint: str = "LATENCY") -> None:
-        import openvino as ov
-        core = ov.Core()
         self.path = Path(path)
-        self.compiled = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": hint,
-                                                             "INFERENCE_NUM_THREADS": threads or (os.cpu_count() or 1)})
+        self.compiled = compile_openvino(path, {"PERFORMANCE_HINT": hint,
+                                                "INFERENCE_NUM_THREADS": threads or (os.cpu_count() or 1)})
         self.request = self.compiled.create_infer_request()
-        reset_main_thread_alt_stack()
         self.name = name
         hint_type = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = hint_type.get_type_name() if hasattr(hint_type, "get_type_name") else str(hint_type)
@@ -80,6 +77,15 @@ class OpenVinoEngine(Engine):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = self.request.infer({0: x.contiguous().numpy()})
         return torch.from_numpy(np.array(next(iter(out.values()))))
+
+
+def compile_openvino(path: str | os.PathLike, config: dict):
+    """``openvino.Core().compile_model`` on the CPU; every OpenVINO compile of ours goes through
+    here, because the compile can leave a soon-freed signal stack on the main thread."""
+    import openvino as ov
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    reset_main_thread_alt_stack()
+    return compiled
 
 
 class _StackT(ctypes.Structure):
@@ -95,7 +101,7 @@ def reset_main_thread_alt_stack() -> int | None:
     OpenVINO's CPU plugin installs its own alternate stack on the calling thread while it
     compiles a model and, when those calls nest, leaves one on it that it later unmaps; the next
     signal handled on that stack (SIGCHLD when a child process exits) killed the process with
-    SIGSEGV (docs/robustness.md). Called after each OpenVINO compile. Linux, main thread only.
+    SIGSEGV (docs/robustness.md). Called by ``compile_openvino``. Linux, main thread only.
     """
     global _ALT_STACK
     if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():

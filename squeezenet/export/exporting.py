@@ -123,10 +123,9 @@ def export_weights(weights, fmt: str, out: str | os.PathLike, *, batch="dynamic"
                 ir.set_rt_info(value, key.split("."))
             ov.save_model(ir, str(out), compress_to_fp16=False)
         fp32.unlink()
-        compiled = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        from .engine import compile_openvino
+        compiled = compile_openvino(out, {"INFERENCE_PRECISION_HINT": "f32"})
         got = np.array(next(iter(compiled({0: check.numpy()}).values())))
-        from .engine import reset_main_thread_alt_stack
-        reset_main_thread_alt_stack()  # OpenVINO can leave a soon-freed signal stack behind (docs/robustness.md)
         report["int8_max_abs_diff" if int8 else "max_abs_diff"] = float(np.abs(got - ref.numpy()).max())
     elif fmt == "torchscript":
         traced = torch.jit.trace(model, check[:1], check_trace=False)
