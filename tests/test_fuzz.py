@@ -88,11 +88,12 @@ def test_fuzz_published_net_reader(net_bytes):
     assert out["rejected"] > CASES * 0.3
 
 
-@pytest.fixture(scope="module")
-def sqz_bytes():
+@pytest.fixture(scope="module", params=["range", "huffman"])
+def sqz_bytes(request):
+    """A version 2 (range-coded) and a version 1 (Huffman) file."""
     m = create_model("squeezenet1_1", num_classes=2, small_input=True)
     lw = LoadedWeights("squeezenet1_1", m.state_dict(), CIFAR10, num_classes=2, model_kwargs={"small_input": True})
-    data, _, _ = compress_loaded(lw, CompressionConfig(bits=2, density=0.02))
+    data, _, _ = compress_loaded(lw, CompressionConfig(bits=2, density=0.02, codec=request.param))
     return data
 
 

@@ -259,23 +259,30 @@ def add_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_download)
 
-    s = sub.add_parser("compress", help="Deep Compression: prune, share weights, Huffman-code, write a .sqz file",
+    s = sub.add_parser("compress", help="Deep Compression: prune, quantize, entropy-code, write a .sqz file",
                        description="Compress any weights file into our .sqz format. Density and bits take a number "
                                    "for every layer or a spec 'PATTERN=VALUE,...' over module names (shell globs, "
                                    "e.g. 'classifier.1=0.2,*.expand3x3=0.33'). Density 'auto' applies the paper's "
-                                   "profile to dense weights and keeps already-pruned ones as they are.")
+                                   "profile to dense weights and keeps already-pruned ones as they are. With no bits "
+                                   "and no budget, an already-shared model (the published .net) is re-encoded "
+                                   "losslessly. --size-budget B writes at most B bytes or fails.")
     s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
     s.add_argument("--out", required=True, type=Path, help="output .sqz file")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--bits", type=_bits, default=None, help="bits per weight index for every layer, 1..8 (default 8)")
     g.add_argument("--bits-per-layer", default=None, help="bits spec, e.g. '6,classifier.1=5'")
     g.add_argument("--size-budget", type=_positive_int, default=None,
-                   help="largest file in bytes: choose bits per layer by sensitivity (needs --calibration)")
+                   help="largest file in bytes, a hard limit: rate-distortion optimised quantization with "
+                        "per-layer Fisher sensitivity, then distillation (needs --calibration)")
     s.add_argument("--density", default="auto", help="'auto', 'profile', 'keep', a fraction in (0,1] or a spec")
     s.add_argument("--calibration", type=_existing_path, default=None,
                    help="folder of unlabelled images for sensitivity analysis and distillation fine-tuning")
-    s.add_argument("--finetune-steps", type=_nonneg_int, default=0,
-                   help="centroid fine-tuning steps by distillation on --calibration images (default 0)")
+    s.add_argument("--codec", choices=["range", "huffman"], default="range",
+                   help="range: context-modelled range coding, format version 2 (default); huffman: the "
+                        "paper's k-means + Huffman coding, format version 1")
+    s.add_argument("--finetune-steps", type=_nonneg_int, default=None,
+                   help="centroid fine-tuning steps by distillation on --calibration images "
+                        "(default 300 with --size-budget and the range codec, else 0)")
     s.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate (Adam)")
     s.add_argument("--codebook-dtype", choices=["auto", "f4", "f2"], default="auto",
                    help="codebook storage: f4 exact, f2 half size, auto = f4 where sharing was lossless (default)")

@@ -18,57 +18,104 @@ SQUEEZENET_FP32 = 4 * 1_248_424
 ALEXNET_FP32 = 4 * 60_965_224
 
 
-def calibration_batch(folder, preprocessing, n: int = 16) -> torch.Tensor:
+def calibration_batch(folder, preprocessing, n: int = 16, seed: int = 0) -> torch.Tensor:
     """``n`` preprocessed images drawn deterministically from a folder of unlabelled images."""
     from .finetune import UnlabelledImages
-    ds = UnlabelledImages(folder, preprocessing.transform(), limit=n)
+    ds = UnlabelledImages(folder, preprocessing.transform(), limit=n, seed=seed)
     return torch.stack([ds[i] for i in range(len(ds))])
 
 
-def compress_weights(weights, *, out=None, bits=8, density="auto", size_budget: int | None = None,
-                     calibration=None, finetune_steps: int = 0, finetune_lr: float = 1e-4,
-                     finetune_batch: int = 16, codebook_dtype: str = "auto", log=print) -> tuple[bytes, dict]:
-    """Full compression without labels: prune, choose bits (fixed or for a budget), share
-    weights, optionally fine-tune centroids by distillation, Huffman-code, write.
+def calibration_views(folder, preprocessing, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` preprocessed images from a folder, half of them mirrored (more views per image)."""
+    x = calibration_batch(folder, preprocessing, n, seed)
+    return torch.where((torch.arange(x.shape[0]) % 2 == 1).view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def compress_weights(weights, *, out=None, bits=None, density="auto", size_budget: int | None = None,
+                     calibration=None, finetune_steps: int | None = None, finetune_lr: float = 1e-4,
+                     finetune_batch: int = 16, codebook_dtype: str = "auto", codec: str = "range",
+                     calibration_images: int = 64, log=print) -> tuple[bytes, dict]:
+    """Full compression without labels: prune, quantize (fixed bits or for a budget), optionally
+    fine-tune centroids by distillation, entropy-code, write.
+
+    With ``codec="range"`` (the default) a size budget is met by rate-distortion optimised
+    quantization (``rdquant``) and the file is version 2; ``codec="huffman"`` is the paper's
+    k-means + Huffman coding (version 1), its budget met by bit allocation.
 
     Returns (file bytes, report). ``report["bytes"]`` is the exact file size.
+
+    Raises:
+        ValueError: on bad options or a budget no quantization fits.
     """
     from ..weights import LoadedWeights, load_weights
+    from .format import MAX_FILE, compress_model
+    if codec not in ("range", "huffman"):
+        raise ValueError(f"codec must be 'range' or 'huffman', got {codec!r}")
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
+    if finetune_steps is None:
+        finetune_steps = 300 if size_budget and codec == "range" else 0
     if (size_budget or finetune_steps) and calibration is None:
-        raise ValueError("--size-budget and --finetune-steps need --calibration DIR (unlabelled images)")
+        raise ValueError("a size budget and centroid fine-tuning need calibration images (unlabelled)")
+    if size_budget is not None and not 0 < size_budget <= MAX_FILE:
+        raise ValueError(f"size budget must be a positive number of bytes, got {size_budget}")
+    if size_budget and bits is not None:
+        raise ValueError("give bits or a size budget, not both")
     start = time.perf_counter()
     teacher = lw.build_model()
     model = lw.build_model()
-    config = CompressionConfig(density=density, bits=bits, codebook_dtype=codebook_dtype)
+    config = CompressionConfig(density=density, bits=8 if bits is None else bits, codebook_dtype=codebook_dtype)
     achieved = prune_stage_(model, config)
     names = list(prunable_layers(model))
     kept = sum(int(m.weight_mask.sum()) for m in prunable_layers(model).values())
     total = sum(m.weight.numel() for m in prunable_layers(model).values())
     log(f"pruned: {kept:,} of {total:,} weights kept ({kept / total:.1%})")
-    report = {"weights": str(lw.path), "model": lw.model_name, "kept_weights": kept, "total_weights": total,
-              "density": achieved}
-    if size_budget:
-        from .sensitivity import choose_bits_for_budget
-        images = calibration_batch(calibration, lw.preprocessing)
-        layer_bits, analysis = choose_bits_for_budget(model, images, size_budget)
-        log(f"bits chosen for {size_budget:,} bytes: {sorted(layer_bits.values())}")
+    report = {"weights": str(lw.path), "model": lw.model_name, "codec": codec, "kept_weights": kept,
+              "total_weights": total, "density": achieved}
+    bias_dtype = "f4"
+
+    def serialize(m, cb_dtype="f2"):
+        return compress_model(m, lw.model_name, model_kwargs=lw.model_kwargs, preprocessing=lw.preprocessing.to_dict(),
+                              class_names=lw.class_names, codebook_dtype=cb_dtype, codec=codec, bias_dtype=bias_dtype)
+
+    if size_budget and codec == "range":
+        from .rdquant import fisher_sensitivity, quantize_for_budget_
+        bias_dtype = "f2"  # at a budget, 2 bytes a bias buy more than the rounding costs
+        with torch.no_grad():  # the file will hold half-precision biases: tune with them
+            for m in prunable_layers(model).values():
+                if m.bias is not None:
+                    m.bias.copy_(m.bias.half().float())
+        images = calibration_views(calibration, lw.preprocessing, calibration_images)
+        sens = fisher_sensitivity(model, images)
+        log(f"sensitivity from {images.shape[0]} calibration images; fitting {size_budget:,} bytes")
+        info = quantize_for_budget_(model, sens, size_budget, serialize)
+        cb_dtype = "f2"
+        report.update({"slope": info["lam"], "levels": info["levels"], "kept_weights": info["kept_weights"]})
+        log(f"quantized: {info['kept_weights']:,} weights kept, levels per layer {min(info['levels'].values())}.."
+            f"{max(info['levels'].values())}, {info['bytes']:,} bytes")
     else:
-        layer_bits = config.layer_bits(names)
-    info = share_stage_(model, layer_bits, codebook_dtype)
-    report.update({"bits": info["bits"], "codebook_dtype": info["codebook_dtype"],
-                   "lossless_layers": sum(info["lossless"].values())})
+        if size_budget:
+            from .sensitivity import choose_bits_for_budget
+            images = calibration_batch(calibration, lw.preprocessing)
+            layer_bits, _ = choose_bits_for_budget(model, images, size_budget)
+            log(f"bits chosen for {size_budget:,} bytes: {sorted(layer_bits.values())}")
+        else:
+            layer_bits = config.layer_bits(names)
+        info = share_stage_(model, layer_bits, codebook_dtype)
+        cb_dtype = info["codebook_dtype"]
+        report.update({"bits": info["bits"], "codebook_dtype": info["codebook_dtype"],
+                       "lossless_layers": sum(info["lossless"].values())})
     if finetune_steps:
         from .finetune import UnlabelledImages, distill_shared_
         ds = UnlabelledImages(calibration, lw.preprocessing.transform(), limit=finetune_steps * finetune_batch)
         loader = torch.utils.data.DataLoader(ds, batch_size=finetune_batch, shuffle=True, num_workers=1,
                                              generator=torch.Generator().manual_seed(0))
         losses = distill_shared_(model, teacher, loader, finetune_steps, finetune_lr)
+        _round_to_file_precision_(model, cb_dtype, bias_dtype)
         report["finetune"] = {"steps": finetune_steps, "first_loss": losses[0], "last_loss": losses[-1]}
         log(f"distillation: KL {losses[0]:.4f} -> {losses[-1]:.4f} over {finetune_steps} steps")
-    data = compress_model(model, lw.model_name, model_kwargs=lw.model_kwargs,
-                          preprocessing=lw.preprocessing.to_dict(), class_names=lw.class_names,
-                          codebook_dtype=info["codebook_dtype"])
+    data = serialize(model, cb_dtype)
+    if size_budget and len(data) > size_budget:  # the budget is a hard limit, whatever happened above
+        raise ValueError(f"the file came out at {len(data):,} bytes, over the budget of {size_budget:,}")
     if out is not None:
         save_compressed(out, data)
         report["out"] = str(out)
@@ -79,10 +126,25 @@ def compress_weights(weights, *, out=None, bits=8, density="auto", size_budget: 
     return data, report
 
 
+@torch.no_grad()
+def _round_to_file_precision_(model, cb_dtype, bias_dtype: str) -> None:
+    """Round fine-tuned centroids and biases to what the file stores, so model == file."""
+    for name, m in prunable_layers(model).items():
+        dt = cb_dtype.get(name, "f4") if isinstance(cb_dtype, dict) else cb_dtype
+        if dt == "f2":
+            m.weight_codebook.copy_(m.weight_codebook.half().float())
+            idx = m.weight_index.reshape(-1).long()
+            flat = torch.where(m.weight_mask.reshape(-1), m.weight_codebook[idx], torch.zeros_like(idx, dtype=m.weight.dtype))
+            m.weight.copy_(flat.reshape(m.weight.shape))
+        if bias_dtype == "f2" and m.bias is not None:
+            m.bias.copy_(m.bias.half().float())
+
+
 def compress_command(args) -> dict:
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
-    bits = args.bits if args.bits is not None else (args.bits_per_layer or 8)
+    bits = args.bits if args.bits is not None else args.bits_per_layer
     if args.data is not None:
+        bits = 8 if bits is None else bits
         from .retrain import compress_with_retraining
         if args.size_budget:
             raise ValueError("--size-budget is not combined with --data retraining; give --bits")
@@ -96,7 +158,7 @@ def compress_command(args) -> dict:
     _, report = compress_weights(args.weights, out=args.out, bits=bits, density=args.density,
                                  size_budget=args.size_budget, calibration=args.calibration,
                                  finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,
-                                 codebook_dtype=args.codebook_dtype, log=log)
+                                 codebook_dtype=args.codebook_dtype, codec=args.codec, log=log)
     log(f"wrote {args.out}: {report['bytes']:,} bytes ({report['ratio_vs_squeezenet_fp32']:.1f}x smaller than "
         f"fp32 SqueezeNet, {report['ratio_vs_alexnet_fp32']:.0f}x smaller than fp32 AlexNet) in {report['seconds']:.1f} s")
     return report

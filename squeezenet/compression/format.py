@@ -1,15 +1,16 @@
-"""Our compressed model file (``.sqz``): pruned, weight-shared, Huffman-coded. No pickle.
+"""Our compressed model file (``.sqz``): pruned, weight-shared, entropy-coded. No pickle.
 
 Layout (little-endian; full description in ``docs/compressed-format.md``)::
 
     magic   8 bytes  b"SQZDC\\x00\\r\\n"
-    version uint16   1
+    version uint16   2 (range-coded layers, ``entropy.py``) or 1 (Huffman, the paper's coding)
     flags   uint16   bit 0: the header is zlib-compressed
     hlen    uint32   length of the (stored) header
     header  hlen bytes of UTF-8 JSON: model, arguments, classes, preprocessing, per-layer
             shape / bits / density / coding choices and the byte size of every section
-    body    per layer: codebook, bias, index code table, position code table,
-            index bit stream, position bit stream; then raw tensors
+    body    version 1, per layer: codebook, bias, index code table, position code table,
+            index bit stream, position bit stream; version 2, per layer: codebook, bias,
+            model table, range-coder stream; then raw tensors
     crc32   uint32 of everything before it
 
 Positions of the kept weights are coded as relative gaps (Deep Compression, sec. 4) over an
@@ -34,11 +35,14 @@ import torch
 import torch.nn as nn
 
 from ..errors import FormatError
-from . import huffman
+from . import entropy, huffman
 from .pruning import prunable_layers
 
 MAGIC = b"SQZDC\x00\r\n"
-VERSION = 1
+VERSION = 2             # what ``serialize`` writes for range-coded layers
+HUFFMAN_VERSION = 1     # the paper's Huffman coding (``--codec huffman``), still written and read
+READ_VERSIONS = (1, 2)
+MAX_LEVELS = 1 << 12    # codebook entries per layer in version 2
 FORMAT_NAME = "squeezenet-compressed"
 MAX_HEADER = 1 << 20
 MAX_FILE = 512 << 20
@@ -180,6 +184,58 @@ def encode_layer(name: str, weight_shape, codebook: np.ndarray, index: np.ndarra
     return code
 
 
+def encode_layer_range(name: str, weight_shape, codebook: np.ndarray, index: np.ndarray, mask: np.ndarray,
+                       bias: np.ndarray | None, codebook_dtype: str = "f4", bias_dtype: str = "f4") -> LayerCode:
+    """Encode one layer for version 2: sorted codebook, bias, model table, range-coder stream.
+
+    The codebook may come in any order (centroid fine-tuning can reorder it); it is sorted here
+    and the indices remapped, which leaves every weight unchanged.
+    """
+    mask = np.asarray(mask, bool).reshape(-1)
+    index = np.asarray(index, np.int64).reshape(-1)
+    cb = np.asarray(codebook, np.float32).reshape(-1)
+    if cb.size > MAX_LEVELS:
+        raise ValueError(f"{name}: {cb.size} levels; version 2 files hold at most {MAX_LEVELS}")
+    kept = index[mask]
+    if kept.size and (kept.min() < 0 or kept.max() >= cb.size):
+        raise ValueError(f"{name}: cluster index out of range")
+    if codebook_dtype == "f2":
+        cb = cb.astype(np.float16).astype(np.float32)
+    used = np.unique(kept)  # unused levels cost bytes and nothing else: drop them
+    order = used[np.argsort(cb[used], kind="stable")]
+    remap = np.zeros(max(cb.size, 1), np.int64)
+    remap[order] = np.arange(order.size)
+    cb = cb[order]
+    index = np.where(mask, remap[np.where(mask, index, 0)], 0)
+    neg = int((cb < 0).sum())
+    taps = int(math.prod(weight_shape[2:])) if len(weight_shape) > 2 else 1
+    table, stream = entropy.encode_layer(index, mask, neg, int(cb.size), taps)
+    cb_bytes = cb.astype("<f4" if codebook_dtype == "f4" else "<f2").tobytes()
+    bias_bytes = b"" if bias is None else np.asarray(bias, "<f4" if bias_dtype == "f4" else "<f2").tobytes()
+    meta = {"name": name, "shape": [int(s) for s in weight_shape], "coding": "range", "k": int(cb.size),
+            "neg": neg, "nnz": int(mask.sum()), "density": round(float(mask.mean()), 6) if mask.size else 1.0,
+            "codebook_dtype": codebook_dtype, "bias": 0 if bias is None else int(np.asarray(bias).size),
+            "bias_dtype": bias_dtype, "sizes": [len(cb_bytes), len(bias_bytes), len(table), len(stream)]}
+    return RangeLayerCode(name, meta["shape"], 0, meta["nnz"], cb_bytes, bias_bytes, table, stream, meta)
+
+
+@dataclass
+class RangeLayerCode:
+    """A version 2 layer: codebook, bias, model table, stream."""
+    name: str
+    shape: list
+    bits: int
+    nnz: int
+    codebook: bytes
+    bias: bytes
+    table: bytes
+    stream: bytes
+    meta: dict = field(default_factory=dict)
+
+    def sections(self) -> list[bytes]:
+        return [self.codebook, self.bias, self.table, self.stream]
+
+
 def _default_class_names(names, num_classes):
     if not names:
         return None
@@ -191,11 +247,18 @@ def _default_class_names(names, num_classes):
 
 
 def serialize(model_name: str, model_kwargs: dict, num_classes: int, preprocessing: dict,
-              layers: list[LayerCode], raw: dict[str, np.ndarray] | None = None,
+              layers: list, raw: dict[str, np.ndarray] | None = None,
               class_names: list | None = None, extra: dict | None = None) -> bytes:
-    """Assemble a complete file from encoded layers and raw (uncompressed) float tensors."""
+    """Assemble a complete file from encoded layers and raw (uncompressed) float tensors.
+
+    Range-coded layers (``RangeLayerCode``) make a version 2 file, Huffman ones version 1.
+    """
     raw = raw or {}
-    header = {"format": FORMAT_NAME, "version": VERSION, "model": model_name, "model_kwargs": model_kwargs,
+    kinds = {type(l) for l in layers}
+    if len(kinds) > 1:
+        raise ValueError("one file holds layers of one coding")
+    version = VERSION if kinds == {RangeLayerCode} else HUFFMAN_VERSION
+    header = {"format": FORMAT_NAME, "version": version, "model": model_name, "model_kwargs": model_kwargs,
               "num_classes": int(num_classes), "preprocessing": preprocessing,
               "class_names": _default_class_names(class_names, num_classes),
               "layers": [l.meta for l in layers],
@@ -206,29 +269,41 @@ def serialize(model_name: str, model_kwargs: dict, num_classes: int, preprocessi
     hbytes = zlib.compress(hjson, 9)
     body = b"".join(s for l in layers for s in l.sections())
     body += b"".join(np.asarray(v, "<f4").tobytes() for v in raw.values())
-    data = _PREAMBLE.pack(MAGIC, VERSION, FLAG_ZLIB_HEADER, len(hbytes)) + hbytes + body
+    data = _PREAMBLE.pack(MAGIC, version, FLAG_ZLIB_HEADER, len(hbytes)) + hbytes + body
     return data + struct.pack("<I", zlib.crc32(data))
 
 
 def compress_model(model: nn.Module, model_name: str, *, model_kwargs: dict | None = None,
                    preprocessing: dict, class_names: list | None = None, codebook_dtype: str | dict = "f4",
-                   extra: dict | None = None) -> bytes:
+                   extra: dict | None = None, codec: str = "range", bias_dtype: str = "f4") -> bytes:
     """Serialize a model whose conv/linear layers carry ``weight_codebook`` / ``weight_index`` /
     ``weight_mask`` buffers (see ``quantization.share_weights_``).
 
-    ``codebook_dtype`` is "f4", "f2" or a dict layer -> dtype.
+    Args:
+        codebook_dtype: "f4", "f2" or a dict layer -> dtype.
+        codec: "range" (version 2, the default) or "huffman" (version 1, the paper's coding).
+        bias_dtype: "f4" or "f2" (version 2 only) for the biases of coded layers.
     """
+    if codec not in ("range", "huffman"):
+        raise ValueError(f"codec must be 'range' or 'huffman', got {codec!r}")
+    if codec == "huffman" and bias_dtype != "f4":
+        raise ValueError("the Huffman (version 1) format stores biases as float32")
     layers = []
     compressed_params = set()
     for name, m in prunable_layers(model).items():
         cb = getattr(m, "weight_codebook", None)
         if cb is None:
             raise ValueError(f"{name} has no codebook; run share_weights_ first")
-        bits = int(m.weight_bits) if getattr(m, "weight_bits", None) is not None else max(1, math.ceil(math.log2(max(cb.numel(), 2))))
         bias = m.bias.detach().cpu().numpy() if m.bias is not None else None
+        cb_dtype = codebook_dtype.get(name, "f4") if isinstance(codebook_dtype, dict) else codebook_dtype
+        if codec == "range":
+            layers.append(encode_layer_range(name, m.weight.shape, cb.detach().cpu().numpy(), m.weight_index.cpu().numpy(),
+                                             m.weight_mask.cpu().numpy(), bias, cb_dtype, bias_dtype))
+            compressed_params.update({f"{name}.weight", f"{name}.bias"})
+            continue
+        bits = int(m.weight_bits) if getattr(m, "weight_bits", None) is not None else max(1, math.ceil(math.log2(max(cb.numel(), 2))))
         layers.append(encode_layer(name, m.weight.shape, cb.detach().cpu().numpy(),
-                                   m.weight_index.cpu().numpy(), m.weight_mask.cpu().numpy(), bias, bits,
-                                   codebook_dtype.get(name, "f4") if isinstance(codebook_dtype, dict) else codebook_dtype))
+                                   m.weight_index.cpu().numpy(), m.weight_mask.cpu().numpy(), bias, bits, cb_dtype))
         compressed_params.update({f"{name}.weight", f"{name}.bias"})
     raw = {k: v.detach().cpu().float().numpy() for k, v in model.named_parameters() if k not in compressed_params}
     num_classes = getattr(model, "num_classes", None) or list(prunable_layers(model).values())[-1].weight.shape[0]
@@ -262,8 +337,8 @@ def parse_header(data: bytes, path="<bytes>") -> tuple[dict, int]:
     magic, version, flags, hlen = _PREAMBLE.unpack_from(data)
     if magic != MAGIC:
         raise _bad(path, "wrong magic bytes (not a .sqz file)")
-    if version != VERSION:
-        raise _bad(path, f"format version {version}; this tool reads version {VERSION}")
+    if version not in READ_VERSIONS:
+        raise _bad(path, f"format version {version}; this tool reads versions {READ_VERSIONS[0]} to {READ_VERSIONS[-1]}")
     if hlen > MAX_HEADER or _PREAMBLE.size + hlen + 4 > len(data):
         raise _bad(path, f"header length {hlen} is larger than the file allows")
     (crc,) = struct.unpack_from("<I", data, len(data) - 4)
@@ -286,6 +361,8 @@ def parse_header(data: bytes, path="<bytes>") -> tuple[dict, int]:
         raise _bad(path, f"header is not valid JSON ({e})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise _bad(path, "header does not describe a squeezenet-compressed model")
+    if header.get("version") != version:
+        raise _bad(path, f"header version {header.get('version')!r} differs from the preamble's {version}")
     return header, _PREAMBLE.size + hlen
 
 
@@ -325,6 +402,58 @@ def _shapes_for(key: str) -> tuple[dict, dict]:
     return {n: (tuple(m.weight.shape), m.bias is not None) for n, m in layers.items()}, params
 
 
+def _check_range_layer(l: dict, numel: int, n_bias: int, path) -> int:
+    """Validate a version 2 layer record; returns its byte count."""
+    name = l["name"]
+    if l.get("coding") != "range":
+        raise _bad(path, f"{name}: unknown layer coding {l.get('coding')!r}")
+    k = _int(l.get("k"), 0, min(MAX_LEVELS, numel), f"{name} codebook size", path)
+    _int(l.get("neg"), 0, k, f"{name} negative levels", path)
+    nnz = _int(l.get("nnz"), 0, numel, f"{name} kept weights", path)
+    if (k == 0) != (nnz == 0):
+        raise _bad(path, f"{name}: {nnz} kept weights but {k} centroids")
+    if l.get("codebook_dtype") not in ("f4", "f2") or l.get("bias_dtype") not in ("f4", "f2"):
+        raise _bad(path, f"{name}: unknown codebook or bias type")
+    _int(l.get("bias"), n_bias, n_bias, f"{name} bias size", path)
+    sizes = l.get("sizes")
+    cb_width = 4 if l["codebook_dtype"] == "f4" else 2
+    bias_width = 4 if l["bias_dtype"] == "f4" else 2
+    # A range-coded symbol costs at most 32 bits here (probabilities are at least 2**-24 plus
+    # the coder's state), so a stream longer than that is corrupt, not a model.
+    if (not isinstance(sizes, list) or len(sizes) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes)
+            or sizes[0] != k * cb_width or sizes[1] != bias_width * n_bias
+            or sizes[2] != entropy.model_table_size(k) or not 0 <= sizes[3] <= 4 * (2 * numel + 4) or sizes[3] % 4):
+        raise _bad(path, f"{name}: section sizes {sizes} do not match the header")
+    return sum(sizes)
+
+
+def _decode_range_layer(l: dict, chunks: list[bytes], shape, state: dict, shared: dict, path) -> None:
+    name, numel = l["name"], math.prod(shape)
+    cb_b, bias_b, table, stream = chunks
+    codebook = np.frombuffer(cb_b, "<f4" if l["codebook_dtype"] == "f4" else "<f2").astype(np.float32)
+    if not np.isfinite(codebook).all():
+        raise _bad(path, f"{name}: non-finite codebook value")
+    if codebook.size > 1 and (np.diff(codebook) < 0).any():
+        raise _bad(path, f"{name}: codebook is not sorted")
+    taps = math.prod(shape[2:]) if len(shape) > 2 else 1
+    try:
+        index, mask = entropy.decode_layer(table, stream, numel, l["neg"], l["k"], taps, l["nnz"])
+    except entropy.EntropyError as e:
+        raise _bad(path, f"{name}: {e}") from None
+    weight = np.zeros(numel, np.float32)
+    weight[mask] = codebook[index[mask]]
+    state[f"{name}.weight"] = torch.from_numpy(weight.reshape(shape))
+    if l["bias"]:
+        bias = np.frombuffer(bias_b, "<f4" if l["bias_dtype"] == "f4" else "<f2").astype(np.float32)
+        if not np.isfinite(bias).all():
+            raise _bad(path, f"{name}: non-finite bias")
+        state[f"{name}.bias"] = torch.from_numpy(bias)
+    shared[f"{name}.weight_codebook"] = torch.from_numpy(codebook.copy())
+    shared[f"{name}.weight_index"] = torch.from_numpy(index.astype(np.int16).reshape(shape))
+    shared[f"{name}.weight_mask"] = torch.from_numpy(mask.reshape(shape))
+    shared[f"{name}.weight_bits"] = torch.tensor(max(1, math.ceil(math.log2(max(l["k"], 2)))), dtype=torch.int16)
+
+
 def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], dict]:
     """Decode a file into (header, state_dict, shared_state).
 
@@ -342,6 +471,7 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
         raise _bad(path, f"layers do not match the architecture of {header['model']}")
     # Pass 1: validate every declared size and that they add up to the file.
     total = 0
+    v2 = header["version"] == VERSION
     for l in layers:
         name = l["name"]
         shape, has_bias = expected[name]
@@ -350,6 +480,9 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
         numel = math.prod(shape)
         if numel > MAX_LAYER_WEIGHTS:
             raise _bad(path, f"{name}: too many weights")
+        if v2:
+            total += _check_range_layer(l, numel, shape[0] if has_bias else 0, path)
+            continue
         bits = _int(l.get("bits"), 1, 8, f"{name} bits", path)
         k = _int(l.get("k"), 0, 2 ** bits, f"{name} codebook size", path)
         nnz = _int(l.get("nnz"), 0, numel, f"{name} kept weights", path)
@@ -392,6 +525,9 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
         for s in l["sizes"]:
             chunks.append(data[off:off + s])
             off += s
+        if v2:
+            _decode_range_layer(l, chunks, shape, state, shared, path)
+            continue
         cb_b, bias_b, it_b, pt_b, is_b, ps_b = chunks
         codebook = np.frombuffer(cb_b, "<f4" if l["codebook_dtype"] == "f4" else "<f2").astype(np.float32)
         if not np.isfinite(codebook).all():
@@ -476,7 +612,11 @@ def load_compressed(path: str | os.PathLike):
 
 
 def size_report(data: bytes, path="<bytes>") -> dict:
-    """Exact byte accounting of a file: per layer and per component, adding up to the file size."""
+    """Exact byte accounting of a file: per layer and per component, adding up to the file size.
+
+    The file is fully decoded first, so a file the reader rejects gets no size report.
+    """
+    decode(data, path)
     header, off = parse_header(data, path)
     hlen = off - _PREAMBLE.size
     components = {"magic_and_version": _PREAMBLE.size - 4, "header": hlen + 4, "codebooks": 0, "biases": 0,
@@ -484,30 +624,40 @@ def size_report(data: bytes, path="<bytes>") -> dict:
     rows = []
     fp32 = 0
     for l in header["layers"]:
-        cb, bias, it, pt, ic, pc = l["sizes"]
         numel = math.prod(l["shape"])
         fp32 += 4 * (numel + l["bias"])
+        if header["version"] == VERSION:
+            cb, bias, table, stream = l["sizes"]
+            # one stream holds positions, signs and magnitudes together
+            it, pt, ic, pc = table, 0, stream, 0
+            bits, span, positions = max(1, math.ceil(math.log2(max(l["k"], 2)))), 0, "range"
+            idx_bits = 8 * stream
+        else:
+            cb, bias, it, pt, ic, pc = l["sizes"]
+            bits, span, positions, idx_bits = l["bits"], l["span"], l["positions"], l["index_bits"]
         components["codebooks"] += cb
         components["biases"] += bias
         components["code_tables"] += it + pt
         components["weight_codes"] += ic
         components["position_codes"] += pc
         rows.append({"layer": l["name"], "weights": numel, "kept": l["nnz"], "density": l["nnz"] / numel if numel else 1.0,
-                     "bits": l["bits"], "codebook": cb, "bias": bias, "code_tables": it + pt, "weight_codes": ic,
-                     "position_codes": pc, "positions": l["positions"], "span": l["span"], "bytes": sum(l["sizes"]),
-                     "fp32_bytes": 4 * (numel + l["bias"]),
-                     "index_bits_per_weight": l["index_bits"] / l["nnz"] if l["nnz"] else 0.0,
-                     "position_bits_per_weight": l["position_bits"] / l["nnz"] if l["nnz"] else 0.0})
+                     "bits": bits, "levels": l["k"], "codebook": cb, "bias": bias, "code_tables": it + pt,
+                     "weight_codes": ic, "position_codes": pc, "positions": positions, "span": span,
+                     "bytes": sum(l["sizes"]), "fp32_bytes": 4 * (numel + l["bias"]),
+                     "bits_per_kept_weight": 8 * (it + pt + ic + pc) / l["nnz"] if l["nnz"] else 0.0,
+                     "index_bits_per_weight": idx_bits / l["nnz"] if l["nnz"] else 0.0,
+                     "position_bits_per_weight": l.get("position_bits", 0) / l["nnz"] if l["nnz"] else 0.0})
     for r in header["raw"]:
         n = 4 * math.prod(r["shape"])
         components["raw_tensors"] += n
         fp32 += n
     total = sum(components.values())
-    assert total == len(data), (total, len(data))  # parse_header and decode guarantee this layout
+    if total != len(data):  # decode() checked this layout; a mismatch is a bug here, not a bad file
+        raise RuntimeError(f"size accounting gives {total} bytes for a file of {len(data)}")
     squeezenet_fp32 = 4 * 1_248_424
     alexnet_fp32 = 4 * 60_965_224
-    return {"bytes": len(data), "model": header["model"], "num_classes": header["num_classes"],
-            "fp32_bytes": fp32, "ratio_vs_own_fp32": fp32 / len(data),
+    return {"bytes": len(data), "version": header["version"], "model": header["model"],
+            "num_classes": header["num_classes"], "fp32_bytes": fp32, "ratio_vs_own_fp32": fp32 / len(data),
             "ratio_vs_squeezenet_fp32": squeezenet_fp32 / len(data), "ratio_vs_alexnet_fp32": alexnet_fp32 / len(data),
             "kept_weights": sum(l["nnz"] for l in header["layers"]),
             "components": components, "layers": rows}

@@ -65,12 +65,15 @@ class CompressionConfig:
             whose weights were already shared (kept exactly), f2 where k-means changed them
             (its error dwarfs half-precision rounding).
         kmeans_iters: Lloyd iterations.
+        codec: "range" (context-modelled range coding, file version 2) or "huffman" (the
+            paper's coding, version 1).
     """
     density: str | float | dict = "auto"
     bits: int | str | dict = 8
     codebook_dtype: str = "auto"
     kmeans_iters: int = 30
     sensitivity: float | None = None
+    codec: str = "range"
 
     def layer_bits(self, layers: list[str]) -> dict[str, int]:
         bits = parse_layer_spec(self.bits, layers, "bits", int)
@@ -148,7 +151,7 @@ def compress_loaded(weights, config: CompressionConfig | None = None) -> tuple[b
     info = prune_and_share_(model, config)
     data = compress_model(model, weights.model_name, model_kwargs=weights.model_kwargs,
                           preprocessing=weights.preprocessing.to_dict(), class_names=weights.class_names,
-                          codebook_dtype=info["codebook_dtype"])
+                          codebook_dtype=info["codebook_dtype"], codec=config.codec)
     info["seconds"] = time.perf_counter() - start
     info["bytes"] = len(data)
     return data, model, info

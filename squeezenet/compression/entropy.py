@@ -1,0 +1,216 @@
+"""Context-modelled range coding of a quantized layer (the ``.sqz`` version 2 weight coding).
+
+A layer is a sorted codebook (``k`` nonzero levels, ``neg`` of them below zero) and, for every
+weight position, either "pruned" or an index into the codebook. It is coded as two parts:
+
+* a *flag* per position: 0 pruned, 1 a negative level, 2 a non-negative level. Flags are coded
+  tap by tap over the kernel (all kernels' tap 0, then all kernels' tap 1, ...) and each flag's
+  context is the flag of the previous tap of the same kernel (3 contexts, plus one for tap 0).
+  Neighbouring taps share sign and survival under magnitude pruning, which this captures while
+  every tap decodes in one vectorized call per context. 1x1 layers have one context.
+* a *magnitude rank* per kept weight: for a negative level, how many negative levels lie
+  between it and zero; for a non-negative one, likewise. Coded per sign with one histogram.
+
+Models are semi-static: the histograms travel in the file, each count quantized to a byte
+(``quantize_count``: a 4-bit-mantissa mini-float of the count scaled to 2**16), and are rebuilt
+from integers only, so encoder and decoder agree bit for bit on any machine. The entropy coder
+is ``constriction``'s range coder (Bamler, 2022); we write no coder of our own.
+
+Compared with Deep Compression's Huffman coding (sec. 4 of Han et al.), this removes the
+whole-bit rounding of each code, codes the mask and the signs with context, and lets any
+number of levels be used (not only 2**bits).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FIRST_TAP = 3          # context of tap 0 (no previous tap)
+N_FLAG_CONTEXTS = 4
+SCALE = 1 << 16
+
+
+class EntropyError(ValueError):
+    """A coded stream or model table that cannot be decoded."""
+
+
+def _constriction():
+    import constriction
+    return constriction.stream.model.Categorical, constriction.stream.queue
+
+
+# ----------------------------------------------------------------------------- count tables
+def quantize_count(count: np.ndarray, total: int) -> np.ndarray:
+    """Counts -> one byte each: 0 for zero, else a mini-float of ``count * 2**16 / total``.
+
+    Codes 1..15 are exact small values; code ``16 * (e + 1) + m`` stands for ``(16 + m) << e``.
+    """
+    count = np.asarray(count, np.int64)
+    out = np.zeros(count.shape, np.uint8)
+    nz = count > 0
+    if not nz.any():
+        return out
+    v = np.maximum(1, (count[nz] * SCALE + total // 2) // max(total, 1))
+    e = np.zeros(v.shape, np.int64)
+    big = v >= 16
+    if big.any():
+        bl = np.floor(np.log2(v[big])).astype(np.int64)  # bit length - 1; exact for int64 < 2**52
+        e_big = bl - 4
+        mant = (v[big] + (1 << e_big >> 1)) >> e_big      # rounded: 16..32
+        carry = mant >= 32
+        e_big = e_big + carry
+        mant = np.where(carry, mant >> 1, mant)
+        e[big] = e_big
+        v = v.copy()
+        v[big] = 16 * (e_big + 1) + (mant - 16)
+    out[nz] = np.minimum(v, 255).astype(np.uint8)
+    return out
+
+
+def dequantize_count(code: np.ndarray) -> np.ndarray:
+    """Inverse of ``quantize_count`` up to its rounding: integer weights (int64)."""
+    code = np.asarray(code, np.int64)
+    e = code // 16 - 1
+    small = code < 16
+    return np.where(small, code, (16 + code % 16) << np.maximum(e, 0))
+
+
+def _probabilities(codes: np.ndarray) -> np.ndarray:
+    w = dequantize_count(codes).astype(np.float64)
+    if w.sum() == 0:  # unused model: any valid distribution
+        w = np.ones_like(w)
+    return w
+
+
+# ----------------------------------------------------------------------------- symbols
+def layer_symbols(index: np.ndarray, mask: np.ndarray, neg: int, taps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flags (taps-last, shape (rows, taps)) and the negative / non-negative magnitude ranks.
+
+    Args:
+        index: codebook index per position (any value where pruned).
+        mask: True where the weight is kept.
+        neg: number of codebook levels below zero (the codebook is sorted).
+        taps: kernel size (product of the spatial dims); 1 for 1x1 and linear layers.
+    """
+    mask = np.asarray(mask, bool).reshape(-1)
+    index = np.asarray(index, np.int64).reshape(-1)
+    flags = np.where(mask, np.where(index < neg, 1, 2), 0).astype(np.int32)
+    neg_rank = (neg - 1 - index[flags == 1]).astype(np.int32)
+    pos_rank = (index[flags == 2] - neg).astype(np.int32)
+    return flags.reshape(-1, taps), neg_rank, pos_rank
+
+
+def _flag_contexts(prev: np.ndarray | None, n: int) -> np.ndarray:
+    return np.full(n, FIRST_TAP, np.int32) if prev is None else prev
+
+
+def flag_histograms(flags: np.ndarray) -> np.ndarray:
+    """Counts (contexts x 3) of the flags under the previous-tap context."""
+    rows, taps = flags.shape
+    hist = np.zeros((N_FLAG_CONTEXTS, 3), np.int64)
+    for t in range(taps):
+        ctx = _flag_contexts(flags[:, t - 1] if t else None, rows)
+        np.add.at(hist, (ctx, flags[:, t]), 1)
+    return hist
+
+
+def build_model_table(flags: np.ndarray, neg_rank: np.ndarray, pos_rank: np.ndarray, neg: int, k: int) -> bytes:
+    """The layer's model bytes: 4 x 3 flag counts, then ``neg`` and ``k - neg`` rank counts."""
+    fh = flag_histograms(flags)
+    parts = [quantize_count(row, int(row.sum())) for row in fh]
+    parts.append(quantize_count(np.bincount(neg_rank, minlength=neg)[:neg], max(neg_rank.size, 1)))
+    parts.append(quantize_count(np.bincount(pos_rank, minlength=k - neg)[:k - neg], max(pos_rank.size, 1)))
+    return np.concatenate(parts).astype(np.uint8).tobytes()
+
+
+def model_table_size(k: int) -> int:
+    return N_FLAG_CONTEXTS * 3 + k
+
+
+def _split_table(table: bytes, neg: int, k: int):
+    codes = np.frombuffer(table, np.uint8)
+    if codes.size != model_table_size(k):
+        raise EntropyError(f"model table has {codes.size} bytes, expected {model_table_size(k)}")
+    flag_codes = codes[:N_FLAG_CONTEXTS * 3].reshape(N_FLAG_CONTEXTS, 3)
+    return flag_codes, codes[N_FLAG_CONTEXTS * 3:N_FLAG_CONTEXTS * 3 + neg], codes[N_FLAG_CONTEXTS * 3 + neg:]
+
+
+def _check_codable(symbols: np.ndarray, codes: np.ndarray, what: str) -> None:
+    if symbols.size and (codes[np.unique(symbols)] == 0).any():
+        raise EntropyError(f"{what}: a symbol has zero count in its model")
+
+
+# ----------------------------------------------------------------------------- coding
+def encode_layer(index: np.ndarray, mask: np.ndarray, neg: int, k: int, taps: int) -> tuple[bytes, bytes]:
+    """Range-code one layer. Returns (model table bytes, stream bytes)."""
+    Categorical, queue = _constriction()
+    flags, neg_rank, pos_rank = layer_symbols(index, mask, neg, taps)
+    if neg_rank.size and neg_rank.max() >= neg or pos_rank.size and pos_rank.max() >= k - neg:
+        raise ValueError("codebook index out of range")
+    table = build_model_table(flags, neg_rank, pos_rank, neg, k)
+    flag_codes, neg_codes, pos_codes = _split_table(table, neg, k)
+    enc = queue.RangeEncoder()
+    rows, n_taps = flags.shape
+    models = [Categorical(_probabilities(c), perfect=False) for c in flag_codes]
+    for t in range(n_taps):
+        ctx = _flag_contexts(flags[:, t - 1] if t else None, rows)
+        col = flags[:, t]
+        for c in (range(3) if t else (FIRST_TAP,)):
+            sel = col[ctx == c]
+            if sel.size:
+                _check_codable(sel, flag_codes[c], "flags")
+                enc.encode(sel, models[c])
+    for ranks, codes in ((neg_rank, neg_codes), (pos_rank, pos_codes)):
+        if ranks.size and codes.size > 1:  # a one-level alphabet needs no bits
+            _check_codable(ranks, codes, "magnitudes")
+            enc.encode(ranks, Categorical(_probabilities(codes), perfect=False))
+    return table, enc.get_compressed().astype("<u4").tobytes()
+
+
+def decode_layer(table: bytes, stream: bytes, numel: int, neg: int, k: int, taps: int, nnz: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of ``encode_layer``: (index int64[numel], mask bool[numel]).
+
+    Raises EntropyError when the stream does not decode to ``nnz`` kept weights.
+    """
+    Categorical, queue = _constriction()
+    if numel % taps or len(stream) % 4:
+        raise EntropyError("stream size or kernel size does not fit the layer")
+    flag_codes, neg_codes, pos_codes = _split_table(table, neg, k)
+    words = np.frombuffer(stream, "<u4").astype(np.uint32)
+    dec = queue.RangeDecoder(words)
+    rows = numel // taps
+    flags = np.zeros((rows, taps), np.int32)
+    models = [Categorical(_probabilities(c), perfect=False) for c in flag_codes]
+    try:
+        for t in range(taps):
+            ctx = _flag_contexts(flags[:, t - 1] if t else None, rows)
+            for c in (range(3) if t else (FIRST_TAP,)):
+                where = np.flatnonzero(ctx == c)
+                if where.size:
+                    flags[where, t] = dec.decode(models[c], int(where.size))
+        flat = flags.reshape(-1)
+        n_neg, n_pos = int((flat == 1).sum()), int((flat == 2).sum())
+        if n_neg + n_pos != nnz or (n_neg and neg == 0) or (n_pos and k - neg == 0):
+            raise EntropyError(f"flags give {n_neg + n_pos} kept weights, the header says {nnz}")
+        ranks = []
+        for n, codes in ((n_neg, neg_codes), (n_pos, pos_codes)):
+            ranks.append(dec.decode(Categorical(_probabilities(codes), perfect=False), n) if n and codes.size > 1
+                         else np.zeros(n, np.int32))
+        neg_rank, pos_rank = ranks
+    except (AssertionError, ValueError, RuntimeError, OverflowError) as e:  # constriction's errors on garbage
+        raise EntropyError(f"stream does not decode ({e})") from None
+    index = np.zeros(numel, np.int64)
+    index[flat == 1] = neg - 1 - np.asarray(neg_rank, np.int64)
+    index[flat == 2] = neg + np.asarray(pos_rank, np.int64)
+    return index, flat > 0
+
+
+def ideal_bits(index: np.ndarray, mask: np.ndarray, neg: int, k: int, taps: int) -> float:
+    """Empirical conditional entropy of the layer under its own models, in bits (no table)."""
+    flags, neg_rank, pos_rank = layer_symbols(index, mask, neg, taps)
+    total = 0.0
+    for counts in list(flag_histograms(flags)) + [np.bincount(neg_rank), np.bincount(pos_rank)]:
+        c = counts[counts > 0].astype(np.float64)
+        if c.size:
+            total -= float((c * np.log2(c / c.sum())).sum())
+    return total

@@ -1,0 +1,66 @@
+"""Range coding of quantized layers (format version 2) on tiny exact inputs."""
+import numpy as np
+import pytest
+
+from squeezenet.compression import entropy
+
+
+def test_count_quantization_is_exact_for_small_values_and_close_for_large():
+    codes = entropy.quantize_count(np.arange(16), 15 * entropy.SCALE // 15)  # total = SCALE: counts kept as they are
+    assert entropy.dequantize_count(codes).tolist() == list(range(16))
+    big = np.array([1000, 65536, 12345, 1])
+    back = entropy.dequantize_count(entropy.quantize_count(big, entropy.SCALE))
+    assert back[-1] == 1 and back[1] == 65536
+    assert np.all(np.abs(back - big) <= big / 16)  # 4-bit mantissa: within 1/16
+    assert entropy.quantize_count(np.array([0, 5]), 5)[0] == 0  # zero stays zero, nonzero stays nonzero
+
+
+def test_layer_symbols_exact():
+    # codebook [-0.5, -0.1, 0.2, 0.7]: neg = 2; indices 0,1 negative (rank from zero: 1, 0), 2,3 positive (0, 1)
+    index = np.array([0, 1, 2, 3, 0, 3])
+    mask = np.array([True, True, True, True, False, True])
+    flags, neg_rank, pos_rank = entropy.layer_symbols(index, mask, neg=2, taps=3)
+    assert flags.tolist() == [[1, 1, 2], [2, 0, 2]]
+    assert neg_rank.tolist() == [1, 0] and pos_rank.tolist() == [0, 1, 1]
+
+
+def test_flag_histograms_use_previous_tap():
+    flags = np.array([[0, 1, 1], [2, 2, 0]], np.int32)
+    h = entropy.flag_histograms(flags)
+    assert h[entropy.FIRST_TAP].tolist() == [1, 0, 1]  # tap 0: one pruned, one positive
+    assert h[0].tolist() == [0, 1, 0]                   # after a pruned tap: a negative
+    assert h[1].tolist() == [0, 1, 0] and h[2].tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("taps,k,neg,density", [(1, 1, 0, 1.0), (9, 5, 2, 0.3), (4, 200, 120, 0.05), (1, 3, 3, 0.5),
+                                                (9, 2, 0, 0.0), (49, 17, 8, 0.9)])
+def test_round_trip(taps, k, neg, density):
+    rng = np.random.default_rng(taps * 1000 + k)
+    numel = taps * 37
+    mask = rng.random(numel) < density
+    index = rng.integers(0, k, numel)
+    table, stream = entropy.encode_layer(index, mask, neg, k, taps)
+    assert len(table) == entropy.model_table_size(k)
+    idx2, mask2 = entropy.decode_layer(table, stream, numel, neg, k, taps, int(mask.sum()))
+    assert np.array_equal(mask2, mask)
+    assert np.array_equal(idx2[mask], index[mask])
+
+
+def test_coded_size_close_to_the_ideal():
+    rng = np.random.default_rng(0)
+    taps, k, neg = 9, 64, 32
+    index = np.clip(np.rint(rng.normal(32, 6, 9 * 4000)), 0, 63).astype(np.int64)
+    mask = rng.random(index.size) < 0.35
+    table, stream = entropy.encode_layer(index, mask, neg, k, taps)
+    ideal = entropy.ideal_bits(index, mask, neg, k, taps) / 8
+    assert ideal <= len(stream) <= ideal * 1.02 + 16
+
+
+def test_wrong_kept_count_is_an_error():
+    index = np.array([0, 1, 1, 0])
+    mask = np.array([True, True, False, True])
+    table, stream = entropy.encode_layer(index, mask, 1, 2, 1)
+    with pytest.raises(entropy.EntropyError, match="kept weights"):
+        entropy.decode_layer(table, stream, 4, 1, 2, 1, nnz=2)
+    with pytest.raises(entropy.EntropyError, match="model table"):
+        entropy.decode_layer(table[:-1], stream, 4, 1, 2, 1, nnz=3)

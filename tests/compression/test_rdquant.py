@@ -1,0 +1,95 @@
+"""Entropy-constrained quantization and the size-budget search on small exact inputs."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from squeezenet.compression import rdquant
+from squeezenet.compression.format import compress_model, decode
+from squeezenet.compression.pruning import prunable_layers
+from squeezenet.models import create_model
+from squeezenet.preprocessing import CIFAR10
+
+
+def test_ecsq_without_rate_term_rounds_to_bin_centroids():
+    v = np.array([0.9, 1.1, 2.0, -1.0, 0.0, 0.3])
+    mask = np.array([True, True, True, True, False, True])
+    q = rdquant.ecsq(v, mask, delta=1.0, lam=0.0, codebook_dtype="f4")
+    # bins: {0.9, 1.1} -> 1.0, {2.0} -> 2.0, {-1.0}, and 0.3 rounds to zero (becomes pruned)
+    assert q.codebook.tolist() == [-1.0, 1.0, 2.0]
+    assert q.mask.tolist() == [True, True, True, True, False, False]
+    assert np.allclose(q.weight(), [1.0, 1.0, 2.0, -1.0, 0.0, 0.0])
+    assert q.neg == 1
+
+
+def test_ecsq_rate_term_prunes_rare_small_values():
+    # Kept weights are at +-2 among as many pruned ones; a lone 0.6 costs many bits as its own
+    # level (1 in 201) and little error as a zero, which is common.
+    v = np.concatenate([np.full(50, 2.0), np.full(50, -2.0), [0.6], np.zeros(100)])
+    mask = np.arange(v.size) < 101
+    plain = rdquant.ecsq(v, mask, delta=0.5, lam=0.0, codebook_dtype="f4")
+    rd = rdquant.ecsq(v, mask, delta=0.5, lam=0.2, codebook_dtype="f4")
+    assert plain.mask.sum() == 101 and rd.mask.sum() == 100 and not rd.mask[100]
+    assert rd.codebook.tolist() == [-2.0, 2.0]
+
+
+def test_ecsq_error_bounded_by_step():
+    rng = np.random.default_rng(0)
+    v = rng.normal(0, 0.1, 10_000)
+    mask = np.abs(v) > 0.05
+    q = rdquant.ecsq(v, mask, delta=0.01, lam=0.0)
+    err = np.abs(q.weight() - np.where(mask, v, 0))
+    assert err[q.mask].max() <= 0.01  # within one step (centroid in its bin, float16 rounding)
+    assert not q.mask[~mask].any()    # pruned weights stay pruned
+
+
+def test_search_budget_returns_the_largest_fit():
+    sizes = lambda lam: (int(1000 / lam), lam)  # size falls as lam grows
+    lam, size, payload = rdquant.search_budget(sizes, 0.01, 100.0, budget=500)
+    assert size <= 500 and size >= 495 and payload == lam
+    with pytest.raises(ValueError, match="cannot fit"):
+        rdquant.search_budget(sizes, 0.01, 100.0, budget=5)
+
+
+def test_fisher_is_larger_for_a_layer_that_matters_more():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        model[2].weight.mul_(10)  # the second layer's outputs move ten times faster per unit of the first's weights
+    s = rdquant.fisher_sensitivity(model, torch.randn(32, 4))
+    assert set(s) == {"0", "2"} and all(v > 0 for v in s.values())
+    assert s["0"] > s["2"]
+
+
+def test_quantize_for_budget_is_a_hard_limit_and_round_trips():
+    torch.manual_seed(0)
+    model = create_model("squeezenet1_1", num_classes=10, small_input=True).eval()
+    sens = {n: 1.0 for n in prunable_layers(model)}
+
+    def serialize(m):
+        return compress_model(m, "squeezenet1_1", model_kwargs={"small_input": True}, preprocessing=CIFAR10.to_dict(),
+                              codebook_dtype="f2")
+
+    full = len(serialize(_shared_copy(model)))
+    for budget in (full // 4, full // 8):
+        m = _copy(model)
+        info = rdquant.quantize_for_budget_(m, sens, budget, serialize)
+        data = serialize(m)
+        assert len(data) == info["bytes"] <= budget
+        _, state, _ = decode(data)
+        for n, layer in prunable_layers(m).items():
+            assert torch.equal(state[f"{n}.weight"], layer.weight.detach())
+
+
+def _copy(model):
+    m = create_model("squeezenet1_1", num_classes=10, small_input=True).eval()
+    m.load_state_dict(model.state_dict())
+    return m
+
+
+def _shared_copy(model):
+    from squeezenet.compression.quantization import share_weights_
+    m = _copy(model)
+    share_weights_(m, 8)
+    return m
