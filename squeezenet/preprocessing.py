@@ -48,9 +48,14 @@ class Preprocessing:
         except (KeyError, TypeError) as e:
             raise ValueError(f"bad preprocessing record {d!r}: {e}") from None
 
-    def transform(self):
-        """A callable PIL image -> float tensor [3, crop, crop]."""
-        return _Transform(self)
+    def transform(self, augment: bool = False):
+        """A callable PIL image -> float tensor [3, crop, crop].
+
+        Args:
+            augment: a random crop (instead of the centre one) and a random mirror, for
+                fine-tuning on few images.
+        """
+        return _Transform(self, augment)
 
 
 # The published Caffe SqueezeNet: BGR, 0..255 minus the ImageNet mean, 227 crop.
@@ -62,8 +67,9 @@ CIFAR10 = Preprocessing("RGB", 1.0, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0
 
 
 class _Transform:
-    def __init__(self, p: Preprocessing) -> None:
+    def __init__(self, p: Preprocessing, augment: bool = False) -> None:
         self.p = p
+        self.augment = augment
         self.mean = torch.tensor(p.mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(p.std, dtype=torch.float32).view(3, 1, 1)
 
@@ -71,7 +77,13 @@ class _Transform:
         import torchvision.transforms.functional as F
         img = img.convert("RGB")
         img = F.resize(img, self.p.resize, interpolation=F.InterpolationMode.BILINEAR, antialias=True)
-        img = F.center_crop(img, [self.p.crop, self.p.crop])
+        if self.augment:
+            import torchvision.transforms as T
+            img = T.RandomCrop(self.p.crop)(img)
+            if torch.rand(()) < 0.5:
+                img = F.hflip(img)
+        else:
+            img = F.center_crop(img, [self.p.crop, self.p.crop])
         x = F.pil_to_tensor(img).float()  # 0..255, RGB, CHW
         if self.p.scale != 255.0:
             x = x * (self.p.scale / 255.0)

@@ -106,7 +106,8 @@ def compress_weights(weights, *, out=None, bits=None, density="auto", size_budge
                        "lossless_layers": sum(info["lossless"].values())})
     if finetune_steps:
         from .finetune import UnlabelledImages, distill_shared_
-        ds = UnlabelledImages(calibration, lw.preprocessing.transform(), limit=finetune_steps * finetune_batch)
+        # Random crops and mirrors: a few hundred calibration images then give thousands of views.
+        ds = UnlabelledImages(calibration, lw.preprocessing.transform(augment=True), limit=finetune_steps * finetune_batch)
         loader = torch.utils.data.DataLoader(ds, batch_size=finetune_batch, shuffle=True, num_workers=1,
                                              generator=torch.Generator().manual_seed(0))
         losses = distill_shared_(model, teacher, loader, finetune_steps, finetune_lr)

@@ -214,3 +214,51 @@ def ideal_bits(index: np.ndarray, mask: np.ndarray, neg: int, k: int, taps: int)
         if c.size:
             total -= float((c * np.log2(c / c.sum())).sum())
     return total
+
+
+# ----------------------------------------------------------------------------- codebooks
+_WIDTH = {"f4": (np.uint32, "<u4", 4), "f2": (np.uint16, "<u2", 2)}
+
+
+def pack_codebook(values: np.ndarray, dtype: str) -> bytes:
+    """A sorted codebook as zlib-compressed byte planes of the deltas of order-preserving keys.
+
+    Sorted k-means or grid centroids lie close together, so their deltas need about half the
+    bytes of the raw floats; the high byte planes are almost all zero and compress away.
+    """
+    import zlib
+    uint, le, width = _WIDTH[dtype]
+    raw = np.asarray(values, "<f4" if dtype == "f4" else "<f2").view(le).astype(np.uint64)
+    sign = np.uint64(1 << (8 * width - 1))
+    full = np.uint64((1 << (8 * width)) - 1)
+    keys = np.where(raw & sign, ~raw & full, raw | sign)
+    if keys.size > 1 and (np.diff(keys.astype(np.int64)) < 0).any():
+        raise ValueError("codebook must be sorted")
+    deltas = np.diff(keys, prepend=np.uint64(0)).astype(uint)
+    planes = deltas.astype(le).view(np.uint8).reshape(-1, width).T
+    return zlib.compress(planes.tobytes(), 9)
+
+
+def unpack_codebook(data: bytes, k: int, dtype: str) -> np.ndarray:
+    """Inverse of ``pack_codebook`` (float32 values).
+
+    Raises:
+        EntropyError: on data that does not unpack to ``k`` sorted values.
+    """
+    import zlib
+    uint, le, width = _WIDTH[dtype]
+    try:
+        d = zlib.decompressobj()
+        planes = d.decompress(data, k * width)
+        if d.unconsumed_tail or not d.eof or len(planes) != k * width:
+            raise EntropyError(f"codebook does not unpack to {k} values")
+    except zlib.error as e:
+        raise EntropyError(f"codebook does not unpack ({e})") from None
+    deltas = np.frombuffer(planes, np.uint8).reshape(width, k).T.copy().view(le).reshape(-1).astype(np.uint64)
+    keys = np.cumsum(deltas, dtype=np.uint64)
+    if k and keys[-1] >= np.uint64(1 << (8 * width)):
+        raise EntropyError("codebook keys overflow")
+    sign = np.uint64(1 << (8 * width - 1))
+    full = np.uint64((1 << (8 * width)) - 1)
+    raw = np.where(keys & sign, keys & (full >> np.uint64(1)), ~keys & full).astype(uint)
+    return raw.view("<f4" if dtype == "f4" else "<f2").astype(np.float32)

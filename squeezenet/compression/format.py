@@ -201,6 +201,7 @@ def encode_layer_range(name: str, weight_shape, codebook: np.ndarray, index: np.
         raise ValueError(f"{name}: cluster index out of range")
     if codebook_dtype == "f2":
         cb = cb.astype(np.float16).astype(np.float32)
+    cb = cb + np.float32(0.0)  # -0.0 -> 0.0: equal weights, and one order for the packed keys
     used = np.unique(kept)  # unused levels cost bytes and nothing else: drop them
     order = used[np.argsort(cb[used], kind="stable")]
     remap = np.zeros(max(cb.size, 1), np.int64)
@@ -210,7 +211,7 @@ def encode_layer_range(name: str, weight_shape, codebook: np.ndarray, index: np.
     neg = int((cb < 0).sum())
     taps = int(math.prod(weight_shape[2:])) if len(weight_shape) > 2 else 1
     table, stream = entropy.encode_layer(index, mask, neg, int(cb.size), taps)
-    cb_bytes = cb.astype("<f4" if codebook_dtype == "f4" else "<f2").tobytes()
+    cb_bytes = entropy.pack_codebook(cb, codebook_dtype) if cb.size else b""
     bias_bytes = b"" if bias is None else np.asarray(bias, "<f4" if bias_dtype == "f4" else "<f2").tobytes()
     meta = {"name": name, "shape": [int(s) for s in weight_shape], "coding": "range", "k": int(cb.size),
             "neg": neg, "nnz": int(mask.sum()), "density": round(float(mask.mean()), 6) if mask.size else 1.0,
@@ -421,7 +422,7 @@ def _check_range_layer(l: dict, numel: int, n_bias: int, path) -> int:
     # A range-coded symbol costs at most 32 bits here (probabilities are at least 2**-24 plus
     # the coder's state), so a stream longer than that is corrupt, not a model.
     if (not isinstance(sizes, list) or len(sizes) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes)
-            or sizes[0] != k * cb_width or sizes[1] != bias_width * n_bias
+            or not (sizes[0] == 0 if k == 0 else 0 < sizes[0] <= k * cb_width + 64) or sizes[1] != bias_width * n_bias
             or sizes[2] != entropy.model_table_size(k) or not 0 <= sizes[3] <= 4 * (2 * numel + 4) or sizes[3] % 4):
         raise _bad(path, f"{name}: section sizes {sizes} do not match the header")
     return sum(sizes)
@@ -430,11 +431,12 @@ def _check_range_layer(l: dict, numel: int, n_bias: int, path) -> int:
 def _decode_range_layer(l: dict, chunks: list[bytes], shape, state: dict, shared: dict, path) -> None:
     name, numel = l["name"], math.prod(shape)
     cb_b, bias_b, table, stream = chunks
-    codebook = np.frombuffer(cb_b, "<f4" if l["codebook_dtype"] == "f4" else "<f2").astype(np.float32)
+    try:
+        codebook = entropy.unpack_codebook(cb_b, l["k"], l["codebook_dtype"]) if l["k"] else np.zeros(0, np.float32)
+    except entropy.EntropyError as e:
+        raise _bad(path, f"{name}: {e}") from None
     if not np.isfinite(codebook).all():
         raise _bad(path, f"{name}: non-finite codebook value")
-    if codebook.size > 1 and (np.diff(codebook) < 0).any():
-        raise _bad(path, f"{name}: codebook is not sorted")
     taps = math.prod(shape[2:]) if len(shape) > 2 else 1
     try:
         index, mask = entropy.decode_layer(table, stream, numel, l["neg"], l["k"], taps, l["nnz"])

@@ -64,3 +64,22 @@ def test_wrong_kept_count_is_an_error():
         entropy.decode_layer(table, stream, 4, 1, 2, 1, nnz=2)
     with pytest.raises(entropy.EntropyError, match="model table"):
         entropy.decode_layer(table[:-1], stream, 4, 1, 2, 1, nnz=3)
+
+
+@pytest.mark.parametrize("dtype", ["f4", "f2"])
+def test_codebook_packing_round_trips_and_shrinks(dtype):
+    rng = np.random.default_rng(1)
+    v = np.sort(rng.normal(0, 0.1, 300)).astype(np.float32)
+    if dtype == "f2":
+        v = np.unique(v.astype(np.float16)).astype(np.float32)
+    v = np.concatenate([[-3.0], v, [0.0, 5.0]]).astype(np.float32)  # a negative outlier, zero, a large value
+    v = np.unique(v)
+    packed = entropy.pack_codebook(v, dtype)
+    assert np.array_equal(entropy.unpack_codebook(packed, v.size, dtype), v)
+    assert len(packed) < 0.85 * v.size * (4 if dtype == "f4" else 2)
+    with pytest.raises(entropy.EntropyError):
+        entropy.unpack_codebook(packed, v.size + 1, dtype)
+    with pytest.raises(entropy.EntropyError):
+        entropy.unpack_codebook(packed[:-3], v.size, dtype)
+    with pytest.raises(ValueError, match="sorted"):
+        entropy.pack_codebook(v[::-1].copy(), dtype)
