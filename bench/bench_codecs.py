@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,22 +35,13 @@ sys.path.insert(0, str(HERE.parent))
 
 from squeezenet.compression.cli_ops import compress_weights  # noqa: E402
 from squeezenet.compression.format import decode  # noqa: E402
+from squeezenet.cpu import describe as cpu_name  # noqa: E402
 from squeezenet.data.imagenet import ImageNetFolder  # noqa: E402
 from squeezenet.evaluation.fidelity import fidelity, load_views, logits  # noqa: E402
 from squeezenet.weights import load_weights  # noqa: E402
 
 NNCODEC = "nncodec==2.1.3"
 VENV = HERE / ".nncodec-venv"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def nncodec_python() -> Path | None:
@@ -97,6 +87,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", default="../shared/data")
     p.add_argument("--quick", action="store_true", help="fewer views and sizes (minutes, not an hour)")
+    p.add_argument("--smoke", action="store_true", help="one size of each kind, 2 distillation steps: checks the bench runs")
     p.add_argument("--cifar-views", type=int, default=None, help="CIFAR-10 test images to add (x2 with flips)")
     p.add_argument("--no-nncodec", action="store_true", help="skip NNCodec (no venv, no rows)")
     p.add_argument("--json", action="store_true")
@@ -117,11 +108,12 @@ def main() -> int:
     ds = ImageNetFolder(imagenet, prep.transform())
     paths = [s[0] for s in ds.samples]
     labels = torch.tensor([s[1] for s in ds.samples])
+    a.quick = a.quick or a.smoke
     view_kind = "centre" if a.quick else "ten_crop"
     per_image = 2 if a.quick else 10
     print(f"loading views ({view_kind}) of {len(paths)} ImageNet images ...", file=sys.stderr, flush=True)
     in_views = load_views(paths, prep, view_kind)
-    n_cifar = a.cifar_views or (200 if a.quick else 1000)
+    n_cifar = a.cifar_views or (20 if a.smoke else 200 if a.quick else 600)
     cifar_files = sorted((cifar / "test").rglob("*.jpg"))[:: max(1, 10_000 // n_cifar)][:n_cifar]
     cifar_views = load_views(cifar_files, prep, "centre")
     centre = torch.stack([ds[i][0] for i in range(len(ds))])
@@ -163,26 +155,28 @@ def main() -> int:
         data, _ = compress_weights(ref, codec=codec, log=lambda *x: None)
         _, sd, _ = decode(data)
         add(f"ours, lossless re-encoding ({codec})", len(data), measure([sd], None), time.perf_counter() - t)
-    budgets = [470_000, 400_000, 350_000] if a.quick else [520_000, 470_000, 440_000, 400_000, 370_000, 350_000]
+    budgets = [400_000] if a.smoke else [400_000, 350_000] if a.quick else [470_000, 400_000, 350_000]
+    # quick: less distillation, so lower fidelity than the defaults give
+    steps = {"finetune_steps": 2} if a.smoke else {"finetune_steps": 40} if a.quick else {}
     for b in budgets:
         t = time.perf_counter()
-        data, _ = compress_weights(ref, size_budget=b, calibration=cifar / "train", log=lambda *x: None)
+        data, _ = compress_weights(ref, size_budget=b, calibration=cifar / "train", log=lambda *x: None, **steps)
         _, sd, _ = decode(data)
         add(f"ours, --size-budget {b} (CIFAR calibration)", len(data), measure([sd], None), time.perf_counter() - t)
     with tempfile.TemporaryDirectory() as tmp:
         folds = split_folds(imagenet, Path(tmp))
-        for b in (400_000, 350_000):
+        for b in budgets[-2:] if not a.smoke else budgets:
             sds, sizes, t = [], [], time.perf_counter()
             for fold in folds:
-                data, _ = compress_weights(ref, size_budget=b, calibration=fold, log=lambda *x: None)
+                data, _ = compress_weights(ref, size_budget=b, calibration=fold, log=lambda *x: None, **steps)
                 sizes.append(len(data))
                 sds.append(decode(data)[1])
             add(f"ours, --size-budget {b} (ImageNet calibration, 2 folds)", max(sizes), measure(sds, [0, 1]),
                 (time.perf_counter() - t) / 2)
     py = None if a.no_nncodec else nncodec_python()
     if py is not None:
-        qps = [(-36, True), (-32, True), (-28, True), (-28, False)] if a.quick else \
-              [(-38, True), (-36, True), (-34, True), (-32, True), (-30, True), (-28, True), (-28, False), (-26, False)]
+        qps = [(-32, True)] if a.smoke else [(-36, True), (-32, True), (-28, True), (-28, False)] if a.quick else \
+              [(-36, True), (-34, True), (-32, True), (-30, True), (-28, True), (-28, False), (-26, False)]
         with tempfile.TemporaryDirectory() as tmp:
             for qp, dq in qps:
                 t = time.perf_counter()

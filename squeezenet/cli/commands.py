@@ -16,7 +16,7 @@ _bits = bounded_int(1, 8, what="bits")
 # Equal to squeezenet.export.engine.ENGINES (checked by a test); spelled out here so that
 # building the parser does not import torch.
 ENGINE_CHOICES = ("auto", "torch", "torch-channels-last", "onnxruntime", "onnxruntime-int8", "openvino",
-                  "openvino-int8")
+                  "openvino-bf16", "openvino-int8")
 
 
 def _positive_float(text: str) -> float:
@@ -282,7 +282,7 @@ def add_commands(sub) -> None:
                         "paper's k-means + Huffman coding, format version 1")
     s.add_argument("--finetune-steps", type=_nonneg_int, default=None,
                    help="centroid fine-tuning steps by distillation on --calibration images "
-                        "(default 300 with --size-budget and the range codec, else 0)")
+                        "(default 150 with --size-budget and the range codec, else 0)")
     s.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate (Adam)")
     s.add_argument("--codebook-dtype", choices=["auto", "f4", "f2"], default="auto",
                    help="codebook storage: f4 exact, f2 half size, auto = f4 where sharing was lossless (default)")

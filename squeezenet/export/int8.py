@@ -21,18 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cpu import has_vnni
+
 
 def cpu_has_vnni() -> bool:
-    """True when /proc/cpuinfo lists an int8 dot-product instruction set (AVX512-VNNI, AVX-VNNI, AMX)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    return False
+    """True when the CPU has an int8 dot-product instruction set (AVX512-VNNI, AVX-VNNI, AMX)."""
+    return has_vnni()
 
 
 def calibration_arrays(calibration, preprocessing, images: int = 64) -> np.ndarray:

@@ -343,11 +343,8 @@ def bf16_pays(device: torch.device) -> bool:
     and slower (measured 8x slower than fp32 on an AVX2-only CPU)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from ..cpu import has_native_bf16
+    return has_native_bf16()
 
 
 def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):

@@ -72,6 +72,18 @@ def test_engine_choice_is_honoured(engine):
     torch.testing.assert_close(eng(x), lw.build_model()(x), atol=1e-4, rtol=1e-4)
 
 
+def test_openvino_bf16_is_its_own_engine():
+    from squeezenet.cpu import has_native_bf16
+    lw = small()
+    eng = make_engine(lw, "openvino-bf16")
+    assert eng.name == "openvino-bf16"
+    # bf16 where the CPU has it (OpenVINO's default there), fp32 elsewhere; never the plain engine's
+    assert eng.precision == ("bf16" if has_native_bf16() else "f32")
+    assert make_engine(lw, "openvino").precision == "f32"
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(eng(x), lw.build_model()(x), atol=5e-2, rtol=5e-2)
+
+
 def random_images(folder, n, size=32):
     folder.mkdir()
     rng = np.random.default_rng(1)
