@@ -227,8 +227,16 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
     # Slopes bracket the useful range: lam * 1e-6 / s is a squared step around 1e-6 ... 1e2
     # times the largest sensitivity, from near-lossless to a handful of levels per layer.
     s_max = max(sensitivity.values())
+    lam_hi = 1e-2 * s_max
     try:
-        lam, size, quants = search_budget(size_of, 1e-12 * s_max, 1e-2 * s_max, budget)
+        for _ in range(4):  # coarser still, up to pruning everything, before giving up
+            try:
+                lam, size, quants = search_budget(size_of, 1e-12 * s_max, lam_hi, budget)
+                break
+            except ValueError:
+                lam_hi *= 1e3
+        else:
+            raise ValueError(f"cannot fit {budget:,} bytes: even with every weight pruned the file is larger")
     except ValueError:
         with torch.no_grad():  # leave the model as it came
             for n, m in layers.items():

@@ -62,17 +62,21 @@ def test_fisher_is_larger_for_a_layer_that_matters_more():
     assert s["0"] > s["2"]
 
 
+TINY = {"base_e": 16, "incr_e": 16, "small_input": True}  # a 15,090-parameter SqueezeNet
+
+
 def test_quantize_for_budget_is_a_hard_limit_and_round_trips():
     torch.manual_seed(0)
-    model = create_model("squeezenet1_1", num_classes=10, small_input=True).eval()
+    model = _copy(create_model("squeezenet_from_metaparameters", num_classes=10, **TINY))
     sens = {n: 1.0 for n in prunable_layers(model)}
 
     def serialize(m):
-        return compress_model(m, "squeezenet1_1", model_kwargs={"small_input": True}, preprocessing=CIFAR10.to_dict(),
+        return compress_model(m, "squeezenet_from_metaparameters", model_kwargs=TINY, preprocessing=CIFAR10.to_dict(),
                               codebook_dtype="f2")
 
     full = len(serialize(_shared_copy(model)))
-    for budget in (full // 4, full // 8):
+    # 20 budgets from half to the whole of the 8-bit file: never one byte over
+    for budget in np.geomspace(full / 2, full, 20).astype(int):
         m = _copy(model)
         info = rdquant.quantize_for_budget_(m, sens, budget, serialize)
         data = serialize(m)
@@ -83,7 +87,7 @@ def test_quantize_for_budget_is_a_hard_limit_and_round_trips():
 
 
 def _copy(model):
-    m = create_model("squeezenet1_1", num_classes=10, small_input=True).eval()
+    m = create_model("squeezenet_from_metaparameters", num_classes=10, **TINY).eval()
     m.load_state_dict(model.state_dict())
     return m
 
@@ -93,3 +97,31 @@ def _shared_copy(model):
     m = _copy(model)
     share_weights_(m, 8)
     return m
+
+
+def test_compress_weights_with_budget_and_calibration(tmp_path):
+    from PIL import Image
+
+    from squeezenet.compression.cli_ops import compress_weights
+    from squeezenet.weights import LoadedWeights, load_weights
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(calib / f"{i}.png")
+    torch.manual_seed(0)
+    model = create_model("squeezenet1_1", num_classes=10, small_input=True)
+    lw = LoadedWeights("squeezenet1_1", model.state_dict(), CIFAR10, num_classes=10, model_kwargs={"small_input": True})
+    out = tmp_path / "m.sqz"
+    data, rep = compress_weights(lw, out=out, size_budget=150_000, calibration=calib, finetune_steps=2,
+                                 finetune_batch=4, calibration_images=8, log=lambda *a: None)
+    assert len(data) == rep["bytes"] == out.stat().st_size <= 150_000
+    assert rep["finetune"]["steps"] == 2 and rep["codec"] == "range"
+    back = load_weights(out).build_model()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.isfinite(back(x)).all()
+    with pytest.raises(ValueError, match="cannot fit"):
+        compress_weights(lw, size_budget=2_000, calibration=calib, finetune_steps=0, calibration_images=4,
+                         log=lambda *a: None)
+    with pytest.raises(ValueError, match="calibration"):
+        compress_weights(lw, size_budget=150_000, log=lambda *a: None)
