@@ -89,7 +89,9 @@ def compress_weights(weights, *, out=None, bits=None, density="auto", size_budge
         images = calibration_views(calibration, lw.preprocessing, calibration_images)
         sens = fisher_sensitivity(model, images)
         log(f"sensitivity from {images.shape[0]} calibration images; fitting {size_budget:,} bytes")
-        info = quantize_for_budget_(model, sens, size_budget, serialize)
+        # Distilled centroids pack a few bytes longer or shorter: leave them 16 bytes a layer.
+        margin = 16 * len(names) if finetune_steps else 0
+        info = quantize_for_budget_(model, sens, max(size_budget - margin, 1), serialize)
         cb_dtype = "f2"
         report.update({"slope": info["lam"], "levels": info["levels"], "kept_weights": info["kept_weights"]})
         log(f"quantized: {info['kept_weights']:,} weights kept, levels per layer {min(info['levels'].values())}.."
@@ -112,10 +114,18 @@ def compress_weights(weights, *, out=None, bits=None, density="auto", size_budge
         ds = UnlabelledImages(calibration, lw.preprocessing.transform(augment=True), limit=finetune_steps * finetune_batch)
         loader = torch.utils.data.DataLoader(ds, batch_size=finetune_batch, shuffle=True, num_workers=1,
                                              generator=torch.Generator().manual_seed(0))
+        before = {n: m.weight_codebook.detach().clone() for n, m in prunable_layers(model).items()}
         losses = distill_shared_(model, teacher, loader, finetune_steps, finetune_lr)
         _round_to_file_precision_(model, cb_dtype, bias_dtype)
         report["finetune"] = {"steps": finetune_steps, "first_loss": losses[0], "last_loss": losses[-1]}
         log(f"distillation: KL {losses[0]:.4f} -> {losses[-1]:.4f} over {finetune_steps} steps")
+        data = serialize(model, cb_dtype)
+        if size_budget and len(data) > size_budget:
+            # Packed codebooks are a few bytes longer or shorter once centroids move; where that
+            # crosses the budget, put back the centroids that fitted (their biases stay tuned).
+            _restore_codebooks_(model, before)
+            log(f"distilled centroids took {len(data) - size_budget} bytes too many: kept the biases only")
+            report["finetune"]["centroids_kept"] = False
     data = serialize(model, cb_dtype)
     if size_budget and len(data) > size_budget:  # the budget is a hard limit, whatever happened above
         raise ValueError(f"the file came out at {len(data):,} bytes, over the budget of {size_budget:,}")
@@ -127,6 +137,15 @@ def compress_weights(weights, *, out=None, bits=None, density="auto", size_budge
     report["ratio_vs_squeezenet_fp32"] = SQUEEZENET_FP32 / len(data)
     report["ratio_vs_alexnet_fp32"] = ALEXNET_FP32 / len(data)
     return data, report
+
+
+@torch.no_grad()
+def _restore_codebooks_(model, codebooks: dict) -> None:
+    for name, m in prunable_layers(model).items():
+        m.weight_codebook.copy_(codebooks[name])
+        idx = m.weight_index.reshape(-1).long()
+        flat = torch.where(m.weight_mask.reshape(-1), m.weight_codebook[idx], torch.zeros_like(idx, dtype=m.weight.dtype))
+        m.weight.copy_(flat.reshape(m.weight.shape))
 
 
 @torch.no_grad()
