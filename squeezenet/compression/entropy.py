@@ -182,12 +182,13 @@ def decode_layer(table: bytes, stream: bytes, numel: int, neg: int, k: int, taps
     flags = np.zeros((rows, taps), np.int32)
     models = [Categorical(_probabilities(c), perfect=False) for c in flag_codes]
     try:
-        for t in range(taps):
-            ctx = _flag_contexts(flags[:, t - 1] if t else None, rows)
-            for c in (range(3) if t else (FIRST_TAP,)):
-                where = np.flatnonzero(ctx == c)
-                if where.size:
-                    flags[where, t] = dec.decode(models[c], int(where.size))
+        flags[:, 0] = dec.decode(models[FIRST_TAP], rows) if rows else flags[:, 0]
+        for t in range(1, taps):
+            # the groups of contexts 0, 1, 2, each in row order: one sort, one scatter
+            prev = flags[:, t - 1]
+            groups = [np.flatnonzero(prev == c) for c in range(3)]
+            parts = [dec.decode(models[c], int(g.size)) for c, g in enumerate(groups) if g.size]
+            flags[np.concatenate(groups), t] = np.concatenate(parts)
         flat = flags.reshape(-1)
         n_neg, n_pos = int((flat == 1).sum()), int((flat == 2).sum())
         if n_neg + n_pos != nnz or (n_neg and neg == 0) or (n_pos and k - neg == 0):
