@@ -93,11 +93,13 @@ def ecsq(values: np.ndarray, mask: np.ndarray, delta: float, lam: float, iters: 
     return LayerQuant(cb, index, new_mask)
 
 
-def fisher_sensitivity(model: nn.Module, images: torch.Tensor, samples: int = 1, seed: int = 0) -> dict[str, float]:
+def fisher_sensitivity(model: nn.Module, images: torch.Tensor, batch_size: int = 8, seed: int = 0) -> dict[str, float]:
     """Mean diagonal Fisher information per conv / linear layer, over its nonzero weights.
 
-    For each image a label is drawn from the model's own prediction and the squared gradient of
-    its log-likelihood is accumulated (an unbiased estimate of the Fisher diagonal). Then
+    For each image a label is drawn from the model's own prediction; the squared gradient of the
+    summed log-likelihood of a batch estimates the sum of the per-image Fisher diagonals without
+    bias (the score has zero mean under the model, so cross terms vanish in expectation), at the
+    cost of one backward pass per batch instead of per image. Then
     ``KL(model || perturbed) ~ 0.5 * s * sum(dW**2)`` for a small perturbation ``dW``.
     """
     layers = prunable_layers(model)
@@ -105,18 +107,14 @@ def fisher_sensitivity(model: nn.Module, images: torch.Tensor, samples: int = 1,
     g = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
-    count = 0
     try:
-        for i in range(images.shape[0]):
-            out = model(images[i:i + 1])
-            logp = F.log_softmax(out, 1)
-            for _ in range(samples):
-                y = torch.multinomial(logp.detach().exp()[0], 1, generator=g)
-                model.zero_grad(set_to_none=True)
-                (-logp[0, y]).sum().backward(retain_graph=samples > 1)
-                for n, m in layers.items():
-                    acc[n] += m.weight.grad.detach() ** 2
-                count += 1
+        for i in range(0, images.shape[0], batch_size):
+            logp = F.log_softmax(model(images[i:i + batch_size]), 1)
+            y = torch.multinomial(logp.detach().exp(), 1, generator=g)
+            model.zero_grad(set_to_none=True)
+            (-logp.gather(1, y)).sum().backward()
+            for n, m in layers.items():
+                acc[n] += m.weight.grad.detach() ** 2
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
@@ -124,7 +122,7 @@ def fisher_sensitivity(model: nn.Module, images: torch.Tensor, samples: int = 1,
     for n, m in layers.items():
         keep = m.weight.detach() != 0
         f = acc[n][keep] if keep.any() else acc[n].reshape(-1)
-        out[n] = max(float(f.mean()) / max(count, 1), 1e-30)
+        out[n] = max(float(f.mean()) / max(images.shape[0], 1), 1e-30)
     return out
 
 
