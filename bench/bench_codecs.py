@@ -91,7 +91,13 @@ def main() -> int:
     p.add_argument("--cifar-views", type=int, default=None, help="CIFAR-10 test images to add (x2 with flips)")
     p.add_argument("--no-nncodec", action="store_true", help="skip NNCodec (no venv, no rows)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", type=Path, default=None, help="write agreement and top-1 against bytes to this PNG")
+    p.add_argument("--plot-from", type=Path, default=None, help="only plot: rows from a saved --json output line")
     a = p.parse_args()
+    if a.plot_from:
+        result = json.loads(a.plot_from.read_text().strip().splitlines()[-1])
+        plot(result["rows"], a.plot or a.plot_from.with_suffix(".png"), result.get("cpu", ""))
+        return 0
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     shared = Path(a.shared)
     net = shared / "squeezenet-deep-compression" / "compressed_SqueezeNet.net"
@@ -202,9 +208,40 @@ def main() -> int:
         sec = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
         print(f"| {r['file']} | {r['bytes']:,} | {r['agreement']:.1%} | {r['kl']:.4f} | {r['agreement_imagenet']:.1%} "
               f"| {r['top1']:.3f} | {r['top5']:.3f} | {sec} |")
+    if a.plot:
+        plot(rows, a.plot, cpu)
     if a.json:
         print(json.dumps({"cpu": cpu, "rows": rows}))
     return 0
+
+
+def plot(rows: list[dict], path: Path, cpu: str = "") -> None:
+    """Agreement with the 8-bit model (ImageNet views) and top-1 against file size, ours beside NNCodec's."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    groups = {"ours, CIFAR calibration": lambda r: "CIFAR" in r["file"],
+              "ours, ImageNet calibration (2 folds)": lambda r: "ImageNet calibration" in r["file"],
+              "NNCodec": lambda r: r["file"].startswith("NNCodec")}
+    for ax, key, label in ((axes[0], "agreement_imagenet", "top-1 agreement with the 8-bit model (%)"),
+                           (axes[1], "top1", "top-1 on the 250 ImageNet samples (%)")):
+        for (name, pick), marker in zip(groups.items(), "os^"):
+            pts = sorted((r["bytes"] / 1e3, 100 * r[key]) for r in rows if pick(r))
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, label=name)
+        ref = next((r for r in rows if "reference" in r["file"]), None)
+        if ref:
+            ax.axhline(100 * ref[key], color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("file size (kB)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].text(0.02, 0.02, "one image = 0.4 points; paired noise about +-2.5", transform=axes[1].transAxes, fontsize=8)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"SqueezeNet v1.0: our codec against NNCodec (MPEG NNC) {cpu}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
