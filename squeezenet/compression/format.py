@@ -217,16 +217,13 @@ def encode_layer_range(name: str, weight_shape, codebook: np.ndarray, index: np.
             "neg": neg, "nnz": int(mask.sum()), "density": round(float(mask.mean()), 6) if mask.size else 1.0,
             "codebook_dtype": codebook_dtype, "bias": 0 if bias is None else int(np.asarray(bias).size),
             "bias_dtype": bias_dtype, "sizes": [len(cb_bytes), len(bias_bytes), len(table), len(stream)]}
-    return RangeLayerCode(name, meta["shape"], 0, meta["nnz"], cb_bytes, bias_bytes, table, stream, meta)
+    return RangeLayerCode(name, cb_bytes, bias_bytes, table, stream, meta)
 
 
 @dataclass
 class RangeLayerCode:
-    """A version 2 layer: codebook, bias, model table, stream."""
+    """A version 2 layer: codebook, bias, model table, stream (shape and counts are in ``meta``)."""
     name: str
-    shape: list
-    bits: int
-    nnz: int
     codebook: bytes
     bias: bytes
     table: bytes

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cpu import cpu_name
 from .timing import time_interleaved
 
 
@@ -85,20 +86,9 @@ def run_bench(model: str = "squeezenet1_0", batches=(1, 32), seconds: float = 3.
         for name, r in results.items():
             rows.append({"path": name, "batch": b, **r, "vs_onnxruntime_fp32": r["images_per_s"] / ort,
                          "vs_fastest": r["images_per_s"] / fastest})
-    return {"model": model, "input_size": size, "threads": threads, "cpu": _cpu_name(), "rows": rows,
+    return {"model": model, "input_size": size, "threads": threads, "cpu": cpu_name(), "rows": rows,
             "calibration": str(calibration) if calibration else None, "auto_choice": getattr(auto, "choice", None),
             "images_per_s": max(r["images_per_s"] for r in rows if r["path"].startswith("ours: auto"))}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or "unknown"
 
 
 def format_bench(result: dict) -> str:
