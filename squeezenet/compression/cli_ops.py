@@ -143,6 +143,8 @@ def compress_weights(weights, *, out=None, bits=None, density="auto", size_budge
 def _restore_codebooks_(model, codebooks: dict) -> None:
     for name, m in prunable_layers(model).items():
         m.weight_codebook.copy_(codebooks[name])
+        if m.weight_codebook.numel() == 0:  # every weight pruned: nothing to restore
+            continue
         idx = m.weight_index.reshape(-1).long()
         flat = torch.where(m.weight_mask.reshape(-1), m.weight_codebook[idx], torch.zeros_like(idx, dtype=m.weight.dtype))
         m.weight.copy_(flat.reshape(m.weight.shape))
@@ -153,7 +155,7 @@ def _round_to_file_precision_(model, cb_dtype, bias_dtype: str) -> None:
     """Round fine-tuned centroids and biases to what the file stores, so model == file."""
     for name, m in prunable_layers(model).items():
         dt = cb_dtype.get(name, "f4") if isinstance(cb_dtype, dict) else cb_dtype
-        if dt == "f2":
+        if dt == "f2" and m.weight_codebook.numel():
             m.weight_codebook.copy_(m.weight_codebook.half().float())
             idx = m.weight_index.reshape(-1).long()
             flat = torch.where(m.weight_mask.reshape(-1), m.weight_codebook[idx], torch.zeros_like(idx, dtype=m.weight.dtype))

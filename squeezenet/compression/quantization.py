@@ -142,6 +142,9 @@ def sum_cluster_gradients_(model: nn.Module) -> None:
         g = m.weight.grad
         if g is None:
             continue
+        if m.weight_codebook.numel() == 0:  # every weight pruned: nothing to move
+            g.zero_()
+            continue
         idx = m.weight_index.reshape(-1).long()
         keep = m.weight_mask.reshape(-1)
         flat = g.reshape(-1) * keep
@@ -154,6 +157,9 @@ def sum_cluster_gradients_(model: nn.Module) -> None:
 def snap_shared_weights_(model: nn.Module) -> None:
     """Read the centroids back from the (equal) weights of each cluster and re-place them."""
     for _, m in shared_layers(model):
+        if m.weight_codebook.numel() == 0:  # every weight pruned
+            m.weight.zero_()
+            continue
         idx = m.weight_index.reshape(-1).long()
         keep = m.weight_mask.reshape(-1)
         flat = m.weight.reshape(-1)

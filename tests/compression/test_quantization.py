@@ -98,3 +98,17 @@ def test_snap_writes_back_for_channels_last_weights():
         conv.weight.add_(0.01 * torch.randn_like(conv.weight))  # drift off the centroids
     snap_shared_weights_(m)
     assert torch.unique(conv.weight[conv.weight_mask]).numel() <= 4
+
+
+def test_fine_tuning_hooks_accept_a_layer_with_every_weight_pruned():
+    from squeezenet.compression.quantization import share_weights_, snap_shared_weights_, sum_cluster_gradients_
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.zero_()  # a size budget can prune a whole layer
+    share_weights_(model, 2)
+    assert model[0].weight_codebook.numel() == 0
+    model(torch.randn(5, 4)).sum().backward()
+    sum_cluster_gradients_(model)
+    assert (model[0].weight.grad == 0).all()
+    snap_shared_weights_(model)
+    assert (model[0].weight == 0).all() and model[1].weight.abs().sum() > 0
