@@ -126,7 +126,9 @@ def compress_weights(weights, *, out=None, bits=None, density="auto", size_budge
             _restore_codebooks_(model, before)
             log(f"distilled centroids took {len(data) - size_budget} bytes too many: kept the biases only")
             report["finetune"]["centroids_kept"] = False
-    data = serialize(model, cb_dtype)
+            data = serialize(model, cb_dtype)
+    else:
+        data = serialize(model, cb_dtype)
     if size_budget and len(data) > size_budget:  # the budget is a hard limit, whatever happened above
         raise ValueError(f"the file came out at {len(data):,} bytes, over the budget of {size_budget:,}")
     if out is not None:
@@ -141,25 +143,21 @@ def compress_weights(weights, *, out=None, bits=None, density="auto", size_budge
 
 @torch.no_grad()
 def _restore_codebooks_(model, codebooks: dict) -> None:
+    from .quantization import place_shared_weights_
     for name, m in prunable_layers(model).items():
         m.weight_codebook.copy_(codebooks[name])
-        if m.weight_codebook.numel() == 0:  # every weight pruned: nothing to restore
-            continue
-        idx = m.weight_index.reshape(-1).long()
-        flat = torch.where(m.weight_mask.reshape(-1), m.weight_codebook[idx], torch.zeros_like(idx, dtype=m.weight.dtype))
-        m.weight.copy_(flat.reshape(m.weight.shape))
+        place_shared_weights_(m)
 
 
 @torch.no_grad()
 def _round_to_file_precision_(model, cb_dtype, bias_dtype: str) -> None:
     """Round fine-tuned centroids and biases to what the file stores, so model == file."""
+    from .quantization import place_shared_weights_
     for name, m in prunable_layers(model).items():
         dt = cb_dtype.get(name, "f4") if isinstance(cb_dtype, dict) else cb_dtype
-        if dt == "f2" and m.weight_codebook.numel():
+        if dt == "f2":
             m.weight_codebook.copy_(m.weight_codebook.half().float())
-            idx = m.weight_index.reshape(-1).long()
-            flat = torch.where(m.weight_mask.reshape(-1), m.weight_codebook[idx], torch.zeros_like(idx, dtype=m.weight.dtype))
-            m.weight.copy_(flat.reshape(m.weight.shape))
+            place_shared_weights_(m)
         if bias_dtype == "f2" and m.bias is not None:
             m.bias.copy_(m.bias.half().float())
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .format import compress_model
 from .pruning import PruneConfig, prunable_layers, prune_
-from .quantization import share_weights_
+from .quantization import place_shared_weights_, share_weights_
 
 
 def parse_layer_spec(spec: str | float | int | dict | None, layers: list[str], what: str,
@@ -125,12 +125,8 @@ def share_stage_(model: nn.Module, bits: dict[str, int], codebook_dtype: str = "
     with torch.no_grad():
         for n in names:
             if dtypes[n] == "f2":
-                m = layers[n]
-                m.weight_codebook.copy_(m.weight_codebook.half().float())
-                flat = m.weight.detach().reshape(-1).clone()
-                keep = m.weight_mask.reshape(-1)
-                flat[keep] = m.weight_codebook[m.weight_index.reshape(-1)[keep].long()]
-                m.weight.copy_(flat.reshape(m.weight.shape))  # copy_, not a view: channels_last safe
+                layers[n].weight_codebook.copy_(layers[n].weight_codebook.half().float())
+                place_shared_weights_(layers[n])
     return {"bits": bits, "centroids": centroids, "codebook_dtype": dtypes, "lossless": exact}
 
 

@@ -136,6 +136,18 @@ def shared_layers(model: nn.Module):
 
 
 @torch.no_grad()
+def place_shared_weights_(m: nn.Module) -> None:
+    """Set a shared layer's weights from its codebook, indices and mask (pruned ones to zero)."""
+    if m.weight_codebook.numel() == 0:  # every weight pruned
+        m.weight.zero_()
+        return
+    idx = m.weight_index.reshape(-1).long()
+    flat = torch.where(m.weight_mask.reshape(-1), m.weight_codebook[idx].to(m.weight.dtype),
+                       torch.zeros((), dtype=m.weight.dtype, device=m.weight.device))
+    m.weight.copy_(flat.reshape(m.weight.shape))  # copy_, not a view: channels_last safe
+
+
+@torch.no_grad()
 def sum_cluster_gradients_(model: nn.Module) -> None:
     """Give each shared weight the summed gradient of its cluster (paper eq. 3); zero pruned ones."""
     for _, m in shared_layers(model):
