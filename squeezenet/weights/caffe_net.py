@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import FormatError
+from ..errors import ConfigError, FormatError
+from .positions import absolute_positions, relative_gaps
 
 CODEBOOK_SIZE = 256
 MAX_GAP = 15  # 4-bit relative index
@@ -70,35 +71,22 @@ def _layer_bytes(out_channels: int, n: int) -> int:
 
 def decode_positions(gaps: np.ndarray) -> np.ndarray:
     """Absolute positions from relative gaps: p_k = p_{k-1} + gap_k + 1, p_{-1} = -1."""
-    return np.cumsum(gaps.astype(np.int64) + 1) - 1
+    return absolute_positions(gaps, MAX_GAP + 1, filler=-1)[0]
 
 
 def encode_positions(positions: np.ndarray, values: np.ndarray, max_gap: int = MAX_GAP,
                      filler_value: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Relative gaps for sorted ``positions`` with filler entries for gaps over ``max_gap``.
 
-    Vectorised: a gap g needs floor(g / (max_gap + 1)) fillers, each of gap ``max_gap``,
-    then the entry itself with gap g mod (max_gap + 1).
+    A filler is an entry of gap ``max_gap`` whose value is ``filler_value`` (index 0: zero).
 
     Returns:
-        (gaps, values) with fillers inserted; filler values are ``filler_value``.
+        (gaps, values) with fillers inserted.
     """
-    positions = np.asarray(positions, dtype=np.int64)
     values = np.asarray(values)
-    if positions.size == 0:
-        return np.zeros(0, np.int64), values[:0]
-    raw = np.diff(positions, prepend=-1) - 1
-    if (raw < 0).any():
-        raise ValueError("positions must be strictly increasing and non-negative")
-    span = max_gap + 1
-    fillers = raw // span
-    counts = fillers + 1
-    total = int(counts.sum())
-    ends = np.cumsum(counts) - 1  # where each real entry lands
-    gaps = np.full(total, max_gap, dtype=np.int64)
-    gaps[ends] = raw % span
-    out_values = np.full(total, filler_value, dtype=values.dtype)
-    out_values[ends] = values
+    gaps, real = relative_gaps(positions, max_gap + 1, filler=max_gap)
+    out_values = np.full(gaps.size, filler_value, dtype=values.dtype)
+    out_values[real] = values
     return gaps, out_values
 
 
@@ -195,7 +183,7 @@ def looks_like_caffe_net(data: bytes) -> bool:
 def serialize_caffe_net(layers: list[NetLayer]) -> bytes:
     """Encode layers into the ``.net`` byte layout (inverse of ``parse_caffe_net``)."""
     if [l.caffe_name for l in layers] != [n for n, _ in LAYER_NAMES]:
-        raise ValueError("layers must be the 26 SqueezeNet v1.0 convolutions in prototxt order")
+        raise ConfigError("layers must be the 26 SqueezeNet v1.0 convolutions in prototxt order")
     counts, bodies = [], []
     for layer in layers:
         idx = np.asarray(layer.indices, np.uint8).reshape(-1)
@@ -207,7 +195,7 @@ def serialize_caffe_net(layers: list[NetLayer]) -> bytes:
         packed = (packed_src[0::2] | (packed_src[1::2] << 4)).astype(np.uint8)
         cb = np.asarray(layer.codebook, "<f4")
         if cb.shape != (CODEBOOK_SIZE,):
-            raise ValueError(f"{layer.caffe_name}: codebook must have {CODEBOOK_SIZE} entries")
+            raise ConfigError(f"{layer.caffe_name}: codebook must have {CODEBOOK_SIZE} entries")
         bodies += [cb.tobytes(), np.asarray(layer.bias, "<f4").tobytes(), values.astype(np.uint8).tobytes(),
                    packed.tobytes()]
         counts.append(n)
@@ -243,12 +231,12 @@ def layers_from_state_dict(state_dict: dict[str, torch.Tensor]) -> list[NetLayer
     for (caffe, module), shape in zip(LAYER_NAMES, expected):
         w = state_dict[f"{module}.weight"].detach().float().cpu().numpy()
         if tuple(w.shape) != shape:
-            raise ValueError(f"{module}.weight has shape {tuple(w.shape)}, expected {shape}")
+            raise ConfigError(f"{module}.weight has shape {tuple(w.shape)}, expected {shape}")
         flat = w.reshape(-1)
         values, inverse = np.unique(flat, return_inverse=True)
         nonzero = values[values != 0]
         if nonzero.size > CODEBOOK_SIZE - 1:
-            raise ValueError(f"{module}: {nonzero.size} distinct non-zero weights; the .net format "
+            raise ConfigError(f"{module}: {nonzero.size} distinct non-zero weights; the .net format "
                              f"holds at most {CODEBOOK_SIZE - 1} (quantize to 8 bits first)")
         codebook = np.zeros(CODEBOOK_SIZE, np.float32)
         codebook[1:1 + nonzero.size] = nonzero
