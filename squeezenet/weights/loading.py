@@ -2,7 +2,7 @@
 
 Kinds: the published Deep Compression ``.net`` file, our checkpoints (``torch.save`` zip of
 plain tensors and metadata, read with ``weights_only=True``), bare torchvision state dicts,
-and our compressed format (``squeezenet.compression.format``). Each carries its preprocessing.
+and our compressed format (``squeezenet.weights.sqz``). Each carries its preprocessing.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .errors import FormatError
-from .preprocessing import CAFFE_IMAGENET, TORCHVISION_IMAGENET, Preprocessing
+from ..errors import FormatError
+from ..preprocessing import CAFFE_IMAGENET, TORCHVISION_IMAGENET, Preprocessing
 
 CHECKPOINT_FORMAT = "squeezenet-checkpoint"
 MAX_CHECKPOINT_BYTES = 2 * 2**30
@@ -34,9 +34,42 @@ class LoadedWeights:
     path: str = ""
     extra: dict = field(default_factory=dict)
 
+    def class_names_or_default(self, mapping: str | os.PathLike | None = None) -> list[str]:
+        """Class names: the mapping file if given, else those in the weights, else torchvision's
+        ImageNet list for 1000 classes, else the indices."""
+        if mapping is not None:
+            from ..data.imagenet import read_synset_mapping
+            return read_synset_mapping(mapping)[1]
+        if self.class_names:
+            return list(self.class_names)
+        if self.num_classes == 1000:
+            from torchvision.models import SqueezeNet1_0_Weights
+            return list(SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"])
+        return [str(i) for i in range(self.num_classes)]
+
+    @property
+    def has_architecture(self) -> bool:
+        """Whether the file names a model to build (a bare state dict of unknown origin does not)."""
+        return bool(self.model_name)
+
+    def with_architecture(self, model_name: str, model_kwargs: dict | None = None) -> "LoadedWeights":
+        """These weights for ``model_name`` (a registered name, ``torchvision:NAME`` or
+        ``package.module:function``); checked by building it."""
+        from ..models import create_model
+        kwargs = dict(model_kwargs or {})
+        given = kwargs.pop("num_classes", None)
+        out = LoadedWeights(model_name, self.state_dict, self.preprocessing, self.num_classes, kwargs,
+                            self.class_names, self.kind, self.path, self.extra)
+        out.num_classes = given or _num_classes(create_model, model_name, kwargs, self.state_dict) or self.num_classes
+        out.build_model()
+        return out
+
     def build_model(self) -> nn.Module:
         """The model in eval mode with these weights loaded."""
-        from .models import create_model
+        from ..models import create_model
+        if not self.model_name:
+            raise FormatError(f"{self.path}: a state dict of an unknown architecture; name the model "
+                              f"(--model torchvision:NAME or package.module:function) to build it")
         model = create_model(self.model_name, num_classes=self.num_classes, **self.model_kwargs)
         try:
             model.load_state_dict(self.state_dict)
@@ -46,12 +79,28 @@ class LoadedWeights:
         return model.eval()
 
 
+def _num_classes(create_model, name: str, kwargs: dict, sd: dict) -> int | None:
+    """The class count that makes ``name`` fit ``sd``: the output rows of its last coded layer."""
+    from ..models.layers import prunable_layers
+    with torch.device("meta"):
+        try:
+            layers = prunable_layers(create_model(name, **kwargs))
+        except TypeError:
+            return None
+    for lname in reversed(list(layers)):
+        w = sd.get(f"{lname}.weight" if lname else "weight")
+        if isinstance(w, torch.Tensor):
+            return int(w.shape[0])
+    return None
+
+
 def save_checkpoint(path: str | os.PathLike, model_name: str, state_dict: dict, *,
                     preprocessing: Preprocessing, num_classes: int, model_kwargs: dict | None = None,
                     class_names: list | None = None, **extra) -> None:
     """Write our checkpoint atomically (temporary file, fsync, rename). Pickle-free to read."""
     import io
-    from .utils import atomic_write_bytes
+
+    from ..utils import atomic_write_bytes
     payload = {"format": CHECKPOINT_FORMAT, "version": 1, "model": model_name,
                "model_kwargs": dict(model_kwargs or {}), "num_classes": int(num_classes),
                "preprocessing": preprocessing.to_dict(), "class_names": list(class_names) if class_names else None,
@@ -102,7 +151,18 @@ def _load_torch_file(path: Path) -> LoadedWeights:
         if arch:
             return LoadedWeights(model_name=arch[0], state_dict=sd, preprocessing=TORCHVISION_IMAGENET,
                                  num_classes=arch[1], kind="torchvision-state-dict", path=str(path))
-    raise FormatError(f"{path}: a torch file, but neither our checkpoint nor a torchvision SqueezeNet state dict")
+        # Any other model's state dict: compressible as it is; building it needs its architecture.
+        return LoadedWeights(model_name="", state_dict=sd, preprocessing=TORCHVISION_IMAGENET,
+                             num_classes=_last_rows(sd), kind="state-dict", path=str(path))
+    raise FormatError(f"{path}: a torch file, but not a state dict (a dict of tensors) nor our checkpoint")
+
+
+def _last_rows(sd: dict) -> int:
+    """Output rows of the last matrix-like weight: the class count of most classifiers."""
+    for k in reversed(list(sd)):
+        if k.endswith("weight") and sd[k].dim() >= 2:
+            return int(sd[k].shape[0])
+    return 0
 
 
 def _is_zip(path: Path) -> bool:
@@ -133,10 +193,10 @@ def load_weights(path: str | os.PathLike) -> LoadedWeights:
         if not _is_zip(path):
             raise FormatError(f"{path}: a damaged zip archive, not a readable checkpoint")
         return _load_torch_file(path)
-    from .compression.format import MAGIC, load_compressed
+    from .sqz import MAGIC, load_compressed
     if head.startswith(MAGIC):
         return load_compressed(path)
-    from .compression.caffe_net import layers_to_state_dict, parse_caffe_net
+    from .caffe_net import layers_to_state_dict, parse_caffe_net
     data = path.read_bytes()
     try:
         layers = parse_caffe_net(data, path)

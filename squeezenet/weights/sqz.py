@@ -34,14 +34,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import FormatError
+from ..errors import ConfigError, FormatError
+from ..models.layers import prunable_layers
 from . import entropy, huffman
-from .pruning import prunable_layers
+from .positions import absolute_positions, relative_gaps
 
 MAGIC = b"SQZDC\x00\r\n"
-VERSION = 2             # what ``serialize`` writes for range-coded layers
+VERSION = 3             # what ``serialize`` writes for range-coded layers
+RANGE_VERSIONS = (2, 3)  # 2: registered architectures only, float32 parameters; 3: any state dict
 HUFFMAN_VERSION = 1     # the paper's Huffman coding (``--codec huffman``), still written and read
-READ_VERSIONS = (1, 2)
+READ_VERSIONS = (1, 2, 3)
 MAX_LEVELS = 1 << 12    # codebook entries per layer in version 2
 FORMAT_NAME = "squeezenet-compressed"
 MAX_HEADER = 1 << 20
@@ -51,6 +53,9 @@ SPANS = [2, 4, 8, 16, 32, 64, 128, 256]
 _PREAMBLE = struct.Struct("<8sHHI")
 FLAG_ZLIB_HEADER = 1
 MAX_HEADER_JSON = 4 << 20
+# fp32 sizes of the paper's Table 2 comparisons: SqueezeNet v1.0 and AlexNet, 1000 classes
+SQUEEZENET_FP32 = 4 * 1_248_424
+ALEXNET_FP32 = 4 * 60_965_224
 
 
 def _bits_to_bytes(bits: int) -> int:
@@ -94,25 +99,13 @@ def _parse_table(data: bytes, alphabet: int, where: str) -> huffman.HuffmanTable
 # ----------------------------------------------------------------------------- positions
 def gap_symbols(positions: np.ndarray, span: int) -> np.ndarray:
     """Relative gaps of sorted positions over alphabet 0..span-1 plus SKIP (= span)."""
-    positions = np.asarray(positions, np.int64)
-    if positions.size == 0:
-        return np.zeros(0, np.int64)
-    raw = np.diff(positions, prepend=-1) - 1
-    skips = raw // span
-    ends = np.cumsum(skips + 1) - 1
-    out = np.full(int(ends[-1]) + 1, span, np.int64)
-    out[ends] = raw % span
-    return out
+    return relative_gaps(positions, span, filler=span)[0]
 
 
 def positions_from_gaps(symbols: np.ndarray, span: int) -> np.ndarray:
     """Inverse of ``gap_symbols``."""
-    symbols = np.asarray(symbols, np.int64)
-    if symbols.size == 0:
-        return symbols
-    is_skip = symbols == span
-    step = np.where(is_skip, span, symbols + 1)
-    return (np.cumsum(step) - 1)[~is_skip]
+    pos, real = absolute_positions(symbols, span, filler=span)
+    return pos[real]
 
 
 def _choose_position_coding(mask: np.ndarray) -> tuple[str, int, np.ndarray, huffman.HuffmanTable]:
@@ -162,10 +155,10 @@ def encode_layer(name: str, weight_shape, codebook: np.ndarray, index: np.ndarra
     index = np.asarray(index).reshape(-1)
     k = int(codebook.size)
     if k > 2 ** bits:
-        raise ValueError(f"{name}: {k} centroids do not fit in {bits} bits")
+        raise ConfigError(f"{name}: {k} centroids do not fit in {bits} bits")
     kept = index[mask].astype(np.int64)
     if kept.size and (kept.min() < 0 or kept.max() >= max(k, 1)):
-        raise ValueError(f"{name}: cluster index out of range")
+        raise ConfigError(f"{name}: cluster index out of range")
     idx_table = huffman.build_table(kept)
     idx_bits = huffman.encode(kept, idx_table)
     mode, span, pos_sym, pos_table = _choose_position_coding(mask)
@@ -195,10 +188,10 @@ def encode_layer_range(name: str, weight_shape, codebook: np.ndarray, index: np.
     index = np.asarray(index, np.int64).reshape(-1)
     cb = np.asarray(codebook, np.float32).reshape(-1)
     if cb.size > MAX_LEVELS:
-        raise ValueError(f"{name}: {cb.size} levels; version 2 files hold at most {MAX_LEVELS}")
+        raise ConfigError(f"{name}: {cb.size} levels; version 2 files hold at most {MAX_LEVELS}")
     kept = index[mask]
     if kept.size and (kept.min() < 0 or kept.max() >= cb.size):
-        raise ValueError(f"{name}: cluster index out of range")
+        raise ConfigError(f"{name}: cluster index out of range")
     if codebook_dtype == "f2":
         cb = cb.astype(np.float16).astype(np.float32)
     cb = cb + np.float32(0.0)  # -0.0 -> 0.0: equal weights, and one order for the packed keys
@@ -244,72 +237,128 @@ def _default_class_names(names, num_classes):
     return list(names)
 
 
-def serialize(model_name: str, model_kwargs: dict, num_classes: int, preprocessing: dict,
-              layers: list, raw: dict[str, np.ndarray] | None = None,
-              class_names: list | None = None, extra: dict | None = None) -> bytes:
-    """Assemble a complete file from encoded layers and raw (uncompressed) float tensors.
+def _key(module: str, tensor: str) -> str:
+    return f"{module}.{tensor}" if module else tensor
 
-    Range-coded layers (``RangeLayerCode``) make a version 2 file, Huffman ones version 1.
+
+# Raw (exactly stored) tensors: dtype code -> (numpy dtype of the stored bytes, torch dtype).
+RAW_DTYPES = {"f4": ("<f4", torch.float32), "f2": ("<f2", torch.float16), "bf16": ("<i2", torch.bfloat16),
+              "f8": ("<f8", torch.float64), "i8": ("<i8", torch.int64), "i4": ("<i4", torch.int32),
+              "i2": ("<i2", torch.int16), "i1": ("i1", torch.int8), "u1": ("u1", torch.uint8), "b1": ("u1", torch.bool)}
+_DTYPE_CODES = {t: code for code, (_, t) in RAW_DTYPES.items()}
+
+
+def raw_dtype_code(t: torch.Tensor) -> str:
+    """The file's code for a tensor's dtype; raises ValueError for dtypes it does not store."""
+    try:
+        return _DTYPE_CODES[t.dtype]
+    except KeyError:
+        raise ConfigError(f"tensors of dtype {t.dtype} are not stored by this format") from None
+
+
+def _raw_bytes(t: torch.Tensor) -> bytes:
+    code = raw_dtype_code(t)
+    t = t.detach().cpu().contiguous()
+    if code == "bf16":
+        t = t.view(torch.int16)
+    elif code == "b1":
+        t = t.to(torch.uint8)
+    return t.numpy().astype(RAW_DTYPES[code][0], copy=False).tobytes()
+
+
+def serialize(model_name: str, model_kwargs: dict, num_classes: int | None, preprocessing: dict | None,
+              layers: list, raw: dict[str, torch.Tensor] | None = None,
+              class_names: list | None = None, extra: dict | None = None) -> bytes:
+    """Assemble a complete file from encoded layers and raw (exactly stored) tensors.
+
+    Range-coded layers (``RangeLayerCode``) make a version 3 file, Huffman ones version 1
+    (which stores raw float32 parameters only).
     """
     raw = raw or {}
     kinds = {type(l) for l in layers}
     if len(kinds) > 1:
-        raise ValueError("one file holds layers of one coding")
-    version = VERSION if kinds == {RangeLayerCode} else HUFFMAN_VERSION
+        raise ConfigError("one file holds layers of one coding")
+    version = VERSION if kinds <= {RangeLayerCode} else HUFFMAN_VERSION
+    if version == HUFFMAN_VERSION:
+        records = [{"name": k, "shape": list(v.shape)} for k, v in raw.items()]
+        if any(v.dtype != torch.float32 for v in raw.values()):
+            raise ConfigError("the Huffman (version 1) format stores float32 parameters only; use the range codec")
+    else:
+        records = [{"name": k, "shape": list(v.shape), "dtype": raw_dtype_code(v)} for k, v in raw.items()]
     header = {"format": FORMAT_NAME, "version": version, "model": model_name, "model_kwargs": model_kwargs,
-              "num_classes": int(num_classes), "preprocessing": preprocessing,
+              "num_classes": None if num_classes is None else int(num_classes), "preprocessing": preprocessing,
               "class_names": _default_class_names(class_names, num_classes),
-              "layers": [l.meta for l in layers],
-              "raw": [{"name": k, "shape": list(v.shape)} for k, v in raw.items()]}
+              "layers": [l.meta for l in layers], "raw": records}
     if extra:
         header["extra"] = extra
     hjson = json.dumps(header, separators=(",", ":")).encode()
     hbytes = zlib.compress(hjson, 9)
     body = b"".join(s for l in layers for s in l.sections())
-    body += b"".join(np.asarray(v, "<f4").tobytes() for v in raw.values())
+    body += b"".join(_raw_bytes(v) for v in raw.values())
     data = _PREAMBLE.pack(MAGIC, version, FLAG_ZLIB_HEADER, len(hbytes)) + hbytes + body
     return data + struct.pack("<I", zlib.crc32(data))
 
 
-def compress_model(model: nn.Module, model_name: str, *, model_kwargs: dict | None = None,
-                   preprocessing: dict, class_names: list | None = None, codebook_dtype: str | dict = "f4",
-                   extra: dict | None = None, codec: str = "range", bias_dtype: str = "f4") -> bytes:
+# Buffers that compression keeps on coded modules: coding state, not part of the model's weights.
+CODING_BUFFERS = ("weight_mask", "weight_codebook", "weight_index", "weight_bits")
+
+
+def encode_model(model: nn.Module, model_name: str = "", *, model_kwargs: dict | None = None,
+                 preprocessing: dict | None = None, class_names: list | None = None,
+                 codebook_dtype: str | dict = "f4", extra: dict | None = None, codec: str = "range",
+                 bias_dtype: str = "f4", num_classes: int | None = None) -> bytes:
     """Serialize a model whose conv/linear layers carry ``weight_codebook`` / ``weight_index`` /
-    ``weight_mask`` buffers (see ``quantization.share_weights_``).
+    ``weight_mask`` buffers (see ``compression.share_weights_``); every other entry of its
+    state dict (batch-norm statistics, other modules' parameters) is stored exactly.
 
     Args:
+        model_name: a registered name, ``torchvision:NAME``, ``package.module:function``, or ""
+            when the architecture is unknown (the file then describes every tensor itself).
         codebook_dtype: "f4", "f2" or a dict layer -> dtype.
-        codec: "range" (version 2, the default) or "huffman" (version 1, the paper's coding).
-        bias_dtype: "f4" or "f2" (version 2 only) for the biases of coded layers.
+        codec: "range" (version 3, the default) or "huffman" (version 1, the paper's coding).
+        bias_dtype: "f4" or "f2" (range codec only) for the biases of coded layers.
     """
     if codec not in ("range", "huffman"):
-        raise ValueError(f"codec must be 'range' or 'huffman', got {codec!r}")
+        raise ConfigError(f"codec must be 'range' or 'huffman', got {codec!r}")
     if codec == "huffman" and bias_dtype != "f4":
-        raise ValueError("the Huffman (version 1) format stores biases as float32")
+        raise ConfigError("the Huffman (version 1) format stores biases as float32")
     layers = []
-    compressed_params = set()
+    coded = set()
     for name, m in prunable_layers(model).items():
         cb = getattr(m, "weight_codebook", None)
         if cb is None:
-            raise ValueError(f"{name} has no codebook; run share_weights_ first")
-        bias = m.bias.detach().cpu().numpy() if m.bias is not None else None
+            raise ConfigError(f"{name or 'the model'} has no codebook; run share_weights_ (or compress_) first")
+        bias = m.bias.detach().cpu().float().numpy() if m.bias is not None else None
         cb_dtype = codebook_dtype.get(name, "f4") if isinstance(codebook_dtype, dict) else codebook_dtype
+        coded.update({_key(name, "weight"), _key(name, "bias")} | {_key(name, b) for b in CODING_BUFFERS})
         if codec == "range":
             layers.append(encode_layer_range(name, m.weight.shape, cb.detach().cpu().numpy(), m.weight_index.cpu().numpy(),
                                              m.weight_mask.cpu().numpy(), bias, cb_dtype, bias_dtype))
-            compressed_params.update({f"{name}.weight", f"{name}.bias"})
+            if m.weight.dtype != torch.float32:  # decoded weights are cast back to the model's dtype
+                layers[-1].meta["dtype"] = raw_dtype_code(m.weight)
             continue
         bits = int(m.weight_bits) if getattr(m, "weight_bits", None) is not None else max(1, math.ceil(math.log2(max(cb.numel(), 2))))
         layers.append(encode_layer(name, m.weight.shape, cb.detach().cpu().numpy(),
                                    m.weight_index.cpu().numpy(), m.weight_mask.cpu().numpy(), bias, bits, cb_dtype))
-        compressed_params.update({f"{name}.weight", f"{name}.bias"})
-    raw = {k: v.detach().cpu().float().numpy() for k, v in model.named_parameters() if k not in compressed_params}
-    num_classes = getattr(model, "num_classes", None) or list(prunable_layers(model).values())[-1].weight.shape[0]
-    return serialize(model_name, model_kwargs or {}, num_classes, preprocessing, layers, raw, class_names, extra)
+    if codec == "huffman":  # version 1 holds the float parameters only, as it always did
+        raw = {k: v.detach().cpu().float() for k, v in model.named_parameters() if k not in coded}
+        if any(k not in coded for k in model.state_dict() if k not in dict(model.named_parameters())):
+            raise ConfigError("the Huffman (version 1) format cannot hold buffers (e.g. batch-norm statistics); "
+                             "use the range codec")
+    else:
+        raw = {k: v for k, v in model.state_dict().items() if k not in coded}
+    model_kwargs = dict(model_kwargs or {})
+    if "num_classes" in model_kwargs:  # the header has a field of its own for it
+        num_classes = model_kwargs.pop("num_classes")
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", None)
+        if num_classes is None and layers:
+            num_classes = layers[-1].meta["shape"][0]
+    return serialize(model_name or "", model_kwargs or {}, num_classes, preprocessing, layers, raw, class_names, extra)
 
 
-def save_compressed(path: str | os.PathLike, data: bytes) -> int:
-    """Write a compressed file atomically; returns its size."""
+def write_compressed(path: str | os.PathLike, data: bytes) -> int:
+    """Write a compressed file's bytes atomically; returns its size."""
     from ..utils import atomic_write_bytes
     atomic_write_bytes(path, data)
     return len(data)
@@ -364,21 +413,87 @@ def parse_header(data: bytes, path="<bytes>") -> tuple[dict, int]:
     return header, _PREAMBLE.size + hlen
 
 
-def _expected_shapes(header: dict, path) -> tuple[dict, list]:
-    """Build the declared architecture on the meta device (no memory) and list its shapes."""
+def _from_architecture(name: str) -> bool:
+    """Whether a header's model can be built to check the file against (registered names and
+    torchvision's builders; ``package.module:function`` is never imported just to read a file)."""
+    from ..models.registry import is_registered
+    return is_registered(name) or name.startswith("torchvision:")
+
+
+def _layout(header: dict, path) -> tuple[dict, dict, bool]:
+    """What the file must hold: (coded layers: name -> (shape, has_bias), every state-dict
+    entry: key -> (shape, dtype code), whether that came from the architecture).
+
+    Versions 1 and 2, and version 3 files of a buildable architecture, are checked against
+    the architecture built on the meta device (no memory); other version 3 files describe
+    every tensor themselves, within bounds.
+    """
     name, kwargs = header.get("model"), header.get("model_kwargs")
     num_classes = header.get("num_classes")
     if not isinstance(name, str) or not isinstance(kwargs, dict):
         raise _bad(path, "header lacks the model name or arguments")
-    _int(num_classes, 1, 1_000_000, "num_classes", path)
-    try:
-        key = json.dumps([name, kwargs, num_classes], sort_keys=True)
-    except (TypeError, ValueError):
-        raise _bad(path, "model arguments are not plain JSON values") from None
-    try:
-        return _shapes_for(key)
-    except ValueError as e:
-        raise _bad(path, str(e)) from None
+    if header["version"] != VERSION or _from_architecture(name):
+        _int(num_classes, 1, 1_000_000, "num_classes", path)
+        try:
+            key = json.dumps([name, kwargs, num_classes], sort_keys=True)
+        except (TypeError, ValueError):
+            raise _bad(path, "model arguments are not plain JSON values") from None
+        try:
+            coded, state = _shapes_for(key)
+        except ValueError as e:
+            raise _bad(path, str(e)) from None
+        return coded, state, True
+    if num_classes is not None:
+        _int(num_classes, 1, 1_000_000, "num_classes", path)
+    return (*_self_described(header, path), False)
+
+
+def _shape(v, lo: int, hi: int, what: str, path) -> tuple:
+    if (not isinstance(v, list) or not lo <= len(v) <= hi
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_LAYER_WEIGHTS for d in v)
+            or math.prod(v) > MAX_LAYER_WEIGHTS):
+        raise _bad(path, f"{what}: shape {v!r} is not a valid tensor shape")
+    return tuple(v)
+
+
+def _self_described(header: dict, path) -> tuple[dict, dict]:
+    layers, raws = header.get("layers"), header.get("raw")
+    if not isinstance(layers, list) or not isinstance(raws, list):
+        raise _bad(path, "header lacks its layer list")
+    coded: dict = {}
+    state: dict = {}
+
+    def add(key, shape, dtype):
+        if not isinstance(key, str) or not 0 < len(key) <= 1000 or key in state:
+            raise _bad(path, f"tensor name {str(key)[:80]!r} is missing, too long or repeated")
+        state[key] = (shape, dtype)
+
+    for l in layers:
+        if not isinstance(l, dict) or not isinstance(l.get("name"), str) or l["name"] in coded:
+            raise _bad(path, "a layer record without a name of its own")
+        name = l["name"]
+        shape = _shape(l.get("shape"), 2, 5, name, path)
+        if min(shape) < 1:
+            raise _bad(path, f"{name}: empty weight shape {list(shape)}")
+        n_bias = _int(l.get("bias"), 0, shape[0], f"{name} bias size", path)
+        if n_bias not in (0, shape[0]):
+            raise _bad(path, f"{name}: {n_bias} biases for {shape[0]} outputs")
+        dtype = l.get("dtype", "f4")
+        if dtype not in ("f4", "f2", "bf16", "f8"):
+            raise _bad(path, f"{name}: unknown weight type {dtype!r}")
+        coded[name] = (shape, n_bias > 0)
+        add(_key(name, "weight"), shape, dtype)
+        if n_bias:
+            add(_key(name, "bias"), (shape[0],), dtype)
+    for r in raws:
+        if not isinstance(r, dict):
+            raise _bad(path, f"raw tensor record {r!r} is not an object")
+        if r.get("dtype") not in RAW_DTYPES:
+            raise _bad(path, f"raw tensor {str(r.get('name'))[:80]!r}: unknown type {r.get('dtype')!r}")
+        add(r.get("name"), _shape(r.get("shape"), 0, 8, str(r.get("name"))[:80], path), r["dtype"])
+    if sum(math.prod(s) for s, _ in state.values()) > 256_000_000:
+        raise _bad(path, "more weights than any model this tool writes")
+    return coded, state
 
 
 @functools.lru_cache(maxsize=32)
@@ -390,14 +505,14 @@ def _shapes_for(key: str) -> tuple[dict, dict]:
         with torch.device("meta"):
             model = create_model(name, num_classes=num_classes, **kwargs)
     except UnknownModelError as e:
-        raise ValueError(str(e)) from None
+        raise ConfigError(str(e)) from None
     except (TypeError, ValueError, RuntimeError, OverflowError) as e:
-        raise ValueError(f"model {name} cannot be built with {kwargs}: {e}") from None
-    layers = {n: m for n, m in prunable_layers(model).items()}
+        raise ConfigError(f"model {name} cannot be built with {kwargs}: {e}") from None
     if sum(p.numel() for p in model.parameters()) > 256_000_000:
-        raise ValueError(f"model {name} with {kwargs} is larger than any model this tool writes")
-    params = {k: tuple(v.shape) for k, v in model.named_parameters()}
-    return {n: (tuple(m.weight.shape), m.bias is not None) for n, m in layers.items()}, params
+        raise ConfigError(f"model {name} with {kwargs} is larger than any model this tool writes")
+    coded = {n: (tuple(m.weight.shape), m.bias is not None) for n, m in prunable_layers(model).items()}
+    state = {k: (tuple(v.shape), _DTYPE_CODES.get(v.dtype, "?")) for k, v in model.state_dict().items()}
+    return coded, state
 
 
 def _check_range_layer(l: dict, numel: int, n_bias: int, path) -> int:
@@ -441,16 +556,16 @@ def _decode_range_layer(l: dict, chunks: list[bytes], shape, state: dict, shared
         raise _bad(path, f"{name}: {e}") from None
     weight = np.zeros(numel, np.float32)
     weight[mask] = codebook[index[mask]]
-    state[f"{name}.weight"] = torch.from_numpy(weight.reshape(shape))
+    state[_key(name, "weight")] = torch.from_numpy(weight.reshape(shape))
     if l["bias"]:
         bias = np.frombuffer(bias_b, "<f4" if l["bias_dtype"] == "f4" else "<f2").astype(np.float32)
         if not np.isfinite(bias).all():
             raise _bad(path, f"{name}: non-finite bias")
-        state[f"{name}.bias"] = torch.from_numpy(bias)
-    shared[f"{name}.weight_codebook"] = torch.from_numpy(codebook.copy())
-    shared[f"{name}.weight_index"] = torch.from_numpy(index.astype(np.int16).reshape(shape))
-    shared[f"{name}.weight_mask"] = torch.from_numpy(mask.reshape(shape))
-    shared[f"{name}.weight_bits"] = torch.tensor(max(1, math.ceil(math.log2(max(l["k"], 2)))), dtype=torch.int16)
+        state[_key(name, "bias")] = torch.from_numpy(bias)
+    shared[_key(name, "weight_codebook")] = torch.from_numpy(codebook.copy())
+    shared[_key(name, "weight_index")] = torch.from_numpy(index.astype(np.int16).reshape(shape))
+    shared[_key(name, "weight_mask")] = torch.from_numpy(mask.reshape(shape))
+    shared[_key(name, "weight_bits")] = torch.tensor(max(1, math.ceil(math.log2(max(l["k"], 2)))), dtype=torch.int16)
 
 
 def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], dict]:
@@ -461,16 +576,17 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
     Every size is checked against the header and the declared architecture before allocating.
     """
     header, off = parse_header(data, path)
-    expected, params = _expected_shapes(header, path)
     layers = header.get("layers")
     raws = header.get("raw")
     if not isinstance(layers, list) or not isinstance(raws, list):
         raise _bad(path, "header lacks its layer list")
+    expected, state_layout, from_arch = _layout(header, path)
     if [l.get("name") if isinstance(l, dict) else None for l in layers] != list(expected):
         raise _bad(path, f"layers do not match the architecture of {header['model']}")
     # Pass 1: validate every declared size and that they add up to the file.
     total = 0
-    v2 = header["version"] == VERSION
+    v2 = header["version"] in RANGE_VERSIONS
+    v3 = header["version"] == VERSION
     for l in layers:
         name = l["name"]
         shape, has_bias = expected[name]
@@ -507,10 +623,22 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
                 or not all(isinstance(s, int) and 0 <= s <= 4 * (2 ** bits + 260) for s in sizes[2:4])):
             raise _bad(path, f"{name}: section sizes {sizes} do not match the header")
         total += sum(sizes)
+    raw_names = []
     for r in raws:
-        if not isinstance(r, dict) or r.get("name") not in params or tuple(r.get("shape", ())) != params[r["name"]]:
-            raise _bad(path, f"raw tensor {r!r} does not belong to {header['model']}")
-        total += 4 * math.prod(params[r["name"]])
+        dtype = r.get("dtype") if isinstance(r, dict) and v3 else "f4"
+        if (not isinstance(r, dict) or r.get("name") not in state_layout or not isinstance(r.get("shape"), list)
+                or tuple(r["shape"]) != state_layout[r["name"]][0] or dtype not in RAW_DTYPES
+                or (from_arch and dtype != state_layout[r["name"]][1]) or r["name"] in raw_names):
+            raise _bad(path, f"raw tensor {str(r)[:120]} does not belong to {header['model'] or 'this model'}")
+        raw_names.append(r["name"])
+        total += np.dtype(RAW_DTYPES[dtype][0]).itemsize * math.prod(state_layout[r["name"]][0])
+    if v3:  # version 3 holds the whole state dict: every entry coded or stored, none twice
+        held = set(raw_names)
+        for name, (_, has_bias) in expected.items():
+            held |= {_key(name, "weight")} | ({_key(name, "bias")} if has_bias else set())
+        if held != set(state_layout) or len(held) != len(raw_names) + sum(1 + b for _, b in expected.values()):
+            missing = sorted(set(state_layout) - held)[:3]
+            raise _bad(path, f"the tensors stored do not make the model's state dict (missing e.g. {missing})")
     if off + total + 4 != len(data):
         raise _bad(path, f"sections add up to {off + total + 4} bytes but the file has {len(data)}"
                    + (" (truncated)" if off + total + 4 > len(data) else " (trailing bytes)"))
@@ -562,20 +690,34 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
         weight[mask] = codebook[idx] if codebook.size else 0.0
         index = np.zeros(numel, np.int16)
         index[mask] = idx
-        state[f"{name}.weight"] = torch.from_numpy(weight.reshape(shape))
+        state[_key(name, "weight")] = torch.from_numpy(weight.reshape(shape))
         if l["bias"]:
             bias = np.frombuffer(bias_b, "<f4").astype(np.float32)
             if not np.isfinite(bias).all():
                 raise _bad(path, f"{name}: non-finite bias")
-            state[f"{name}.bias"] = torch.from_numpy(bias)
-        shared[f"{name}.weight_codebook"] = torch.from_numpy(codebook.copy())
-        shared[f"{name}.weight_index"] = torch.from_numpy(index.reshape(shape))
-        shared[f"{name}.weight_mask"] = torch.from_numpy(mask.reshape(shape))
-        shared[f"{name}.weight_bits"] = torch.tensor(l["bits"], dtype=torch.int16)
+            state[_key(name, "bias")] = torch.from_numpy(bias)
+        shared[_key(name, "weight_codebook")] = torch.from_numpy(codebook.copy())
+        shared[_key(name, "weight_index")] = torch.from_numpy(index.reshape(shape))
+        shared[_key(name, "weight_mask")] = torch.from_numpy(mask.reshape(shape))
+        shared[_key(name, "weight_bits")] = torch.tensor(l["bits"], dtype=torch.int16)
+    for l in layers:  # coded weights come back in the model's own dtype (float32 unless recorded)
+        dtype = l.get("dtype", "f4") if v3 else "f4"
+        if dtype != "f4":
+            for k in (_key(l["name"], "weight"), _key(l["name"], "bias")):
+                if k in state:
+                    state[k] = state[k].to(RAW_DTYPES[dtype][1])
     for r in raws:
-        n = math.prod(params[r["name"]])
-        state[r["name"]] = torch.from_numpy(np.frombuffer(data, "<f4", n, off).astype(np.float32).reshape(params[r["name"]]))
-        off += 4 * n
+        shape = state_layout[r["name"]][0]
+        code = r["dtype"] if v3 else "f4"
+        n = math.prod(shape)
+        array = np.frombuffer(data, RAW_DTYPES[code][0], n, off).copy()
+        off += array.nbytes
+        if code == "b1" and (array > 1).any():
+            raise _bad(path, f"{r['name']}: a boolean tensor holds values other than 0 and 1")
+        t = torch.from_numpy(array).reshape(shape)
+        state[r["name"]] = t.view(torch.bfloat16) if code == "bf16" else t.to(torch.bool) if code == "b1" else t
+    if v3:  # the state dict in the order the model lists it
+        state = {k: state[k] for k in state_layout}
     return header, state, shared
 
 
@@ -590,12 +732,14 @@ def read_compressed(path: str | os.PathLike) -> tuple[dict, dict, dict]:
 
 
 def load_compressed(path: str | os.PathLike):
-    """A ``LoadedWeights`` from a compressed file (used by ``load_weights``)."""
-    from ..preprocessing import Preprocessing
-    from ..weights import LoadedWeights
+    """A compressed file as ``LoadedWeights``: its ``state_dict`` (strict-loadable into the
+    model it came from) and, where the file names the architecture, ``build_model()``."""
+    from ..preprocessing import TORCHVISION_IMAGENET, Preprocessing
+    from .loading import LoadedWeights
     header, state, shared = read_compressed(path)
-    try:
-        prep = Preprocessing.from_dict(header["preprocessing"])
+    try:  # a model compressed without its preprocessing gets torchvision's, as a bare state dict does
+        prep = (TORCHVISION_IMAGENET if header.get("preprocessing") is None
+                else Preprocessing.from_dict(header["preprocessing"]))
     except (KeyError, ValueError, TypeError) as e:
         raise _bad(path, f"bad preprocessing record: {e}") from None
     names = header.get("class_names")
@@ -605,7 +749,7 @@ def load_compressed(path: str | os.PathLike):
     elif names is not None and (not isinstance(names, list) or len(names) != header["num_classes"]):
         raise _bad(path, "class name list does not match the class count")
     return LoadedWeights(model_name=header["model"], state_dict=state, preprocessing=prep,
-                         num_classes=header["num_classes"], model_kwargs=header["model_kwargs"],
+                         num_classes=header["num_classes"] or 0, model_kwargs=header["model_kwargs"],
                          class_names=names, kind="compressed", path=str(path),
                          extra={"header": header, "shared_state": shared})
 
@@ -625,7 +769,7 @@ def size_report(data: bytes, path="<bytes>") -> dict:
     for l in header["layers"]:
         numel = math.prod(l["shape"])
         fp32 += 4 * (numel + l["bias"])
-        if header["version"] == VERSION:
+        if header["version"] in RANGE_VERSIONS:
             cb, bias, table, stream = l["sizes"]
             # one stream holds positions, signs and magnitudes together
             it, pt, ic, pc = table, 0, stream, 0
@@ -647,16 +791,15 @@ def size_report(data: bytes, path="<bytes>") -> dict:
                      "index_bits_per_weight": idx_bits / l["nnz"] if l["nnz"] else 0.0,
                      "position_bits_per_weight": l.get("position_bits", 0) / l["nnz"] if l["nnz"] else 0.0})
     for r in header["raw"]:
-        n = 4 * math.prod(r["shape"])
-        components["raw_tensors"] += n
-        fp32 += n
+        n = math.prod(r["shape"])
+        components["raw_tensors"] += np.dtype(RAW_DTYPES[r.get("dtype", "f4")][0]).itemsize * n
+        fp32 += 4 * n if r.get("dtype", "f4") in ("f4", "f2", "bf16") else np.dtype(RAW_DTYPES[r["dtype"]][0]).itemsize * n
     total = sum(components.values())
     if total != len(data):  # decode() checked this layout; a mismatch is a bug here, not a bad file
         raise RuntimeError(f"size accounting gives {total} bytes for a file of {len(data)}")
-    squeezenet_fp32 = 4 * 1_248_424
-    alexnet_fp32 = 4 * 60_965_224
+    squeezenet_fp32, alexnet_fp32 = SQUEEZENET_FP32, ALEXNET_FP32
     return {"bytes": len(data), "version": header["version"], "model": header["model"],
-            "num_classes": header["num_classes"], "fp32_bytes": fp32, "ratio_vs_own_fp32": fp32 / len(data),
+            "num_classes": header["num_classes"], "fp32_bytes": fp32, "ratio": fp32 / len(data), "ratio_vs_own_fp32": fp32 / len(data),
             "ratio_vs_squeezenet_fp32": squeezenet_fp32 / len(data), "ratio_vs_alexnet_fp32": alexnet_fp32 / len(data),
             "kept_weights": sum(l["nnz"] for l in header["layers"]),
             "components": components, "layers": rows}

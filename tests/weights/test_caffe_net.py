@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from squeezenet.compression.caffe_net import (LAYER_NAMES, decode_positions, encode_positions, layers_from_state_dict,
+from squeezenet.weights.caffe_net import (LAYER_NAMES, decode_positions, encode_positions, layers_from_state_dict,
                                               layers_to_state_dict, parse_caffe_net, read_caffe_net,
                                               serialize_caffe_net, write_caffe_net)
 from squeezenet.errors import FormatError

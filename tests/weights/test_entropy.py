@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from squeezenet.compression import entropy
+from squeezenet.weights import entropy
 
 
 def test_count_quantization_is_exact_for_small_values_and_close_for_large():

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from squeezenet.compression import CompressionConfig, compress_loaded, decode, size_report
-from squeezenet.compression.format import MAGIC, gap_symbols, positions_from_gaps
+from squeezenet.compression import CompressionConfig, compress_weights
+from squeezenet.weights import decode, size_report
+from squeezenet.weights.sqz import MAGIC, gap_symbols, positions_from_gaps
 from squeezenet.errors import FormatError
 from squeezenet.models import create_model, list_models
 from squeezenet.preprocessing import CIFAR10
@@ -31,7 +32,7 @@ def test_gap_symbols_with_skip_exact():
 @pytest.mark.parametrize("name", [n for n in list_models() if n != "alexnet"])
 def test_every_squeezenet_round_trips(name):
     kw = {"small_input": True}
-    data, model, info = compress_loaded(loaded(name, **kw), CompressionConfig(bits=4, density="profile"))
+    data, model, info = compress_weights(loaded(name, **kw), CompressionConfig(bits=4, density="profile"))
     header, state, shared = decode(data)
     for k, v in model.state_dict().items():
         if k in state:
@@ -42,14 +43,14 @@ def test_every_squeezenet_round_trips(name):
 
 
 def test_alexnet_round_trips():
-    data, model, _ = compress_loaded(loaded("alexnet"), CompressionConfig(bits=3, density="profile", kmeans_iters=5))
+    data, model, _ = compress_weights(loaded("alexnet"), CompressionConfig(bits=3, density="profile", kmeans_iters=5))
     _, state, _ = decode(data)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items() if k in state)
     assert len(data) < 0.08 * 4 * sum(p.numel() for p in model.parameters())
 
 
 def test_load_weights_detects_compressed_and_builds(tmp_path):
-    data, model, _ = compress_loaded(loaded("squeezenet1_1", small_input=True), CompressionConfig(bits=5))
+    data, model, _ = compress_weights(loaded("squeezenet1_1", small_input=True), CompressionConfig(bits=5))
     path = tmp_path / "model.bin"  # extension is irrelevant: detection is by content
     path.write_bytes(data)
     lw = load_weights(path)
@@ -59,14 +60,17 @@ def test_load_weights_detects_compressed_and_builds(tmp_path):
     assert torch.equal(lw.build_model()(x), model(x))
 
 
-def _rewrite_header(data: bytes, edit) -> bytes:
-    """Change the JSON header and fix up the checksum: a hostile but well-formed file."""
-    _, version, flags, hlen = struct.unpack_from("<8sHHI", data)
+def _rewrite_header(data: bytes, edit, body_edit=None, version=None) -> bytes:
+    """Change the JSON header (and optionally the body and the preamble's version) and fix up
+    the checksum: a hostile but well-formed file."""
+    _, old_version, flags, hlen = struct.unpack_from("<8sHHI", data)
     header = json.loads(zlib.decompress(data[16:16 + hlen]))
+    body = data[16 + hlen:-4]
+    if body_edit is not None:
+        body = body_edit(header, body)
     edit(header)
     hb = zlib.compress(json.dumps(header).encode())
-    body = data[16 + hlen:-4]
-    out = struct.pack("<8sHHI", MAGIC, version, flags, len(hb)) + hb + body
+    out = struct.pack("<8sHHI", MAGIC, old_version if version is None else version, flags, len(hb)) + hb + body
     return out + struct.pack("<I", zlib.crc32(out))
 
 
@@ -79,17 +83,29 @@ def small_weights():
 @pytest.fixture(scope="module")
 def small_file(small_weights):
     """A version 1 (Huffman) file."""
-    data, _, _ = compress_loaded(small_weights, CompressionConfig(bits=4, codec="huffman"))
+    data, _, _ = compress_weights(small_weights, CompressionConfig(bits=4, codec="huffman"))
     assert struct.unpack_from("<H", data, 8)[0] == 1
     return data
 
 
 @pytest.fixture(scope="module")
 def small_file_v2(small_weights):
-    """A version 2 (range-coded) file of the same weights."""
-    data, _, _ = compress_loaded(small_weights, CompressionConfig(bits=4))
-    assert struct.unpack_from("<H", data, 8)[0] == 2
+    """A version 3 (range-coded) file of the same weights; the v2 tests run on it (version 3 is
+    version 2 plus raw tensors of any dtype and architecture-free files)."""
+    data, _, _ = compress_weights(small_weights, CompressionConfig(bits=4))
+    assert struct.unpack_from("<H", data, 8)[0] == 3
     return data
+
+
+def test_version_2_files_still_decode(small_file_v2):
+    # A model without buffers and with every layer coded has the same layout in versions 2 and 3:
+    # relabelled as version 2 (as the previous release wrote it), it decodes to the same tensors.
+    v2 = _rewrite_header(small_file_v2, lambda h: h.update(version=2), version=2)
+    h2, s2, _ = decode(v2)
+    _, s3, _ = decode(small_file_v2)
+    assert h2["version"] == 2 and s2.keys() == s3.keys()
+    assert all(torch.equal(s2[k], s3[k]) for k in s3)
+    assert size_report(v2)["bytes"] == len(v2)
 
 
 def test_corrupt_files_rejected(small_file):
@@ -154,7 +170,7 @@ def test_version_1_and_2_decode_to_the_same_weights(small_file, small_file_v2):
 
 def test_v2_stream_garbage_rejected(small_file_v2):
     # Scramble the first layer's stream bytes with a fixed-up checksum: the decoder must notice.
-    h, off = __import__("squeezenet.compression.format", fromlist=["parse_header"]).parse_header(small_file_v2)
+    h, off = __import__("squeezenet.weights.sqz", fromlist=["parse_header"]).parse_header(small_file_v2)
     sizes = h["layers"][0]["sizes"]
     start = off + sum(sizes[:3])
     body = bytearray(small_file_v2[:-4])
@@ -170,12 +186,20 @@ def test_v2_stream_garbage_rejected(small_file_v2):
 
 
 def test_codebook_index_out_of_range_rejected(small_file):
-    # Claim a smaller codebook than the indices use; sizes are fixed up so only the range check can catch it.
+    # Cut the first layer's codebook to one entry, with its section size, the body and the
+    # checksum fixed up to match: every size check passes and only the index range check is left.
+    def cut_codebook(h, body):
+        layer = h["layers"][0]
+        width = {"f4": 4, "f2": 2}[layer["codebook_dtype"]]
+        assert layer["k"] > 1
+        return body[:width] + body[width * layer["k"]:]
+
     def shrink(h):
         layer = h["layers"][0]
+        layer["sizes"][0] //= layer["k"]
         layer["k"] = 1
-    with pytest.raises(FormatError):
-        decode(_rewrite_header(small_file, shrink))
+    with pytest.raises(FormatError, match="codebook index .* out of range"):
+        decode(_rewrite_header(small_file, shrink, cut_codebook))
 
 
 @pytest.mark.parametrize("codec", ["huffman", "range"])
@@ -185,7 +209,7 @@ def test_empty_layer_and_single_value_layer_round_trip(codec):
         m.features[3].squeeze.weight.zero_()          # every weight pruned: an empty layer
         m.features[3].expand1x1.weight.fill_(0.25)    # one distinct value
     lw = LoadedWeights("squeezenet1_1", m.state_dict(), CIFAR10, num_classes=10, model_kwargs={"small_input": True})
-    data, model, _ = compress_loaded(lw, CompressionConfig(bits=3, density="keep", codec=codec))
+    data, model, _ = compress_weights(lw, CompressionConfig(bits=3, density="keep", codec=codec))
     header, state, _ = decode(data)
     assert (state["features.3.squeeze.weight"] == 0).all()
     assert (state["features.3.expand1x1.weight"] == 0.25).all()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from bitarray import bitarray
 
-from squeezenet.compression import huffman
+from squeezenet.weights import huffman
 
 
 @pytest.mark.parametrize("values", [[3, 3, 3, 1, 1, 0], list(range(256)) * 3, [7], [0, 1]])

@@ -1,0 +1,13 @@
+"""All file I/O of weights: what the tool reads and writes, detected by content.
+
+- ``loading``: ``LoadedWeights`` (a state dict with its architecture, preprocessing and class
+  names) and ``load_weights`` for any file below; our checkpoints (``save_checkpoint``).
+- ``sqz``: our compressed format (``.sqz``), versions 1-3; ``entropy`` and ``huffman`` are its
+  coders, ``positions`` the relative position coding it shares with ``caffe_net``.
+- ``caffe_net``: the published Deep Compression ``.net`` file.
+"""
+from .loading import LoadedWeights, load_weights, save_checkpoint
+from .sqz import decode, read_compressed, size_report, write_compressed
+
+__all__ = ["LoadedWeights", "load_weights", "save_checkpoint", "decode", "read_compressed", "size_report",
+           "write_compressed"]
