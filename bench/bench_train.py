@@ -48,7 +48,8 @@ def reference_loop(data: Path, steps: int, batch: int) -> float:
 
 def our_loop(data: Path, steps: int, batch: int, channels_last: bool = True) -> tuple[float, dict]:
     from squeezenet.models import create_model
-    from squeezenet.training.train import Dist, bf16_pays, build_data, load_config, make_scheduler, train_one_epoch
+    from squeezenet.training import Dist, build_data, load_config, train_one_epoch
+    from squeezenet.training.loop import bf16_pays, make_scheduler
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "cifar10.yaml", batch_size=batch,
                       channels_last=channels_last)
     d = Dist()

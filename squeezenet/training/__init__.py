@@ -1,4 +1,13 @@
-"""Training on image folders: one process, or many through ``torchrun`` (DDP)."""
-from .train import TrainConfig, TrainingError, evaluate, load_config, train, train_one_epoch
+"""Training on image folders: one process, or many through ``torchrun`` (DDP).
 
-__all__ = ["TrainConfig", "TrainingError", "evaluate", "load_config", "train", "train_one_epoch"]
+``config`` (recipes) -> ``distributed`` (process group) -> ``data`` (batches) -> ``loop``
+(``train_one_epoch``, ``evaluate``) -> ``checkpoint`` (save, resume) -> ``train`` (orchestration).
+"""
+from .config import TrainConfig, TrainingError, load_config
+from .distributed import Dist, setup_distributed
+from .data import build_data
+from .loop import evaluate, train_one_epoch
+from .train import train
+
+__all__ = ["TrainConfig", "TrainingError", "load_config", "Dist", "setup_distributed", "build_data", "evaluate",
+           "train_one_epoch", "train"]

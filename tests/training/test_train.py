@@ -78,7 +78,7 @@ def test_shipped_configs_load():
 DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from squeezenet.training import load_config, train
-from squeezenet.training.train import unwrap
+from squeezenet.training.checkpoint import unwrap
 cfg = load_config(None, model="squeezenet1_1", model_kwargs={"small_input": True}, batch_size=8, lr=0.01,
                   epochs=2, schedule="cosine", preprocessing="cifar10", workers=0)
 captured = {}

@@ -1,0 +1,113 @@
+"""Training recipes: ``TrainConfig`` (units in the field comments) and ``load_config`` (YAML + overrides)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import SqueezeNetError
+from ..preprocessing import CAFFE_IMAGENET, CIFAR10, TORCHVISION_IMAGENET, Preprocessing
+
+
+class TrainingError(SqueezeNetError):
+    """Training cannot go on (NaN loss, bad configuration, bad checkpoint)."""
+
+
+PREPROCESSING = {"caffe": CAFFE_IMAGENET, "torchvision": TORCHVISION_IMAGENET, "cifar10": CIFAR10}
+
+
+@dataclass
+class TrainConfig:
+    """A training recipe (see ``configs/*.yaml``; units in the field comments)."""
+    model: str = "squeezenet1_1"
+    model_kwargs: dict = field(default_factory=dict)
+    epochs: int = 30                  # passes over the training set
+    batch_size: int = 128             # global batch (all processes together), images
+    lr: float = 0.1                   # learning rate at lr_reference_batch
+    lr_reference_batch: int = 128     # lr scales linearly with batch_size / this
+    optimizer: str = "sgd"            # sgd (the paper) or adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "onecycle"        # poly (paper: linear decay to 0), cosine or onecycle
+    poly_power: float = 1.0
+    warmup_epochs: float = 0.0        # linear warm-up (cosine / poly), epochs
+    init: str = "xavier"              # xavier (paper: Xavier, conv10 from N(0, 0.01)) or default
+    preprocessing: str = "cifar10"    # caffe, torchvision or cifar10 (mean/std, sizes)
+    augment: str = "cifar"            # cifar (pad-4 crop + flip) or imagenet (random-resized crop + flip)
+    label_smoothing: float = 0.0
+    channels_last: bool = True
+    bf16: str = "auto"                # auto: only on CUDA or CPUs with native bf16 (AVX-512 BF16 / AMX)
+    compile: bool = False             # torch.compile the model
+    seed: int = 0
+    workers: int = 2                  # data loading processes for folder data
+    tensor_cache: bool = True         # small images: decode once into a uint8 tensor cache
+    max_steps_per_epoch: int = 0      # 0 = whole epoch; >0 for quick runs and tests
+    limit_train: int = 0              # 0 = all training images; >0 a fixed random subset
+    eval_every: int = 1               # epochs between evaluations
+
+    @property
+    def prep(self) -> Preprocessing:
+        return PREPROCESSING[self.preprocessing]
+
+    def validate(self) -> None:
+        def bad(msg):
+            raise TrainingError(f"invalid training config: {msg}")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            bad(f"epochs must be a positive integer, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            bad(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            bad(f"lr must be a positive number, got {self.lr!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            bad(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
+        if self.schedule not in ("poly", "cosine", "onecycle", "constant"):
+            bad(f"schedule must be poly, cosine, onecycle or constant, got {self.schedule!r}")
+        if self.preprocessing not in PREPROCESSING:
+            bad(f"preprocessing must be one of {sorted(PREPROCESSING)}, got {self.preprocessing!r}")
+        if self.augment not in ("cifar", "imagenet", "none"):
+            bad(f"augment must be cifar, imagenet or none, got {self.augment!r}")
+        if self.init not in ("xavier", "default"):
+            bad(f"init must be xavier or default, got {self.init!r}")
+        if self.bf16 not in ("auto", True, False, "true", "false"):
+            bad(f"bf16 must be auto, true or false, got {self.bf16!r}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
+            bad("weight_decay must be >= 0, momentum and label_smoothing in [0, 1)")
+
+
+def load_config(path: str | os.PathLike | None = None, **overrides) -> TrainConfig:
+    """A ``TrainConfig`` from a YAML file (unknown keys are errors) and keyword overrides."""
+    import yaml
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise TrainingError(f"{path}: config file not found")
+        if path.stat().st_size > 1 << 20:
+            raise TrainingError(f"{path}: a config file over 1 MiB is not a recipe")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise TrainingError(f"{path}: not a UTF-8 text file") from None
+        except yaml.YAMLError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrainingError(f"{path}: not valid YAML ({first})") from None
+        if not isinstance(loaded, dict):
+            raise TrainingError(f"{path}: a config must be a mapping of keys to values")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise TrainingError(f"unknown config keys {unknown}; known: {sorted(names)}")
+    try:
+        cfg = TrainConfig(**values)
+    except TypeError as e:
+        raise TrainingError(f"invalid config: {e}") from None
+    cfg.validate()
+    return cfg
+
+
+# ----------------------------------------------------------------------------- distributed

@@ -1,0 +1,149 @@
+"""Training and evaluation batches: decoded-tensor caches for small images, DataLoaders for large ones,
+sharded per process with a seed- and epoch-derived order (bit-exact resume)."""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+from ..preprocessing import Preprocessing
+from .config import TrainConfig
+from .distributed import Dist
+
+
+class TensorBatches:
+    """Batches from a uint8 image tensor, augmented per batch in torch.
+
+    The order comes from a ``DistributedSampler`` (also in one process) whose ``set_epoch``
+    makes each epoch's shuffle a function of (seed, epoch); augmentation draws from a generator
+    seeded the same way, so an epoch is reproducible on its own (exact resume).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, prep: Preprocessing,
+                 train: bool, augment: str, d: Dist, seed: int, channels_last: bool) -> None:
+        from torch.utils.data.distributed import DistributedSampler
+        self.images, self.labels = images, labels
+        self.batch_size = batch_size
+        self.train = train
+        self.augment = augment if train else "none"
+        self.seed = seed
+        self.epoch = 0
+        self.channels_last = channels_last
+        self.sampler = DistributedSampler(range(len(labels)), num_replicas=d.world, rank=d.rank,
+                                          shuffle=train, seed=seed, drop_last=train)
+        self.prep = prep
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+
+    def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if self.augment == "cifar":
+            n, _, h, w = x.shape
+            padded = F.pad(x, (4, 4, 4, 4))
+            dy = torch.randint(0, 9, (n,), generator=g)
+            dx = torch.randint(0, 9, (n,), generator=g)
+            rows = (dy.view(n, 1) + torch.arange(h).view(1, h))
+            cols = (dx.view(n, 1) + torch.arange(w).view(1, w))
+            x = padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1),
+                       rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+            flip = torch.rand(n, generator=g) < 0.5
+            x[flip] = x[flip].flip(3)
+        return x
+
+    def __iter__(self):
+        order = list(self.sampler)
+        g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+        for b in range(len(self)):
+            idx = torch.tensor(order[b * self.batch_size:(b + 1) * self.batch_size])
+            x = self.prep.normalize(self._augment(self.images[idx].float(), g))
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    def __init__(self, samples, transform) -> None:
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        from ..data.imagenet import load_image
+        p, label = self.samples[i]
+        return self.transform(load_image(p)), label
+
+
+def _folder_transform(prep: Preprocessing, train: bool, augment: str):
+    import torchvision.transforms as T
+    ops = []
+    if train and augment == "imagenet":
+        ops += [T.RandomResizedCrop(prep.crop), T.RandomHorizontalFlip()]
+    elif train and augment == "cifar":
+        ops += [T.Resize(prep.crop), T.CenterCrop(prep.crop), T.RandomCrop(prep.crop, padding=4), T.RandomHorizontalFlip()]
+    else:
+        ops += [T.Resize(prep.resize), T.CenterCrop(prep.crop)]
+    ops += [T.PILToTensor(), prep.normalize]
+    return T.Compose(ops)
+
+
+class FolderBatches:
+    """A DataLoader over image files with worker processes and a DistributedSampler."""
+
+    def __init__(self, samples, batch_size: int, prep: Preprocessing, train: bool, augment: str, d: Dist,
+                 seed: int, workers: int, channels_last: bool) -> None:
+        from torch.utils.data.distributed import DistributedSampler
+        ds = FolderDataset(samples, _folder_transform(prep, train, augment))
+        self.sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=train, seed=seed, drop_last=train)
+        self.loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+                                                  drop_last=train, persistent_workers=workers > 0)
+        self.channels_last = channels_last
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        torch.manual_seed(self.seed * 1000003 + epoch)  # worker augmentation seeds derive from this
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
+
+
+def build_data(data: str | os.PathLike, cfg: TrainConfig, d: Dist, per_rank_batch: int, log=print):
+    """(train batches, eval batches, class names)."""
+    from ..data.folders import decode_to_tensor, list_classes, list_samples, split_dirs
+    train_dir, eval_dir = split_dirs(data)
+    classes = list_classes(train_dir)
+    train_samples = list_samples(train_dir, classes)
+    eval_samples = list_samples(eval_dir, classes)
+    if cfg.limit_train and cfg.limit_train < len(train_samples):
+        g = torch.Generator().manual_seed(cfg.seed)
+        keep = sorted(torch.randperm(len(train_samples), generator=g)[:cfg.limit_train].tolist())
+        train_samples = [train_samples[i] for i in keep]
+    prep = cfg.prep
+    if cfg.tensor_cache and prep.crop <= 64:
+        from ..download import cache_dir
+        cache = cache_dir() / "tensors"
+        xs, ys, skipped = decode_to_tensor(train_samples, prep.crop, cache)
+        xe, ye, skipped_e = decode_to_tensor(eval_samples, prep.crop, cache)
+        if skipped or skipped_e:
+            log(f"skipped {skipped} training and {skipped_e} evaluation images that could not be decoded")
+        train = TensorBatches(xs, ys, per_rank_batch, prep, True, cfg.augment, d, cfg.seed, cfg.channels_last)
+        evalb = TensorBatches(xe, ye, max(per_rank_batch, 256), prep, False, "none", d, cfg.seed, cfg.channels_last)
+    else:
+        train = FolderBatches(train_samples, per_rank_batch, prep, True, cfg.augment, d, cfg.seed, cfg.workers, cfg.channels_last)
+        evalb = FolderBatches(eval_samples, per_rank_batch, prep, False, "none", d, cfg.seed, cfg.workers, cfg.channels_last)
+    return train, evalb, classes
+
+
+# ----------------------------------------------------------------------------- model and schedule
