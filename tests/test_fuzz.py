@@ -12,9 +12,9 @@ import zlib
 import pytest
 import torch
 
-from squeezenet.compression import CompressionConfig, compress_loaded
-from squeezenet.compression.caffe_net import layers_from_state_dict, parse_caffe_net, serialize_caffe_net
-from squeezenet.compression.format import decode
+from squeezenet.compression import CompressionConfig, compress_weights
+from squeezenet.weights.caffe_net import layers_from_state_dict, parse_caffe_net, serialize_caffe_net
+from squeezenet.weights.sqz import decode
 from squeezenet.errors import FormatError
 from squeezenet.models import create_model
 from squeezenet.preprocessing import CIFAR10
@@ -88,15 +88,23 @@ def test_fuzz_published_net_reader(net_bytes):
     assert out["rejected"] > CASES * 0.3
 
 
-@pytest.fixture(scope="module", params=["range", "huffman"])
+@pytest.fixture(scope="module", params=["range", "huffman", "state-dict"])
 def sqz_bytes(request):
-    """A version 2 (range-coded) and a version 1 (Huffman) file."""
+    """A version 3 (range-coded) and a version 1 (Huffman) file of a small SqueezeNet, and an
+    architecture-free version 3 file (a state dict with batch norm and integer buffers)."""
+    if request.param == "state-dict":
+        from squeezenet.compression import compress_, encode
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.Conv2d(16, 32, 3, groups=4),
+                                torch.nn.Flatten(), torch.nn.Linear(32, 10))
+        compress_(m, CompressionConfig(bits=3, density=0.5))
+        return encode(m)
     # A 15,090-parameter SqueezeNet: version 2 codes a flag for every position, so a mutated
     # file that still decodes costs time in proportion to the model; a small one keeps 10,000 quick.
     kw = {"base_e": 16, "incr_e": 16, "small_input": True}
     m = create_model("squeezenet_from_metaparameters", num_classes=2, **kw)
     lw = LoadedWeights("squeezenet_from_metaparameters", m.state_dict(), CIFAR10, num_classes=2, model_kwargs=kw)
-    data, _, _ = compress_loaded(lw, CompressionConfig(bits=2, density=0.3, codec=request.param))
+    data, _, _ = compress_weights(lw, CompressionConfig(bits=2, density=0.3, codec=request.param))
     return data
 
 
@@ -120,12 +128,19 @@ def test_fuzz_checkpoint_reader(tmp_path):
     path = tmp_path / "ck.pt"
     cases = {"n": 0}
 
+    cases["generic"] = 0
+
     def one(rng):
         path.write_bytes(mutate(good, rng))
         cases["n"] += 1
-        load_weights(path)
+        lw = load_weights(path)
+        # A mutation of the "format" string leaves a generic checkpoint holding a state dict,
+        # which is read as such (architecture unknown); its tensors must be the originals.
+        assert lw.kind == "state-dict" and not lw.has_architecture
+        assert all(torch.equal(lw.state_dict[k], v) for k, v in m.state_dict().items())
+        cases["generic"] += 1
     out = run_cases(one, seed=4, accepted=(FormatError,))
-    assert out["accepted"] == 0  # none of these is a complete valid checkpoint
+    assert out["accepted"] == cases["generic"]  # nothing else is accepted: no complete valid checkpoint
 
 
 def test_fuzz_config_reader(tmp_path):

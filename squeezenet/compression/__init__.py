@@ -1,10 +1,23 @@
-"""Deep Compression: pruning, trained quantization, Huffman coding and the file formats."""
-from .format import compress_model, decode, load_compressed, read_compressed, save_compressed, size_report
-from .pipeline import CompressionConfig, compress_loaded, prune_and_share_
+"""Deep Compression (Han et al., ICLR 2016) for any PyTorch model.
+
+One verb and its file (``api``)::
+
+    compress_(model, CompressionConfig(...)) -> report      prune, share, (distil), in place
+    save_compressed(model, path) / load_compressed(path)     the .sqz file (``squeezenet.weights.sqz``)
+
+Below it, pure tensor functions and in-place stages: ``pruning`` (masks), ``quantization``
+(k-means weight sharing, centroid gradients), ``rdquant`` (rate-distortion optimised levels for
+a size budget), ``sensitivity`` (bit allocation), ``finetune`` (training hooks, distillation).
+"""
+from ..weights.sqz import size_report
+from .api import (Calibration, calibration_from_folder, compress_, compress_weights, encode, load_compressed,
+                  save_compressed)
+from .config import CompressionConfig, parse_layer_spec
+from .finetune import after_step_, before_step_
 from .pruning import PruneConfig, apply_masks_, default_density, magnitude_mask, prune_, threshold_mask
 from .quantization import kmeans_1d, share_weights_, snap_shared_weights_, sum_cluster_gradients_
 
-__all__ = ["compress_model", "decode", "load_compressed", "read_compressed", "save_compressed", "size_report",
-           "CompressionConfig", "compress_loaded", "prune_and_share_", "PruneConfig", "apply_masks_",
-           "default_density", "magnitude_mask", "prune_", "threshold_mask", "kmeans_1d", "share_weights_",
-           "snap_shared_weights_", "sum_cluster_gradients_"]
+__all__ = ["Calibration", "calibration_from_folder", "compress_", "compress_weights", "encode", "load_compressed", "save_compressed",
+           "size_report", "CompressionConfig", "parse_layer_spec", "after_step_", "before_step_", "PruneConfig",
+           "apply_masks_", "default_density", "magnitude_mask", "prune_", "threshold_mask", "kmeans_1d",
+           "share_weights_", "snap_shared_weights_", "sum_cluster_gradients_"]

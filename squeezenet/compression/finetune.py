@@ -8,41 +8,14 @@ ImageNet model, e.g. CIFAR-10 training images resized), keeping evaluation image
 from __future__ import annotations
 
 import itertools
-import os
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.imagenet import IMAGE_EXTENSIONS, load_image
-from ..errors import DataError
 from .pruning import apply_masks_
 from .quantization import snap_shared_weights_, sum_cluster_gradients_
-
-
-class UnlabelledImages(torch.utils.data.Dataset):
-    """Every image file under ``root`` (any layout), sorted, optionally a deterministic subset."""
-
-    def __init__(self, root: str | os.PathLike, transform, limit: int | None = None, seed: int = 0) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"{root}: calibration folder not found")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        if not files:
-            raise DataError(f"{root}: no images found for calibration")
-        if limit is not None and limit < len(files):
-            g = torch.Generator().manual_seed(seed)
-            files = [files[i] for i in sorted(torch.randperm(len(files), generator=g)[:limit].tolist())]
-        self.files = files
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(load_image(self.files[i]))
 
 
 def after_step_(model: nn.Module) -> None:

@@ -12,8 +12,9 @@ def plot_weight_distributions(path, out, max_layers: int = 12) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from ..compression.caffe_net import read_caffe_net
-    from ..compression.format import MAGIC, read_compressed
+
+    from ..weights.caffe_net import read_caffe_net
+    from ..weights.sqz import MAGIC, read_compressed
     path = Path(path)
     with open(path, "rb") as f:
         compressed = f.read(len(MAGIC)) == MAGIC

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError
+from ..models.layers import prunable_layers
+
 # Paper Table 1 / the published file (squeeze, expand1x1, expand3x3) per fire module.
 SQUEEZENET_FIRE_DENSITY = {
     2: (1.0, 1.0, 0.33), 3: (1.0, 1.0, 0.33), 4: (1.0, 1.0, 0.33), 5: (1.0, 1.0, 0.33),
@@ -21,11 +24,9 @@ CLASSIFIER_DENSITY = 0.20
 BYPASS_DENSITY = 0.5
 # Han et al. 2015, Table 4 (AlexNet): conv1..conv5, fc6..fc8.
 ALEXNET_DENSITY = [0.84, 0.38, 0.35, 0.37, 0.37, 0.09, 0.09, 0.25]
-
-
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Convolution and linear layers in definition order, by module name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+# Any other model (``default_density``): layers under SMALL_LAYER weights stay dense.
+SMALL_LAYER = 10_000
+OTHER_DENSITY = 0.33
 
 
 def default_density(model: nn.Module) -> dict[str, float]:
@@ -34,8 +35,9 @@ def default_density(model: nn.Module) -> dict[str, float]:
     Rule: SqueezeNet-family models (any with Fire modules) take the paper's per-fire profile
     by fire position (fire2..fire9; a model with other fire counts repeats the last entry),
     100% for conv1, 50% for 1x1 bypass convolutions and 20% for the classifier conv10.
-    AlexNet takes Han et al.'s Table 4 densities. Any other model: 100% for its first
-    layer, 20% for its last, 33% in between.
+    AlexNet takes Han et al.'s Table 4 densities. Any other model: its first and last layer and
+    every layer under 10,000 weights dense (small layers save few bytes and carry much of the
+    accuracy: depthwise convolutions, classifiers of few classes), 33% everywhere else.
     """
     from ..models.squeezenet import Fire
     layers = prunable_layers(model)
@@ -53,7 +55,7 @@ def default_density(model: nn.Module) -> dict[str, float]:
         return {n: out.get(n, 1.0) for n in names}
     if type(model).__name__ == "AlexNet" and len(names) == len(ALEXNET_DENSITY):
         return dict(zip(names, ALEXNET_DENSITY))
-    return {n: (1.0 if i == 0 else CLASSIFIER_DENSITY if i == len(names) - 1 else 0.33)
+    return {n: (1.0 if i in (0, len(names) - 1) or layers[n].weight.numel() < SMALL_LAYER else OTHER_DENSITY)
             for i, n in enumerate(names)}
 
 
@@ -63,7 +65,7 @@ def magnitude_mask(weight: torch.Tensor, density: float) -> torch.Tensor:
     Weights that are already zero are never kept, so pruning never un-prunes.
     """
     if not 0.0 < density <= 1.0:
-        raise ValueError(f"density must be in (0, 1], got {density}")
+        raise ConfigError(f"density must be in (0, 1], got {density}")
     flat = weight.detach().reshape(-1).abs()
     k = min(int(round(density * flat.numel())), int((flat != 0).sum()))
     mask = torch.zeros(flat.numel(), dtype=torch.bool, device=weight.device)
@@ -77,7 +79,7 @@ def magnitude_mask(weight: torch.Tensor, density: float) -> torch.Tensor:
 def threshold_mask(weight: torch.Tensor, sensitivity: float) -> torch.Tensor:
     """Han et al. 2015: keep weights with |w| > sensitivity * std(w)."""
     if sensitivity < 0:
-        raise ValueError(f"sensitivity must be non-negative, got {sensitivity}")
+        raise ConfigError(f"sensitivity must be non-negative, got {sensitivity}")
     w = weight.detach()
     return w.abs() > sensitivity * w.float().std()
 
@@ -107,7 +109,7 @@ def prune_(model: nn.Module, config: PruneConfig | None = None) -> dict[str, flo
     layers = prunable_layers(model)
     unknown = set(config.density) - set(layers)
     if unknown:
-        raise ValueError(f"density given for unknown layers: {', '.join(sorted(unknown))}; "
+        raise ConfigError(f"density given for unknown layers: {', '.join(sorted(unknown))}; "
                          f"layers are: {', '.join(layers)}")
     profile = default_density(model)
     achieved = {}

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError
 from .pruning import get_mask, prunable_layers
 
 
@@ -31,7 +32,7 @@ def kmeans_1d(values: np.ndarray, k: int, iters: int = 30, init: str = "linear")
     """
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise ConfigError(f"k must be at least 1, got {k}")
     if v.size == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
     uniq, inverse = np.unique(v, return_inverse=True)
@@ -42,7 +43,7 @@ def kmeans_1d(values: np.ndarray, k: int, iters: int = 30, init: str = "linear")
     elif init == "density":
         c = np.quantile(v, (np.arange(k) + 0.5) / k)
     else:
-        raise ValueError(f"init must be 'linear' or 'density', got {init!r}")
+        raise ConfigError(f"init must be 'linear' or 'density', got {init!r}")
     # Lloyd on the sorted distinct values with their counts: same result, far fewer points.
     counts = np.bincount(inverse).astype(np.float64)
     sums = uniq * counts
@@ -95,12 +96,12 @@ def share_weights_(model: nn.Module, bits: dict[str, int] | int = 8, iters: int 
         bits = {name: bits for name in layers}
     unknown = set(bits) - set(layers)
     if unknown:
-        raise ValueError(f"bits given for unknown layers: {', '.join(sorted(unknown))}")
+        raise ConfigError(f"bits given for unknown layers: {', '.join(sorted(unknown))}")
     sizes = {}
     for name, m in layers.items():
         b = bits.get(name, 8)
         if not isinstance(b, int) or not 1 <= b <= 8:
-            raise ValueError(f"{name}: bits must be an integer in 1..8, got {b!r}")
+            raise ConfigError(f"{name}: bits must be an integer in 1..8, got {b!r}")
         w = m.weight.data
         mask = get_mask(m)
         if mask is None:

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from .pruning import get_mask, prunable_layers
 
 LN2 = math.log(2.0)
@@ -58,7 +59,7 @@ def ecsq(values: np.ndarray, mask: np.ndarray, delta: float, lam: float, iters: 
     v = np.asarray(values, np.float64).reshape(-1)
     mask = np.asarray(mask, bool).reshape(-1)
     if not delta > 0:
-        raise ValueError(f"delta must be positive, got {delta}")
+        raise ConfigError(f"delta must be positive, got {delta}")
     kept = v[mask]
     n_pruned = int(mask.size - kept.size)
     lo = np.floor(kept / delta).astype(np.int64)
@@ -161,7 +162,7 @@ def search_budget(size_of, lam_lo: float, lam_hi: float, budget: int, steps: int
     """
     size_hi, payload_hi = size_of(lam_hi)
     if size_hi > budget:
-        raise ValueError(f"cannot fit {budget:,} bytes: the coarsest quantization tried gives {size_hi:,} bytes")
+        raise ConfigError(f"cannot fit {budget:,} bytes: the coarsest quantization tried gives {size_hi:,} bytes")
     best = (lam_hi, size_hi, payload_hi)
     size_lo, payload_lo = size_of(lam_lo)
     if size_lo <= budget:
@@ -234,7 +235,7 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
             except ValueError:
                 lam_hi *= 1e3
         else:
-            raise ValueError(f"cannot fit {budget:,} bytes: even with every weight pruned the file is larger")
+            raise ConfigError(f"cannot fit {budget:,} bytes: even with every weight pruned the file is larger")
     except ValueError:
         with torch.no_grad():  # leave the model as it came
             for n, m in layers.items():

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import time
 
-import torch
-
-from ..training.train import Dist, TrainingError, build_data, evaluate, load_config, train
-from .format import compress_model, read_compressed, save_compressed
+from ..training import Dist, TrainingError, build_data, evaluate, load_config, train
+from ..weights.sqz import read_compressed
+from .api import compress_, save_compressed
+from .config import CompressionConfig
 from .finetune import after_step_, before_step_
-from .pipeline import CompressionConfig, prune_stage_, share_stage_
-from .pruning import apply_masks_, mask_gradients_, prunable_layers
+from .pruning import apply_masks_, mask_gradients_
 
 
 def compress_with_retraining(weights, data, out, *, bits=8, density="profile", retrain_epochs: int = 1,
@@ -44,29 +43,31 @@ def compress_with_retraining(weights, data, out, *, bits=8, density="profile", r
 
     start = time.perf_counter()
     measure("original")
-    config_c = CompressionConfig(density=density, bits=bits)
-    prune_stage_(model, config_c)
-    measure("pruned")
-    if retrain_epochs:
-        train(cfg, data, None, model=model, before_step=mask_gradients_, after_step=apply_masks_, progress=None,
-              log=log)
-        measure("pruned + retrained")
-    names = list(prunable_layers(model))
-    share_stage_(model, config_c.layer_bits(names))
-    measure(f"weight-shared ({bits} bits)")
     ft = retrain_epochs if finetune_epochs is None else finetune_epochs
-    if ft:
-        cfg.epochs = ft
-        train(cfg, data, None, model=model, before_step=before_step_, after_step=after_step_, progress=None, log=log)
-        measure("centroids fine-tuned")
-    blob = compress_model(model, lw.model_name, model_kwargs=lw.model_kwargs, preprocessing=lw.preprocessing.to_dict(),
-                          class_names=classes)
-    save_compressed(out, blob)
+
+    def retrain(m, stage: str) -> None:  # compress_'s hook: the paper's retraining stages
+        if stage == "pruned":
+            measure("pruned")
+            if retrain_epochs:
+                train(cfg, data, None, model=m, before_step=mask_gradients_, after_step=apply_masks_,
+                      progress=None, log=log)
+                measure("pruned + retrained")
+        else:
+            measure(f"weight-shared ({bits} bits)")
+            if ft:
+                cfg.epochs = ft
+                train(cfg, data, None, model=m, before_step=before_step_, after_step=after_step_, progress=None,
+                      log=log)
+                measure("centroids fine-tuned")
+
+    compress_(model, CompressionConfig(density=density, bits=bits), retrain=retrain, model_name=lw.model_name,
+              model_kwargs=lw.model_kwargs, preprocessing=lw.preprocessing.to_dict(), class_names=classes)
+    size = save_compressed(model, out)
     _, state, _ = read_compressed(out)
     model = lw.build_model()
     model.load_state_dict(state)
     measure("file (decoded from disk)")
     fp32 = 4 * sum(p.numel() for p in model.parameters())
-    return {"out": str(out), "bytes": len(blob), "fp32_bytes": fp32, "ratio_vs_fp32": fp32 / len(blob),
+    return {"out": str(out), "bytes": size, "fp32_bytes": fp32, "ratio_vs_fp32": fp32 / size, "ratio": fp32 / size,
             "stages": stages, "top1": stages[-1]["top1"], "top5": stages[-1]["top5"],
             "top1_lost": stages[0]["top1"] - stages[-1]["top1"], "seconds": time.perf_counter() - start}

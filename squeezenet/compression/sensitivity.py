@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .format import encode_layer
+from ..errors import ConfigError
+from ..weights.sqz import encode_layer
 from .pruning import magnitude_mask, prunable_layers
 from .quantization import kmeans_1d
 
@@ -72,7 +73,7 @@ def sensitivity(model: nn.Module, images: torch.Tensor, bits_options=(2, 3, 4, 5
         ``{"bits": {layer: {b: error}}, "density": {layer: {d: error}}, "metric": metric}``
     """
     if metric not in ("layer", "network"):
-        raise ValueError(f"metric must be 'layer' or 'network', got {metric!r}")
+        raise ConfigError(f"metric must be 'layer' or 'network', got {metric!r}")
     model.eval()
     layers = prunable_layers(model)
     inputs = capture_inputs(model, images) if metric == "layer" else None
@@ -138,7 +139,7 @@ def allocate_bits(errors: dict, sizes: dict, budget: int, overhead: int = 0) -> 
             if best is None or cost < best[0]:
                 best = (cost, n, b, saved)
         if best is None:
-            raise ValueError(f"cannot reach {budget} bytes: the smallest bit widths give {total} bytes")
+            raise ConfigError(f"cannot reach {budget} bytes: the smallest bit widths give {total} bytes")
         _, n, b, saved = best
         bits[n] = b
         total -= saved

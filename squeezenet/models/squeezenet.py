@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .registry import register_model
+from ..errors import ConfigError
+from .registry import load_pretrained_, register_model
 
 # Fire layout of SqueezeNet v1.0 (paper Table 1): (s1x1, e1x1, e3x3) for fire2..fire9.
 V1_0_FIRES = [(16, 64, 64), (16, 64, 64), (32, 128, 128), (32, 128, 128),
@@ -36,7 +37,7 @@ class Fire(nn.Module):
         super().__init__()
         for name, v in (("in_channels", in_channels), ("s1x1", s1x1), ("e1x1", e1x1), ("e3x3", e3x3)):
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"Fire {name} must be a positive integer, got {v!r}")
+                raise ConfigError(f"Fire {name} must be a positive integer, got {v!r}")
         self.in_channels = in_channels
         self.out_channels = e1x1 + e3x3
         self.squeeze = nn.Conv2d(in_channels, s1x1, kernel_size=1)
@@ -50,13 +51,13 @@ class Fire(nn.Module):
             pass
         elif bypass == "simple":
             if in_channels != self.out_channels:
-                raise ValueError(f"simple bypass needs in_channels == e1x1 + e3x3, "
+                raise ConfigError(f"simple bypass needs in_channels == e1x1 + e3x3, "
                                  f"got {in_channels} != {self.out_channels}")
         elif bypass == "complex":
             # Paper section 6: a 1x1 convolution whose filter count equals the output channels.
             self.bypass = nn.Conv2d(in_channels, self.out_channels, kernel_size=1)
         else:
-            raise ValueError(f"bypass must be None, 'simple' or 'complex', got {bypass!r}")
+            raise ConfigError(f"bypass must be None, 'simple' or 'complex', got {bypass!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.squeeze_activation(self.squeeze(x))
@@ -106,7 +107,7 @@ class SqueezeNet(nn.Module):
     def __init__(self, config: SqueezeNetConfig, num_classes: int = 1000, dropout: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
         self.config = config
         self.num_classes = num_classes
         if config.small_input:
@@ -149,7 +150,7 @@ class SqueezeNet(nn.Module):
 
 def _check_bool(name: str, v) -> None:
     if not isinstance(v, bool):
-        raise ValueError(f"{name} must be True or False, got {v!r}")
+        raise ConfigError(f"{name} must be True or False, got {v!r}")
 
 
 def _v1_0_config(small_input: bool, bypass: list) -> SqueezeNetConfig:
@@ -158,18 +159,33 @@ def _v1_0_config(small_input: bool, bypass: list) -> SqueezeNetConfig:
 
 
 @register_model
-def squeezenet1_0(*, num_classes: int = 1000, small_input: bool = False, dropout: float = 0.5) -> SqueezeNet:
-    """SqueezeNet v1.0 (paper Table 1): 1,248,424 parameters with 1000 classes."""
-    return SqueezeNet(_v1_0_config(small_input, [None] * 8), num_classes, dropout)
+def squeezenet1_0(*, weights: str | None = None, num_classes: int = 1000, small_input: bool = False,
+                  dropout: float = 0.5) -> SqueezeNet:
+    """SqueezeNet v1.0 (paper Table 1): 1,248,424 parameters with 1000 classes.
+
+    Args:
+        weights: None (random), "deep-compression" (the published 0.66 MB Deep Compression
+            file from the cache, fetched and sha256-checked where a network is there; Caffe BGR
+            preprocessing, ``squeezenet.preprocessing.CAFFE_IMAGENET``) or "imagenet1k-v1"
+            (torchvision's, torchvision's preprocessing).
+    """
+    model = SqueezeNet(_v1_0_config(small_input, [None] * 8), num_classes, dropout)
+    return load_pretrained_(model, "squeezenet1_0", weights) if weights else model
 
 
 @register_model
-def squeezenet1_1(*, num_classes: int = 1000, small_input: bool = False, dropout: float = 0.5) -> SqueezeNet:
-    """SqueezeNet v1.1: 3x3 conv1 with 64 filters and earlier pools (2.4x fewer MACs)."""
+def squeezenet1_1(*, weights: str | None = None, num_classes: int = 1000, small_input: bool = False,
+                  dropout: float = 0.5) -> SqueezeNet:
+    """SqueezeNet v1.1: 3x3 conv1 with 64 filters and earlier pools (2.4x fewer MACs).
+
+    Args:
+        weights: None (random) or "imagenet1k-v1" (torchvision's ImageNet weights).
+    """
     _check_bool("small_input", small_input)
     cfg = SqueezeNetConfig(conv1_channels=64, conv1_kernel=3, pool_after=(0, 2, 4),
                            small_input=small_input)
-    return SqueezeNet(cfg, num_classes, dropout)
+    model = SqueezeNet(cfg, num_classes, dropout)
+    return load_pretrained_(model, "squeezenet1_1", weights) if weights else model
 
 
 # Paper section 6: simple bypass around fire3, fire5, fire7, fire9 (fire index 1, 3, 5, 7);
@@ -202,18 +218,18 @@ def fire_layout_from_metaparameters(base_e: int = 128, incr_e: int = 128, pct3x3
     """
     for name, v in (("base_e", base_e), ("freq", freq), ("num_fires", num_fires)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
     if not isinstance(incr_e, int) or isinstance(incr_e, bool) or incr_e < 0:
-        raise ValueError(f"incr_e must be a non-negative integer, got {incr_e!r}")
+        raise ConfigError(f"incr_e must be a non-negative integer, got {incr_e!r}")
     if not (isinstance(pct3x3, (int, float)) and 0.0 < pct3x3 < 1.0):
-        raise ValueError(f"pct3x3 must be in (0, 1), got {pct3x3!r}")
+        raise ConfigError(f"pct3x3 must be in (0, 1), got {pct3x3!r}")
     if not (isinstance(sr, (int, float)) and 0.0 < sr <= 1.0):
-        raise ValueError(f"sr (squeeze ratio) must be in (0, 1], got {sr!r}")
+        raise ConfigError(f"sr (squeeze ratio) must be in (0, 1], got {sr!r}")
     fires = []
     for i in range(num_fires):
         e = base_e + incr_e * math.floor(i / freq)
         if e < 2:
-            raise ValueError(f"fire module {i} would have {e} expand filters; need at least 2")
+            raise ConfigError(f"fire module {i} would have {e} expand filters; need at least 2")
         e3 = min(max(1, round(pct3x3 * e)), e - 1)
         s = max(1, round(sr * e))
         fires.append((s, e - e3, e3))
@@ -244,7 +260,7 @@ def squeezenet_from_metaparameters(*, num_classes: int = 1000, base_e: int = 128
     elif bypass == "complex":
         pattern = list(COMPLEX_BYPASS)
     else:
-        raise ValueError(f"bypass must be None, 'simple' or 'complex', got {bypass!r}")
+        raise ConfigError(f"bypass must be None, 'simple' or 'complex', got {bypass!r}")
     channels = [96] + [e1 + e3 for _, e1, e3 in fires]
     for i, kind in enumerate(pattern):
         # An identity shortcut needs equal channels; where a generated layout breaks that,

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError
 from .squeezenet import Fire
 
 
@@ -51,7 +52,7 @@ def summarize(model: nn.Module, input_size: int = 224) -> dict:
         where ``bytes`` is the fp32 size of all parameters.
     """
     if not isinstance(input_size, int) or input_size < 1:
-        raise ValueError(f"input size must be a positive integer, got {input_size!r}")
+        raise ConfigError(f"input size must be a positive integer, got {input_size!r}")
     macs: dict[nn.Module, int] = {}
     outputs: dict[nn.Module, tuple] = {}
     hooks = []
@@ -66,7 +67,7 @@ def summarize(model: nn.Module, input_size: int = 224) -> dict:
     try:
         model(torch.zeros(1, 3, input_size, input_size))
     except RuntimeError as e:
-        raise ValueError(f"input size {input_size} is too small for this model: {e}") from None
+        raise ConfigError(f"input size {input_size} is too small for this model: {e}") from None
     finally:
         for h in hooks:
             h.remove()

@@ -33,11 +33,26 @@ def test_default_profile_squeezenet1_0():
     assert 415_000 < kept < 425_000  # paper / published file: about 421,000
 
 
-@pytest.mark.parametrize("name", ["squeezenet1_1", "squeezenet1_0_complex_bypass", "alexnet"])
-def test_default_profile_other_models(name):
-    m = create_model(name, num_classes=10)
+def test_default_profile_squeezenet_family_and_alexnet():
+    from squeezenet.compression.pruning import ALEXNET_DENSITY
+    from squeezenet.models import prunable_layers
+    m = create_model("squeezenet1_1", num_classes=10)
     d = default_density(m)
-    assert all(0 < v <= 1 for v in d.values()) and len(d) == sum(1 for _ in d)
+    assert list(d) == list(prunable_layers(m))
+    # v1.1's fire modules sit at features.3,4,6,7,9,10,11,12: the k-th takes the paper's fire(k+2) row
+    assert d["features.0"] == 1.0 and d["classifier.1"] == 0.2
+    assert (d["features.3.squeeze"], d["features.3.expand3x3"]) == (1.0, 0.33)
+    assert (d["features.9.squeeze"], d["features.9.expand1x1"]) == (1.0, 0.5)
+    assert (d["features.10.squeeze"], d["features.12.expand3x3"]) == (0.5, 0.30)
+    bypass = default_density(create_model("squeezenet1_0_complex_bypass", num_classes=10))
+    assert [v for k, v in bypass.items() if k.endswith(".bypass")] == [0.5] * 4
+    assert list(default_density(create_model("alexnet", num_classes=10)).values()) == ALEXNET_DENSITY
+
+
+def test_default_profile_any_other_model():
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.Conv2d(64, 64, 3, groups=64),  # 576 weights
+                            torch.nn.Conv2d(64, 128, 3), torch.nn.Flatten(), torch.nn.Linear(128, 10))
+    assert default_density(m) == {"0": 1.0, "1": 1.0, "2": 0.33, "4": 1.0}
 
 
 def test_masks_survive_optimizer_and_checkpoint():

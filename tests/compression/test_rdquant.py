@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from squeezenet.compression import rdquant
-from squeezenet.compression.format import compress_model, decode
+from squeezenet.weights.sqz import decode, encode_model
 from squeezenet.compression.pruning import prunable_layers
 from squeezenet.models import create_model
 from squeezenet.preprocessing import CIFAR10
@@ -71,7 +71,7 @@ def test_quantize_for_budget_is_a_hard_limit_and_round_trips():
     sens = {n: 1.0 for n in prunable_layers(model)}
 
     def serialize(m):
-        return compress_model(m, "squeezenet_from_metaparameters", model_kwargs=TINY, preprocessing=CIFAR10.to_dict(),
+        return encode_model(m, "squeezenet_from_metaparameters", model_kwargs=TINY, preprocessing=CIFAR10.to_dict(),
                               codebook_dtype="f2")
 
     full = len(serialize(_shared_copy(model)))
@@ -102,7 +102,7 @@ def _shared_copy(model):
 def test_compress_weights_with_budget_and_calibration(tmp_path):
     from PIL import Image
 
-    from squeezenet.compression.cli_ops import compress_weights
+    from squeezenet.compression import CompressionConfig, compress_weights
     from squeezenet.weights import LoadedWeights, load_weights
     calib = tmp_path / "calib"
     calib.mkdir()
@@ -113,15 +113,15 @@ def test_compress_weights_with_budget_and_calibration(tmp_path):
     model = create_model("squeezenet1_1", num_classes=10, small_input=True)
     lw = LoadedWeights("squeezenet1_1", model.state_dict(), CIFAR10, num_classes=10, model_kwargs={"small_input": True})
     out = tmp_path / "m.sqz"
-    data, rep = compress_weights(lw, out=out, size_budget=150_000, calibration=calib, finetune_steps=2,
-                                 finetune_batch=4, calibration_images=8, log=lambda *a: None)
+    data, _, rep = compress_weights(lw, CompressionConfig(size_budget=150_000, finetune_steps=2), calibration=calib,
+                                    calibration_images=8, out=out)
     assert len(data) == rep["bytes"] == out.stat().st_size <= 150_000
     assert rep["finetune"]["steps"] == 2 and rep["codec"] == "range"
     back = load_weights(out).build_model()
     x = torch.randn(2, 3, 32, 32)
     assert torch.isfinite(back(x)).all()
     with pytest.raises(ValueError, match="cannot fit"):
-        compress_weights(lw, size_budget=2_000, calibration=calib, finetune_steps=0, calibration_images=4,
-                         log=lambda *a: None)
+        compress_weights(lw, CompressionConfig(size_budget=2_000, finetune_steps=0), calibration=calib,
+                         calibration_images=4)
     with pytest.raises(ValueError, match="calibration"):
-        compress_weights(lw, size_budget=150_000, log=lambda *a: None)
+        compress_weights(lw, CompressionConfig(size_budget=150_000))

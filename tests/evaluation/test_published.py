@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from squeezenet.cli.main import main
-from squeezenet.compression import CompressionConfig, compress_loaded
-from squeezenet.compression.format import save_compressed
+from squeezenet.compression import CompressionConfig, compress_weights
+from squeezenet.weights.sqz import write_compressed
 from squeezenet.evaluation import evaluate_weights, predict
 from squeezenet.preprocessing import CAFFE_IMAGENET
 from squeezenet.weights import load_weights
@@ -31,10 +31,10 @@ def test_eval_published_accuracy_and_json(capsys):
 def test_lossless_reencoding_predicts_identically(tmp_path):
     lw = load_weights(need(PUBLISHED_NET))
     images = sorted((need(IMAGENET_SAMPLES) / "val").glob("*/*.JPEG"))[:12]
-    data, _, _ = compress_loaded(lw, CompressionConfig(bits=8, density="keep"))
+    data, _, _ = compress_weights(lw, CompressionConfig(bits=8, density="keep"))
     assert len(data) < 600_000
     path = tmp_path / "sq.sqz"
-    save_compressed(path, data)
+    write_compressed(path, data)
     a = predict(lw, images, top=5)
     b = predict(path, images, top=5)
     assert [r["predictions"] for r in a] == [r["predictions"] for r in b]

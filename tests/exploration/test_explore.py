@@ -61,13 +61,13 @@ def test_bad_sweep_values_rejected(tmp_path):
 
 
 def test_size_plot_of_compressed_file(tmp_path, capsys):
-    from squeezenet.compression import CompressionConfig, compress_loaded
+    from squeezenet.compression import CompressionConfig, compress_weights
     from squeezenet.models import create_model
     from squeezenet.preprocessing import CIFAR10
     from squeezenet.weights import LoadedWeights
     m = create_model("squeezenet1_1", num_classes=10, small_input=True)
     lw = LoadedWeights("squeezenet1_1", m.state_dict(), CIFAR10, num_classes=10, model_kwargs={"small_input": True})
-    data, _, _ = compress_loaded(lw, CompressionConfig(bits=4))
+    data, _, _ = compress_weights(lw, CompressionConfig(bits=4))
     f = tmp_path / "m.sqz"
     f.write_bytes(data)
     png = tmp_path / "w.png"

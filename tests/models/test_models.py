@@ -153,3 +153,20 @@ def test_torchvision_state_dicts_load_both_ways(ours, theirs):
 def test_num_classes_validated():
     with pytest.raises(ValueError):
         create_model("squeezenet1_0", num_classes=0)
+
+
+def test_builders_take_weights_like_torchvision(tmp_path, monkeypatch):
+    from squeezenet.download import download
+    from squeezenet.models import create_model, pretrained_tags, squeezenet1_0
+    from squeezenet.models.registry import UnknownModelError
+    from squeezenet.weights import load_weights
+    from tests.conftest import PUBLISHED_NET, need
+    assert pretrained_tags("squeezenet1_0") == ["deep-compression", "imagenet1k-v1"]
+    with pytest.raises(UnknownModelError, match="known: deep-compression"):
+        squeezenet1_0(weights="imagenet22k")
+    need(PUBLISHED_NET)
+    monkeypatch.setenv("SQUEEZENET_HOME", str(tmp_path))  # an empty cache, filled offline from the local copy
+    download(source=PUBLISHED_NET)
+    model = create_model("squeezenet1_0", weights="deep-compression")
+    expected = load_weights(PUBLISHED_NET).state_dict
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from squeezenet.compression.format import save_compressed
+from squeezenet.weights.sqz import write_compressed
 from squeezenet.utils import atomic_write_bytes
 from squeezenet.weights import load_weights
 from tests.training.conftest import make_image_folder
@@ -45,7 +45,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
 
 def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     target = tmp_path / "model.sqz"
-    save_compressed(target, b"previous good file")
+    write_compressed(target, b"previous good file")
 
     def disk_full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -65,7 +65,7 @@ def test_read_only_output_folder_is_clear_and_keeps_previous(tmp_path, monkeypat
     # Root ignores permission bits, so the refusal the OS gives an ordinary user is simulated.
     import tempfile
     target = tmp_path / "model.sqz"
-    save_compressed(target, b"previous good file")
+    write_compressed(target, b"previous good file")
 
     def refuse(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")

@@ -1,0 +1,294 @@
+"""Deep Compression of any PyTorch model, in one verb (in the style of torchao's ``quantize_``).
+
+    from squeezenet.compression import CompressionConfig, compress_, save_compressed, load_compressed
+    report = compress_(model, CompressionConfig(density=0.33, bits=6))   # in place, any nn.Module
+    save_compressed(model, "model.sqz")                                  # the exact file
+    state_dict = load_compressed("model.sqz").state_dict                 # strict-loadable
+
+Convolutions (1-D/2-D/3-D, grouped and depthwise) and linear layers are pruned, weight-shared
+and entropy-coded; every other tensor of the state dict is stored exactly. Masks and codebooks
+stay on the modules as buffers (``weight_mask``, ``weight_codebook``, ``weight_index``), so
+training with ``after_step_`` keeps them in place and checkpoints carry them.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ..models.layers import prunable_layers
+from ..weights.sqz import encode_model, load_compressed, write_compressed
+from .config import CompressionConfig, parse_layer_spec
+from .pruning import PruneConfig, prune_
+from .quantization import place_shared_weights_, share_weights_
+
+__all__ = ["Calibration", "compress_", "encode", "save_compressed", "load_compressed", "calibration_from_folder"]
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    pass
+
+
+@dataclass
+class Calibration:
+    """Unlabelled inputs for a size budget and for distillation.
+
+    Attributes:
+        inputs: a batch for layer sensitivities (Fisher information).
+        loader: batches of (augmented) inputs for distillation; ``None`` skips it.
+    """
+    inputs: torch.Tensor
+    loader: object = None
+
+
+def calibration_from_folder(folder: str | os.PathLike, preprocessing, images: int = 256, steps: int = 0,
+                            batch_size: int = 16, seed: int = 0) -> Calibration:
+    """Calibration from a folder of images: ``images`` of them (half mirrored) for sensitivities,
+    and random crops and mirrors for ``steps`` distillation batches, so a few hundred images
+    give thousands of views."""
+    from ..data.unlabelled import UnlabelledImages
+    ds = UnlabelledImages(folder, preprocessing.transform(), limit=images, seed=seed)
+    x = torch.stack([ds[i] for i in range(len(ds))])
+    x = torch.where((torch.arange(x.shape[0]) % 2 == 1).view(-1, 1, 1, 1), x.flip(3), x)
+    loader = None
+    if steps:
+        views = UnlabelledImages(folder, preprocessing.transform(augment=True), limit=steps * batch_size)
+        loader = torch.utils.data.DataLoader(views, batch_size=batch_size, shuffle=True, num_workers=1,
+                                             generator=torch.Generator().manual_seed(seed))
+    return Calibration(x, loader)
+
+
+def overall_density(model: nn.Module) -> float:
+    """Share of non-zero weights over the coded layers."""
+    layers = prunable_layers(model).values()
+    total = sum(m.weight.numel() for m in layers)
+    return sum(int((m.weight != 0).sum()) for m in layers) / max(total, 1)
+
+
+def prune_stage_(model: nn.Module, config: CompressionConfig) -> dict[str, float]:
+    """Prune in place per ``config.density`` (or ``config.sensitivity``); returns density per layer."""
+    names = list(prunable_layers(model))
+    density = config.density
+    if density == "auto":
+        density = "keep" if overall_density(model) < 0.6 else "profile"
+    if config.sensitivity is not None:
+        return prune_(model, PruneConfig(sensitivity=config.sensitivity))
+    if density == "keep":
+        return prune_(model, PruneConfig(density={n: 1.0 for n in names}))
+    if density == "profile":
+        return prune_(model, PruneConfig())
+    spec = parse_layer_spec(density, names, "density")
+    for n, d in spec.items():
+        if not 0.0 < d <= 1.0:
+            raise ConfigError(f"density must be in (0, 1], got {d} for {n}")
+    return prune_(model, PruneConfig(density=spec))
+
+
+def share_stage_(model: nn.Module, bits: dict[str, int], codebook_dtype: str = "auto", iters: int = 30) -> dict:
+    """Weight sharing in place with the given bits per layer; picks codebook storage per layer
+    and rounds f2 codebooks in the model too, so the model equals what the file will hold."""
+    layers = prunable_layers(model)
+    names = list(layers)
+    exact = {n: int(torch.unique(layers[n].weight[layers[n].weight_mask]).numel()) <= 2 ** bits[n] for n in names}
+    centroids = share_weights_(model, bits, iters)
+    dtypes = {n: ("f4" if exact[n] else "f2") if codebook_dtype == "auto" else codebook_dtype for n in names}
+    with torch.no_grad():
+        for n in names:
+            if dtypes[n] == "f2":
+                layers[n].weight_codebook.copy_(layers[n].weight_codebook.half().float())
+                place_shared_weights_(layers[n])
+    return {"bits": bits, "centroids": centroids, "codebook_dtype": dtypes, "lossless": exact}
+
+
+def encode(model: nn.Module, **overrides) -> bytes:
+    """The file's bytes for a model ``compress_`` has run on (``overrides``: ``model_name``,
+    ``model_kwargs``, ``preprocessing``, ``class_names``, ``extra``, as ``encode_model``)."""
+    info = dict(getattr(model, "compressed_as", None) or {})
+    if not info:
+        raise ConfigError("the model has not been compressed; run compress_ first")
+    info.update(overrides)
+    return encode_model(model, **info)
+
+
+def save_compressed(model: nn.Module, path: str | os.PathLike, **overrides) -> int:
+    """Write the compressed file of a model ``compress_`` has run on; returns its size in bytes."""
+    return write_compressed(path, encode(model, **overrides))
+
+
+def compress_(model: nn.Module, config: CompressionConfig | None = None, *, calibration: Calibration | None = None,
+              model_name: str = "", model_kwargs: dict | None = None, preprocessing: dict | None = None,
+              class_names: list | None = None, retrain: Callable[[nn.Module, str], None] | None = None,
+              log: Callable[..., None] = _quiet) -> dict:
+    """Deep Compression of ``model`` in place: prune, share weights (k-means, or rate-distortion
+    optimised levels for a size budget), optionally retrain or distil, ready to write.
+
+    Args:
+        model: any module; its conv and linear layers are coded, everything else kept exactly.
+        config: what to do (``CompressionConfig``).
+        calibration: unlabelled inputs, needed by a size budget and by distillation.
+        model_name, model_kwargs, preprocessing, class_names: what the file records, so that
+            ``load_compressed`` can rebuild the model (``model_name``: a registered name,
+            ``torchvision:NAME`` or ``package.module:function``; "" for none).
+        retrain: ``retrain(model, stage)`` is called after pruning (stage "pruned") and after
+            weight sharing (stage "shared"), e.g. a training loop with ``after_step_`` as its
+            hook: the paper's masked retraining and centroid fine-tuning with labels.
+        log: progress messages.
+
+    Returns:
+        A report: layer densities, bits or levels, ``bytes`` (the exact file size), seconds.
+
+    Raises:
+        ValueError: bad options, missing calibration, or a budget nothing fits.
+    """
+    return _compress(model, config, calibration, model_name, model_kwargs, preprocessing, class_names, retrain, log)[1]
+
+
+def _compress(model, config, calibration, model_name, model_kwargs, preprocessing, class_names, retrain,
+              log) -> tuple[bytes, dict]:
+    config = config or CompressionConfig()
+    steps = config.distill_steps
+    if (config.size_budget or steps) and calibration is None:
+        raise ConfigError("a size budget and distillation need calibration inputs (unlabelled)")
+    if not prunable_layers(model):
+        raise ConfigError("the model has no convolution or linear layer to compress")
+    start = time.perf_counter()
+    teacher = copy.deepcopy(model).eval() if steps else None
+    names = list(prunable_layers(model))
+    achieved = prune_stage_(model, config)
+    kept = sum(int(m.weight_mask.sum()) for m in prunable_layers(model).values())
+    total = sum(m.weight.numel() for m in prunable_layers(model).values())
+    log(f"pruned: {kept:,} of {total:,} weights kept ({kept / total:.1%})")
+    report = {"codec": config.codec, "kept_weights": kept, "total_weights": total, "density": achieved}
+    if retrain is not None:
+        retrain(model, "pruned")
+    bias_dtype = "f4"
+    file_info = {"model_name": model_name, "model_kwargs": dict(model_kwargs or {}), "preprocessing": preprocessing,
+                 "class_names": class_names, "codec": config.codec}
+
+    def serialize(m, cb_dtype="f2"):
+        return encode_model(m, **file_info, codebook_dtype=cb_dtype, bias_dtype=bias_dtype)
+
+    if config.size_budget and config.codec == "range":
+        from .rdquant import fisher_sensitivity, quantize_for_budget_
+        bias_dtype = "f2"  # at a budget, 2 bytes a bias buy more than the rounding costs
+        with torch.no_grad():  # the file will hold half-precision biases: tune with them
+            for m in prunable_layers(model).values():
+                if m.bias is not None:
+                    m.bias.copy_(m.bias.half().float())
+        sens = fisher_sensitivity(model, calibration.inputs)
+        log(f"sensitivity from {calibration.inputs.shape[0]} calibration inputs; fitting {config.size_budget:,} bytes")
+        # Distilled centroids pack a few bytes longer or shorter: leave them 16 bytes a layer.
+        margin = 16 * len(names) if steps else 0
+        info = quantize_for_budget_(model, sens, max(config.size_budget - margin, 1), serialize)
+        cb_dtype = "f2"
+        report.update({"slope": info["lam"], "levels": info["levels"], "kept_weights": info["kept_weights"]})
+        log(f"quantized: {info['kept_weights']:,} weights kept, levels per layer {min(info['levels'].values())}.."
+            f"{max(info['levels'].values())}, {info['bytes']:,} bytes")
+    else:
+        if config.size_budget:
+            from .sensitivity import choose_bits_for_budget
+            layer_bits, _ = choose_bits_for_budget(model, calibration.inputs[:16], config.size_budget)
+            log(f"bits chosen for {config.size_budget:,} bytes: {sorted(layer_bits.values())}")
+        else:
+            layer_bits = config.layer_bits(names)
+        info = share_stage_(model, layer_bits, config.codebook_dtype, config.kmeans_iters)
+        cb_dtype = info["codebook_dtype"]
+        report.update({"bits": info["bits"], "codebook_dtype": info["codebook_dtype"],
+                       "lossless_layers": sum(info["lossless"].values())})
+    if retrain is not None:
+        retrain(model, "shared")
+        _round_to_file_precision_(model, cb_dtype, bias_dtype)  # fine-tuned centroids, as the file stores them
+    data = None
+    if steps:
+        from .finetune import distill_shared_
+        if calibration.loader is None:
+            raise ConfigError("distillation needs calibration batches (Calibration.loader)")
+        before = {n: m.weight_codebook.detach().clone() for n, m in prunable_layers(model).items()}
+        losses = distill_shared_(model, teacher, calibration.loader, steps, config.finetune_lr)
+        _round_to_file_precision_(model, cb_dtype, bias_dtype)
+        report["finetune"] = {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}
+        log(f"distillation: KL {losses[0]:.4f} -> {losses[-1]:.4f} over {steps} steps")
+        data = serialize(model, cb_dtype)
+        if config.size_budget and len(data) > config.size_budget:
+            # Packed codebooks are a few bytes longer or shorter once centroids move; where that
+            # crosses the budget, put back the centroids that fitted (their biases stay tuned).
+            _restore_codebooks_(model, before)
+            log(f"distilled centroids took {len(data) - config.size_budget} bytes too many: kept the biases only")
+            report["finetune"]["centroids_kept"] = False
+            data = None
+    model.compressed_as = {**file_info, "codebook_dtype": cb_dtype, "bias_dtype": bias_dtype}
+    data = data or encode(model)
+    if config.size_budget and len(data) > config.size_budget:  # a hard limit, whatever happened above
+        raise ConfigError(f"the file came out at {len(data):,} bytes, over the budget of {config.size_budget:,}")
+    report["bytes"] = len(data)
+    report["seconds"] = time.perf_counter() - start
+    return data, report
+
+
+@torch.no_grad()
+def _restore_codebooks_(model: nn.Module, codebooks: dict) -> None:
+    for name, m in prunable_layers(model).items():
+        m.weight_codebook.copy_(codebooks[name])
+        place_shared_weights_(m)
+
+
+@torch.no_grad()
+def _round_to_file_precision_(model: nn.Module, cb_dtype, bias_dtype: str) -> None:
+    """Round fine-tuned centroids and biases to what the file stores, so model == file."""
+    for name, m in prunable_layers(model).items():
+        dt = cb_dtype.get(name, "f4") if isinstance(cb_dtype, dict) else cb_dtype
+        if dt == "f2":
+            m.weight_codebook.copy_(m.weight_codebook.half().float())
+            place_shared_weights_(m)
+        if bias_dtype == "f2" and m.bias is not None:
+            m.bias.copy_(m.bias.half().float())
+
+
+def model_for_compression(weights) -> nn.Module:
+    """The model of ``LoadedWeights`` to compress: built where its architecture is known, else a
+    stand-in holding its state dict (``models.standin``)."""
+    if weights.has_architecture:
+        return weights.build_model()
+    from ..models.standin import module_from_state_dict
+    return module_from_state_dict(weights.state_dict)
+
+
+def compress_weights(weights, config: CompressionConfig | None = None, *, calibration=None,
+                     calibration_images: int = 256, out: str | os.PathLike | None = None,
+                     log: Callable[..., None] = _quiet) -> tuple[bytes, nn.Module, dict]:
+    """``compress_`` for a weights file (or ``LoadedWeights``): what ``squeezenet compress`` runs.
+
+    Args:
+        weights: any file ``load_weights`` reads, or ``LoadedWeights``.
+        config: the ``CompressionConfig``.
+        calibration: a folder of unlabelled images, for a size budget and distillation.
+        calibration_images: how many of them to take for sensitivities.
+        out: where to write the file, if anywhere.
+
+    Returns:
+        (file bytes, compressed model, report); ``report["bytes"]`` is the exact size and
+        ``report["ratio"]`` the ratio against the model's own fp32 state dict.
+    """
+    from ..weights import LoadedWeights, load_weights
+    config = config or CompressionConfig()
+    lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
+    model = model_for_compression(lw)
+    fp32 = sum(4 * v.numel() if v.is_floating_point() else v.numel() * v.element_size()
+               for v in model.state_dict().values())
+    calib = None
+    if calibration is not None and (config.size_budget or config.distill_steps):
+        calib = calibration_from_folder(calibration, lw.preprocessing, calibration_images, config.distill_steps)
+    data, report = _compress(model, config, calib, lw.model_name, lw.model_kwargs,
+                             lw.preprocessing.to_dict() if lw.has_architecture else None, lw.class_names, None, log)
+    if out is not None:
+        write_compressed(out, data)
+        report["out"] = str(out)
+    report.update({"weights": str(lw.path), "model": lw.model_name or "(state dict)", "fp32_bytes": fp32,
+                   "ratio": fp32 / len(data)})
+    return data, model, report

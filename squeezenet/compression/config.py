@@ -1,0 +1,102 @@
+"""What one compression run does: ``CompressionConfig`` and the layer-spec mini-language."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+
+def parse_layer_spec(spec: str | float | int | dict | None, layers: list[str], what: str,
+                     cast=float) -> dict:
+    """Parse ``"0.5"`` (every layer) or ``"features.3.*=0.5,classifier.1=0.2"`` into layer -> value.
+
+    Patterns are shell globs over module names; later entries win. Unknown patterns fail.
+    """
+    if spec is None:
+        return {}
+    if isinstance(spec, dict):
+        return dict(spec)
+    if isinstance(spec, (int, float)):
+        return {n: cast(spec) for n in layers}
+    out: dict = {}
+    for part in str(spec).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            try:
+                value = cast(part)
+            except ValueError:
+                raise ConfigError(f"{what}: cannot read {part!r} (expected a number or PATTERN=VALUE)") from None
+            out.update({n: value for n in layers})
+            continue
+        pattern, _, text = part.partition("=")
+        try:
+            value = cast(text)
+        except ValueError:
+            raise ConfigError(f"{what}: cannot read value {text!r} for {pattern!r}") from None
+        hits = [n for n in layers if fnmatch.fnmatchcase(n, pattern.strip())]
+        if not hits:
+            raise ConfigError(f"{what}: pattern {pattern!r} matches no layer; layers are {', '.join(layers)}")
+        out.update({n: value for n in hits})
+    return out
+
+
+@dataclass
+class CompressionConfig:
+    """Settings of one compression run.
+
+    Attributes:
+        density: "auto" (the default profile for dense weights, none for already-sparse
+            ones), "profile", "keep" (no pruning), a float, or a layer spec / dict.
+        bits: bits per layer, an int or a layer spec / dict (1..8).
+        codebook_dtype: "f4" (exact), "f2" (half the codebook bytes) or "auto": f4 for layers
+            whose weights were already shared (kept exactly), f2 where k-means changed them
+            (its error dwarfs half-precision rounding).
+        kmeans_iters: Lloyd iterations.
+        sensitivity: prune by |w| > sensitivity * std(w) instead of by density.
+        codec: "range" (context-modelled range coding, file version 3) or "huffman" (the
+            paper's coding, version 1).
+        size_budget: if set, the file's hard limit in bytes; bits then come from a
+            rate-distortion search (range codec) or a bit allocation (Huffman) and need
+            calibration images.
+        finetune_steps: distillation steps for centroids and biases after quantization (None:
+            150 with a size budget and the range codec, else 0); needs calibration images.
+        finetune_lr: Adam learning rate of that distillation.
+    """
+    density: str | float | dict = "auto"
+    bits: int | str | dict = 8
+    codebook_dtype: str = "auto"
+    kmeans_iters: int = 30
+    sensitivity: float | None = None
+    codec: str = "range"
+    size_budget: int | None = None
+    finetune_steps: int | None = None
+    finetune_lr: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.codec not in ("range", "huffman"):
+            raise ConfigError(f"codec must be 'range' or 'huffman', got {self.codec!r}")
+        if self.codebook_dtype not in ("auto", "f4", "f2"):
+            raise ConfigError(f"codebook dtype must be auto, f4 or f2, got {self.codebook_dtype!r}")
+        if self.size_budget is not None and not 0 < self.size_budget <= 512 << 20:
+            raise ConfigError(f"size budget must be a positive number of bytes, got {self.size_budget}")
+        if self.finetune_steps is not None and self.finetune_steps < 0:
+            raise ConfigError(f"fine-tuning steps must be >= 0, got {self.finetune_steps}")
+
+    @property
+    def distill_steps(self) -> int:
+        """Distillation steps this run takes (150 by default at a size budget with range coding:
+        most of what distillation recovers, within 10 minutes on 2 cores for SqueezeNet v1.0)."""
+        if self.finetune_steps is not None:
+            return self.finetune_steps
+        return 150 if self.size_budget and self.codec == "range" else 0
+
+    def layer_bits(self, layers: list[str]) -> dict[str, int]:
+        bits = parse_layer_spec(self.bits, layers, "bits", int)
+        full = {n: bits.get(n, 8) for n in layers}
+        for n, b in full.items():
+            if not 1 <= b <= 8:
+                raise ConfigError(f"bits must be in 1..8, got {b} for {n}")
+        return full
