@@ -33,8 +33,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from squeezenet.compression.cli_ops import compress_weights  # noqa: E402
-from squeezenet.compression.format import decode  # noqa: E402
+from squeezenet.compression import CompressionConfig, compress_weights  # noqa: E402
+from squeezenet.weights.sqz import decode  # noqa: E402
 from squeezenet.cpu import describe as cpu_name  # noqa: E402
 from squeezenet.data.imagenet import ImageNetFolder  # noqa: E402
 from squeezenet.evaluation.fidelity import fidelity, load_views, logits  # noqa: E402
@@ -158,7 +158,7 @@ def main() -> int:
     add("published 8-bit .net (reference)", net.stat().st_size, measure([ref.state_dict], None))
     for codec in ("range", "huffman"):
         t = time.perf_counter()
-        data, _ = compress_weights(ref, codec=codec, log=lambda *x: None)
+        data, _, _ = compress_weights(ref, CompressionConfig(codec=codec))
         sec = time.perf_counter() - t
         _, sd, _ = decode(data)
         add(f"ours, lossless re-encoding ({codec})", len(data), measure([sd], None), sec)
@@ -167,7 +167,7 @@ def main() -> int:
     steps = {"finetune_steps": 2} if a.smoke else {"finetune_steps": 40} if a.quick else {}
     for b in budgets:
         t = time.perf_counter()
-        data, _ = compress_weights(ref, size_budget=b, calibration=cifar / "train", log=lambda *x: None, **steps)
+        data, _, _ = compress_weights(ref, CompressionConfig(size_budget=b, **steps), calibration=cifar / "train")
         sec = time.perf_counter() - t
         _, sd, _ = decode(data)
         add(f"ours, --size-budget {b} (CIFAR calibration)", len(data), measure([sd], None), sec)
@@ -176,7 +176,7 @@ def main() -> int:
         for b in budgets[-2:]:
             sds, sizes, t = [], [], time.perf_counter()
             for fold in folds:
-                data, _ = compress_weights(ref, size_budget=b, calibration=fold, log=lambda *x: None, **steps)
+                data, _, _ = compress_weights(ref, CompressionConfig(size_budget=b, **steps), calibration=fold)
                 sizes.append(len(data))
                 sds.append(decode(data)[1])
             sec = (time.perf_counter() - t) / 2

@@ -16,7 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from squeezenet.compression import CompressionConfig, compress_loaded, decode  # noqa: E402
+from squeezenet.compression import CompressionConfig, compress_weights  # noqa: E402
+from squeezenet.weights import decode  # noqa: E402
 from squeezenet.cpu import describe  # noqa: E402
 from squeezenet.models import create_model  # noqa: E402
 from squeezenet.preprocessing import TORCHVISION_IMAGENET  # noqa: E402
@@ -41,10 +42,10 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     rows = []
     dense = LoadedWeights("squeezenet1_0", create_model("squeezenet1_0").state_dict(), TORCHVISION_IMAGENET)
-    decode(compress_loaded(dense, CompressionConfig(bits=4))[0])  # warm up imports and allocator
+    decode(compress_weights(dense, CompressionConfig(bits=4))[0])  # warm up imports and allocator
     for codec in ("range", "huffman"):
         (data, _, _), med, best = timed(
-            lambda: compress_loaded(dense, CompressionConfig(bits=8, density="profile", codec=codec)), args.repeats)
+            lambda: compress_weights(dense, CompressionConfig(bits=8, density="profile", codec=codec)), args.repeats)
         rows.append((f"compress squeezenet1_0 (dense fp32 -> pruned, 8-bit, {codec})", med, best, 2.0, len(data)))
         _, med, best = timed(lambda: decode(data), args.repeats)
         rows.append((f"decode that file to a state dict ({codec})", med, best, 0.05, len(data)))
@@ -52,7 +53,7 @@ def main(argv=None) -> dict:
     if net.is_file():
         pub = load_weights(net)
         for codec in ("range", "huffman"):
-            (data, _, _), med, best = timed(lambda: compress_loaded(pub, CompressionConfig(bits=8, codec=codec)),
+            (data, _, _), med, best = timed(lambda: compress_weights(pub, CompressionConfig(bits=8, codec=codec)),
                                             args.repeats)
             rows.append((f"compress published model (lossless re-encoding, {codec})", med, best, 2.0, len(data)))
             _, med, best = timed(lambda: decode(data), args.repeats)

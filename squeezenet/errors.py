@@ -11,3 +11,7 @@ class FormatError(SqueezeNetError, ValueError):
 
 class DataError(SqueezeNetError, ValueError):
     """A data folder or mapping file cannot be used as given."""
+
+
+class ConfigError(SqueezeNetError, ValueError):
+    """An option or argument given to the library is invalid (a bad density, bits, budget...)."""

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 import torch
 from PIL import Image
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -28,11 +30,11 @@ class Preprocessing:
 
     def __post_init__(self):
         if self.channel_order not in ("RGB", "BGR"):
-            raise ValueError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
+            raise ConfigError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
-            raise ValueError("mean and std need three values, std non-zero")
+            raise ConfigError("mean and std need three values, std non-zero")
         if not (0 < self.crop <= self.resize):
-            raise ValueError(f"need 0 < crop <= resize, got crop {self.crop}, resize {self.resize}")
+            raise ConfigError(f"need 0 < crop <= resize, got crop {self.crop}, resize {self.resize}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -46,7 +48,22 @@ class Preprocessing:
                        mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
                        resize=int(d["resize"]), crop=int(d["crop"]))
         except (KeyError, TypeError) as e:
-            raise ValueError(f"bad preprocessing record {d!r}: {e}") from None
+            raise ConfigError(f"bad preprocessing record {d!r}: {e}") from None
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (0..255, RGB, channels at dim -3, any dtype) -> the network's input.
+
+        The one normalisation of the package: evaluation, training batches and calibration all
+        come through here.
+        """
+        x = pixels.float()
+        if self.scale != 255.0:
+            x = x * (self.scale / 255.0)
+        if self.channel_order == "BGR":
+            x = x.flip(-3)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return (x - mean) / std
 
     def transform(self, augment: bool = False):
         """A callable PIL image -> float tensor [3, crop, crop].
@@ -70,8 +87,6 @@ class _Transform:
     def __init__(self, p: Preprocessing, augment: bool = False) -> None:
         self.p = p
         self.augment = augment
-        self.mean = torch.tensor(p.mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(p.std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         import torchvision.transforms.functional as F
@@ -84,9 +99,4 @@ class _Transform:
                 img = F.hflip(img)
         else:
             img = F.center_crop(img, [self.p.crop, self.p.crop])
-        x = F.pil_to_tensor(img).float()  # 0..255, RGB, CHW
-        if self.p.scale != 255.0:
-            x = x * (self.p.scale / 255.0)
-        if self.p.channel_order == "BGR":
-            x = x.flip(0)
-        return (x - self.mean) / self.std
+        return self.p.normalize(F.pil_to_tensor(img))  # from 0..255, RGB, CHW

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from .main import UsageError, _positive_int, _print_json, bounded_int
-
 
 _nonneg_int = bounded_int(0, what="value")
 _bits = bounded_int(1, 8, what="bits")
@@ -29,6 +27,19 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _weights(args):
+    """The weights ``--weights`` names, with the architecture ``--model`` gives where it lacks one."""
+    from .compress import weights_with_model
+    return weights_with_model(args.weights, getattr(args, "model", None), getattr(args, "model_kwargs", None))
+
+
+def _add_model_args(s) -> None:
+    s.add_argument("--model", default=None,
+                   help="the architecture of a bare state dict: a registered name, torchvision:NAME (e.g. "
+                        "torchvision:resnet18) or package.module:function; files that name theirs need none")
+    s.add_argument("--model-kwargs", default=None, help="JSON arguments of --model, e.g. '{\"num_classes\": 10}'")
+
+
 def _existing_path(text: str) -> Path:
     p = Path(text)
     if not p.exists():
@@ -39,7 +50,7 @@ def _existing_path(text: str) -> Path:
 # ---------------------------------------------------------------- eval / predict
 def cmd_eval(args) -> int:
     from ..evaluation.evaluate import evaluate_weights
-    result = evaluate_weights(args.weights, args.data, batch_size=args.batch_size, workers=args.workers,
+    result = evaluate_weights(_weights(args), args.data, batch_size=args.batch_size, workers=args.workers,
                               engine=args.engine, calibration=args.calibration,
                               log=lambda m: print(m, file=sys.stderr))
     line = (f"{result['weights']} ({result['weights_kind']}, {result['model']}, engine {result['engine']}): "
@@ -53,7 +64,7 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from ..evaluation.evaluate import predict
-    results = predict(args.weights, args.images, top=args.top, mapping=args.mapping, engine=args.engine,
+    results = predict(_weights(args), args.images, top=args.top, mapping=args.mapping, engine=args.engine,
                       calibration=args.calibration, log=lambda m: print(m, file=sys.stderr))
     if args.json:
         _print_json({"results": results})
@@ -78,7 +89,7 @@ def cmd_download(args) -> int:
 
 # ---------------------------------------------------------------- compression
 def cmd_compress(args) -> int:
-    from ..compression.cli_ops import compress_command
+    from .compress import compress_command
     report = compress_command(args)
     if args.json:
         _print_json(report)
@@ -90,16 +101,41 @@ def cmd_decompress(args) -> int:
     lw = load_weights(args.file)
     if lw.kind not in ("compressed", "caffe-net"):
         raise UsageError(f"{args.file}: not a compressed file (.sqz or the published .net); it is a {lw.kind}")
-    save_checkpoint(args.out, lw.model_name, lw.state_dict, preprocessing=lw.preprocessing,
-                    num_classes=lw.num_classes, model_kwargs=lw.model_kwargs, class_names=lw.class_names)
-    print(f"wrote {args.out} ({lw.model_name}, {lw.num_classes} classes)", file=sys.stderr if args.json else sys.stdout)
+    if args.format == "state-dict":
+        import io
+
+        import torch
+
+        from ..utils import atomic_write_bytes
+        buf = io.BytesIO()
+        torch.save(dict(lw.state_dict), buf)  # plain tensors: load_state_dict(..., strict=True) takes it
+        atomic_write_bytes(args.out, buf.getvalue())
+        if lw.has_architecture and lw.preprocessing.to_dict() != _torchvision_preprocessing():
+            p = lw.preprocessing
+            print(f"note: these weights expect {p.channel_order} inputs scaled to {p.scale:g} with mean {list(p.mean)}, "
+                  f"which a bare state dict does not record; --format checkpoint keeps it for eval/predict/export",
+                  file=sys.stderr)
+    else:
+        if not lw.has_architecture:
+            raise UsageError(f"{args.file} does not name its architecture: write --format state-dict")
+        save_checkpoint(args.out, lw.model_name, lw.state_dict, preprocessing=lw.preprocessing,
+                        num_classes=lw.num_classes, model_kwargs=lw.model_kwargs, class_names=lw.class_names)
+    what = lw.model_name or "state dict"
+    print(f"wrote {args.out} ({what}, {len(lw.state_dict)} tensors, {args.format})",
+          file=sys.stderr if args.json else sys.stdout)
     if args.json:
-        _print_json({"out": str(args.out), "model": lw.model_name, "bytes": Path(args.out).stat().st_size})
+        _print_json({"out": str(args.out), "model": lw.model_name, "format": args.format,
+                     "tensors": len(lw.state_dict), "bytes": Path(args.out).stat().st_size})
     return 0
 
 
+def _torchvision_preprocessing() -> dict:
+    from ..preprocessing import TORCHVISION_IMAGENET
+    return TORCHVISION_IMAGENET.to_dict()
+
+
 def cmd_size(args) -> int:
-    from ..compression.cli_ops import format_size_report, size_of_file
+    from .compress import format_size_report, size_of_file
     report = size_of_file(args.file)
     text = format_size_report(report)
     print(text, file=sys.stderr if args.json else sys.stdout)
@@ -113,11 +149,11 @@ def cmd_size(args) -> int:
 
 
 def cmd_sensitivity(args) -> int:
-    from ..compression.cli_ops import calibration_batch
+    from ..compression import calibration_from_folder
     from ..compression.sensitivity import sensitivity
     from ..weights import load_weights
     lw = load_weights(args.weights)
-    images = calibration_batch(args.calibration, lw.preprocessing, args.images)
+    images = calibration_from_folder(args.calibration, lw.preprocessing, args.images).inputs
     bits = [int(b) for b in args.bits.split(",")]
     if any(not 1 <= b <= 8 for b in bits):
         raise UsageError("--bits values must be in 1..8")
@@ -160,7 +196,7 @@ def cmd_train(args) -> int:
 
 def cmd_export(args) -> int:
     from ..export import export_weights
-    report = export_weights(args.weights, args.format, args.out, batch=args.batch, int8=args.int8,
+    report = export_weights(_weights(args), args.format, args.out, batch=args.batch, int8=args.int8,
                             calibration=args.calibration)
     msg = f"wrote {report['out']} ({report['bytes']:,} bytes); max abs difference to PyTorch {report['max_abs_diff']:.2e}"
     if args.int8:
@@ -232,6 +268,7 @@ def add_commands(sub) -> None:
                         "images. The *-int8 engines need --calibration")
     s.add_argument("--calibration", type=_existing_path, default=None,
                    help="images for int8 calibration (never the evaluation images: overlap is refused)")
+    _add_model_args(s)
     s.add_argument("--json", action="store_true", help="print one JSON object with top1, top5, images")
     s.set_defaults(func=cmd_eval)
 
@@ -245,6 +282,7 @@ def add_commands(sub) -> None:
     s.add_argument("--engine", choices=ENGINE_CHOICES, default="torch",
                    help="inference engine, as for eval (default torch)")
     s.add_argument("--calibration", type=_existing_path, default=None, help="images for int8 calibration")
+    _add_model_args(s)
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_predict)
 
@@ -265,7 +303,12 @@ def add_commands(sub) -> None:
                                    "e.g. 'classifier.1=0.2,*.expand3x3=0.33'). Density 'auto' applies the paper's "
                                    "profile to dense weights and keeps already-pruned ones as they are. With no bits "
                                    "and no budget, an already-shared model (the published .net) is re-encoded "
-                                   "losslessly. --size-budget B writes at most B bytes or fails.")
+                                   "losslessly. --size-budget B writes at most B bytes or fails. Any model's "
+                                   "state dict works: convolutions and linear layers are coded, every other "
+                                   "tensor (batch norm, embeddings with --model) is stored exactly. Without "
+                                   "--model, every weight of rank 2-5 is coded as a linear/conv weight. Default "
+                                   "density for models other than SqueezeNet/AlexNet: the first and last layer "
+                                   "and layers under 10,000 weights dense, 33%% elsewhere.")
     s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
     s.add_argument("--out", required=True, type=Path, help="output .sqz file")
     g = s.add_mutually_exclusive_group()
@@ -294,15 +337,20 @@ def add_commands(sub) -> None:
     s.add_argument("--max-steps", type=_nonneg_int, default=None, help="at most this many steps per retraining epoch")
     s.add_argument("--retrain-lr", type=_positive_float, default=None,
                    help="peak learning rate of retraining and label fine-tuning (default: a tenth of the recipe's)")
+    _add_model_args(s)
     s.add_argument("--json", action="store_true", help="print one JSON object with bytes and per-stage figures")
     s.set_defaults(func=cmd_compress)
 
-    s = sub.add_parser("decompress", help="decode a .sqz or published .net file into a checkpoint",
+    s = sub.add_parser("decompress", help="decode a .sqz or published .net file into a state dict or checkpoint",
                        description="Decode a compressed file (ours, .sqz, or the published Deep Compression "
-                                   ".net) into our checkpoint format: loadable with weights_only=True by "
-                                   "PyTorch alone, usable by eval/predict/export.")
+                                   ".net). --format state-dict (default) writes the plain state dict, which "
+                                   "model.load_state_dict(torch.load(OUT, weights_only=True), strict=True) takes; "
+                                   "--format checkpoint writes our checkpoint, which also keeps the architecture, "
+                                   "preprocessing and class names for eval/predict/export.")
     s.add_argument("file", type=_existing_path, help="compressed file: .sqz or the published .net")
-    s.add_argument("--out", required=True, type=Path, help="output checkpoint path")
+    s.add_argument("--out", required=True, type=Path, help="output file")
+    s.add_argument("--format", choices=["state-dict", "checkpoint"], default="state-dict",
+                   help="state-dict (default): tensors only; checkpoint: with architecture and preprocessing")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_decompress)
 
@@ -347,6 +395,7 @@ def add_commands(sub) -> None:
     s.add_argument("--int8", action="store_true",
                    help="static int8 quantization: ONNX QDQ per-channel (ONNX Runtime) or, for openvino, NNCF")
     s.add_argument("--calibration", type=_existing_path, default=None, help="images for int8 calibration")
+    _add_model_args(s)
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_export)
 

@@ -92,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="SqueezeNet and Deep Compression: models, published weights, compression, evaluation.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("list", help="list the registered models")
+    s = sub.add_parser("list", help="list the registered models",
+                       description="Names of the registered models (create_model(name)). Any other architecture "
+                                   "is named as torchvision:NAME or package.module:function where a command takes "
+                                   "--model.")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_list)
 
@@ -126,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (SqueezeNetError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError) as e:
+    # Only the package's own errors (and missing or unreadable paths) become one-line messages:
+    # any other exception is a bug here and keeps its traceback.
+    except (SqueezeNetError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
         msg = str(e) or type(e).__name__
         print(f"squeezenet {args.command}: error: {msg}", file=sys.stderr)
         return 2

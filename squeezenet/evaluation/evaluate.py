@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 
 from ..data.imagenet import ImageNetFolder, load_image
+from ..errors import ConfigError
+from ..metrics import topk_hits
 from ..weights import LoadedWeights, load_weights
 
 
@@ -34,17 +36,15 @@ def evaluate(model, loader: torch.utils.data.DataLoader, *, progress: bool | Non
     start = time.perf_counter()
     with _progress(len(loader.dataset), desc, progress) as bar:
         for images, labels in loader:
-            logits = model(images)
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
-            correct1 += (top[:, 0] == labels).sum().item()
-            correct5 += (top == labels[:, None]).any(dim=1).sum().item()
+            hits1, hits5 = topk_hits(model(images), labels)
+            correct1 += hits1
+            correct5 += hits5
             seen += labels.numel()
             bar.update(labels.numel())
             bar.set_postfix(top1=f"{correct1 / seen:.3f}", top5=f"{correct5 / seen:.3f}")
     seconds = time.perf_counter() - start
     if seen == 0:
-        raise ValueError("no images to evaluate")
+        raise ConfigError("no images to evaluate")
     return {"top1": correct1 / seen, "top5": correct5 / seen, "images": seen, "seconds": seconds,
             "images_per_s": seen / seconds if seconds > 0 else 0.0}
 
@@ -68,7 +68,7 @@ def evaluate_weights(weights: str | os.PathLike | LoadedWeights, data: str | os.
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     loader = make_loader(data, lw, batch_size, workers)
     if lw.num_classes < len(loader.dataset.wnids):
-        raise ValueError(f"{lw.path}: weights have {lw.num_classes} classes but the mapping file lists "
+        raise ConfigError(f"{lw.path}: weights have {lw.num_classes} classes but the mapping file lists "
                          f"{len(loader.dataset.wnids)}")
     if calibration is not None:
         _refuse_overlap(calibration, loader.dataset)
@@ -83,25 +83,12 @@ def evaluate_weights(weights: str | os.PathLike | LoadedWeights, data: str | os.
 
 def _refuse_overlap(calibration: str | os.PathLike, dataset: ImageNetFolder) -> None:
     """int8 calibrated on the evaluation images would report an optimistic accuracy."""
-    from ..compression.finetune import UnlabelledImages
+    from ..data.unlabelled import UnlabelledImages
     calib = {p.resolve() for p in UnlabelledImages(calibration, transform=None).files}
     shared = [p for p, _ in dataset.samples if p.resolve() in calib]
     if shared:
-        raise ValueError(f"{calibration}: {len(shared)} calibration image(s) are also evaluation images "
+        raise ConfigError(f"{calibration}: {len(shared)} calibration image(s) are also evaluation images "
                          f"(e.g. {shared[0]}); calibrate on other images")
-
-
-def class_names_for(weights: LoadedWeights, mapping: str | os.PathLike | None = None) -> list[str]:
-    """Class names: the mapping file if given, else those in the weights, else torchvision's ImageNet list."""
-    if mapping is not None:
-        from ..data.imagenet import read_synset_mapping
-        return read_synset_mapping(mapping)[1]
-    if weights.class_names:
-        return list(weights.class_names)
-    if weights.num_classes == 1000:
-        from torchvision.models import SqueezeNet1_0_Weights
-        return list(SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"])
-    return [str(i) for i in range(weights.num_classes)]
 
 
 @torch.inference_mode()
@@ -112,11 +99,11 @@ def predict(weights: str | os.PathLike | LoadedWeights, images: list, *, top: in
     from ..export.engine import make_engine
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     if top < 1:
-        raise ValueError(f"--top must be at least 1, got {top}")
+        raise ConfigError(f"--top must be at least 1, got {top}")
     for path in images:  # before building an engine, which can take seconds
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such image")
-    names = class_names_for(lw, mapping)
+    names = lw.class_names_or_default(mapping)
     model = make_engine(lw, engine, calibration, log)
     transform = lw.preprocessing.transform()
     results = []
@@ -142,10 +129,7 @@ def preload(data: str | os.PathLike, preprocessing, workers: int | None = None) 
 def accuracy_on_tensors(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 50) -> dict:
     """Top-1/top-5 and the top-1 predictions of ``model`` on preloaded tensors."""
     model.eval()
-    preds = []
-    for i in range(0, len(images), batch_size):
-        preds.append(model(images[i:i + batch_size]).topk(5, dim=1).indices)
-    top = torch.cat(preds)
-    return {"top1": (top[:, 0] == labels).float().mean().item(),
-            "top5": (top == labels[:, None]).any(1).float().mean().item(),
-            "images": len(labels), "predictions": top[:, 0].tolist()}
+    logits = torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    hits1, hits5 = topk_hits(logits, labels)
+    return {"top1": hits1 / len(labels), "top5": hits5 / len(labels),
+            "images": len(labels), "predictions": logits.argmax(1).tolist()}

@@ -13,6 +13,7 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from ..data.imagenet import load_image
 
 

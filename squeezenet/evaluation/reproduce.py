@@ -9,16 +9,14 @@ calibration images, never on the evaluation images).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-from ..compression.cli_ops import ALEXNET_FP32, SQUEEZENET_FP32, compress_weights
-from ..compression.format import read_compressed
+from ..compression import CompressionConfig
+from ..compression.api import compress_weights
 from ..weights import load_weights
+from ..weights.sqz import ALEXNET_FP32, SQUEEZENET_FP32, read_compressed
 from .evaluate import accuracy_on_tensors, preload
 
 SHARED = Path("../shared/data")
@@ -86,8 +84,9 @@ def reproduce(data=None, weights=None, out="reproduce", calibration=None, points
             log(f"skipping {label}: needs calibration images (--calibration)")
             continue
         path = out / (label.replace(",", "").replace("'", "").replace(" ", "_").replace("<=", "le") + ".sqz")
-        _, rep = compress_weights(published, out=path, bits=bits, size_budget=budget, density="keep",
-                                  calibration=calibration, finetune_steps=steps, codec=codec, log=lambda *a: None)
+        config = CompressionConfig(density="keep", bits=8 if bits is None else bits, size_budget=budget,
+                                   finetune_steps=steps, codec=codec)
+        _, _, rep = compress_weights(published, config, calibration=calibration, out=path)
         t = time.perf_counter()
         header, state, _ = read_compressed(path)
         decode_s = time.perf_counter() - t

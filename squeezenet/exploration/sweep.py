@@ -13,6 +13,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from ..errors import ConfigError
+
 # Paper sweeps (section 5): SR at pct3x3 = 0.5; pct3x3 at SR = 0.5; section 6: bypass.
 SWEEPS = {
     "sr": [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0],
@@ -41,7 +43,7 @@ def point_kwargs(sweep: str, value, width: dict | None = None) -> dict:
     width = dict(width or {})
     unknown = set(width) - set(WIDTH_KEYS)
     if unknown:
-        raise ValueError(f"unknown width metaparameter(s) {sorted(unknown)}; use {', '.join(WIDTH_KEYS)}")
+        raise ConfigError(f"unknown width metaparameter(s) {sorted(unknown)}; use {', '.join(WIDTH_KEYS)}")
     if sweep == "sr":
         kw = {"sr": float(value), "pct3x3": 0.5}
     elif sweep == "pct3x3":
@@ -49,7 +51,7 @@ def point_kwargs(sweep: str, value, width: dict | None = None) -> dict:
     elif sweep == "bypass":
         kw = {"bypass": None if value in (None, "none") else str(value)}
     else:
-        raise ValueError(f"unknown sweep {sweep!r}; choose one of {', '.join(SWEEPS)}")
+        raise ConfigError(f"unknown sweep {sweep!r}; choose one of {', '.join(SWEEPS)}")
     return {**kw, **width, "small_input": True}
 
 
@@ -64,14 +66,15 @@ def _parse_values(sweep: str, values, width: dict | None = None) -> list:
     for v in values:
         if sweep == "bypass":
             if v not in ("none", "simple", "complex"):
-                raise ValueError(f"bypass values are none, simple, complex; got {v!r}")
+                raise ConfigError(f"bypass values are none, simple, complex; got {v!r}")
             out.append(v)
         else:
             try:
                 out.append(float(v))
             except ValueError:
-                raise ValueError(f"{sweep} values must be numbers, got {v!r}") from None
+                raise ConfigError(f"{sweep} values must be numbers, got {v!r}") from None
     import torch
+
     from ..models import create_model
     for v in out:  # build each point on the meta device: bad ranges fail before any training
         with torch.device("meta"):
@@ -83,6 +86,7 @@ def run_point(sweep: str, value, data: str, out: str, overrides: dict, threads: 
               width: dict | None = None) -> dict:
     """Train and measure one design point; writes ``points/<id>.json`` atomically."""
     import torch
+
     from ..models import create_model
     from ..models.summary import summarize
     from ..training import load_config, train
@@ -114,9 +118,9 @@ def run_sweep(sweep: str, data, out, values=None, jobs: int = 1, log=print, widt
         overrides: training settings (epochs, batch_size, limit_train, ...).
     """
     if sweep not in SWEEPS:
-        raise ValueError(f"unknown sweep {sweep!r}; choose one of {', '.join(SWEEPS)}")
+        raise ConfigError(f"unknown sweep {sweep!r}; choose one of {', '.join(SWEEPS)}")
     if jobs < 1:
-        raise ValueError(f"jobs must be at least 1, got {jobs}")
+        raise ConfigError(f"jobs must be at least 1, got {jobs}")
     values = _parse_values(sweep, values, width)
     out = Path(out)
     (out / "points").mkdir(parents=True, exist_ok=True)
@@ -132,7 +136,7 @@ def run_sweep(sweep: str, data, out, values=None, jobs: int = 1, log=print, widt
             wanted = point_kwargs(sweep, v, width)
             if row.get("model_kwargs") != wanted:
                 # Mixing points of different design spaces in one report would mislead.
-                raise ValueError(f"{p} was trained with {row.get('model_kwargs')}, not {wanted}; use another --out")
+                raise ConfigError(f"{p} was trained with {row.get('model_kwargs')}, not {wanted}; use another --out")
             done[point_id(sweep, v)] = row
     todo = [v for v in values if point_id(sweep, v) not in done]
     if done:

@@ -10,9 +10,7 @@ real calibration images ``auto`` may admit int8 after its agreement check (accur
 """
 from __future__ import annotations
 
-import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,13 @@ def run_bench(model: str = "squeezenet1_0", batches=(1, 32), seconds: float = 3.
               log=print, calibration=None, weights=None) -> dict:
     """Time every available path at each batch size; ratios against ONNX Runtime fp32 and the fastest."""
     import torchvision
-    from ..export.engine import OnnxRuntimeEngine, OpenVinoEngine, TorchEngine, make_engine
+
+    from ..export.engine import (
+        OnnxRuntimeEngine,
+        OpenVinoEngine,
+        TorchEngine,
+        make_engine,
+    )
     from ..export.exporting import export_weights
     from ..models import create_model
     from ..preprocessing import CAFFE_IMAGENET

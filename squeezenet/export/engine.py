@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..weights import LoadedWeights
 from .timing import time_interleaved
 
@@ -156,7 +157,7 @@ def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=N
     ``choice``: the timings and agreements behind the decision.
     """
     if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "torch":
         return TorchEngine(lw)
     if engine == "torch-channels-last":
@@ -169,11 +170,11 @@ def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=N
         return OpenVinoEngine(_export_tmp(lw, False, None), "openvino-bf16", precision="bf16")
     if engine == "openvino-int8":
         if calibration is None:
-            raise ValueError("engine openvino-int8 needs --calibration DIR (images not used for evaluation)")
+            raise ConfigError("engine openvino-int8 needs --calibration DIR (images not used for evaluation)")
         return OpenVinoEngine(_export_openvino_int8(lw, calibration, calibration_images), "openvino-int8")
     if engine == "onnxruntime-int8":
         if calibration is None:
-            raise ValueError("engine onnxruntime-int8 needs --calibration DIR (images not used for evaluation)")
+            raise ConfigError("engine onnxruntime-int8 needs --calibration DIR (images not used for evaluation)")
         return OnnxRuntimeEngine(_export_tmp(lw, True, calibration, calibration_images), "onnxruntime-int8")
     candidates = [TorchEngine(lw), TorchEngine(lw, channels_last=True)]
     onnx_path = None
@@ -209,7 +210,7 @@ def _int8_candidates(lw: LoadedWeights, fp32: Path, calibration, images: int, mi
     from .int8 import calibration_arrays, quantize_onnx_int8, quantize_openvino_int8
     xs = calibration_arrays(calibration, lw.preprocessing, images)
     if len(xs) < 8:
-        raise ValueError(f"{calibration}: int8 needs at least 8 calibration images, found {len(xs)}")
+        raise ConfigError(f"{calibration}: int8 needs at least 8 calibration images, found {len(xs)}")
     held_out = np.arange(len(xs)) % 4 == 3
     quant, check = xs[~held_out], xs[held_out]
     model = lw.build_model()

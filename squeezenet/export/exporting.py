@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import SqueezeNetError
+from ..errors import ConfigError, SqueezeNetError
 from ..weights import LoadedWeights, load_weights
 
 FORMATS = ("onnx", "torchscript", "exported-program", "openvino")
@@ -27,11 +27,10 @@ class ExportError(SqueezeNetError):
 
 def metadata(lw: LoadedWeights) -> dict[str, str]:
     """String metadata stored in every exported file."""
-    from ..evaluation.evaluate import class_names_for
     return {"squeezenet.model": lw.model_name, "squeezenet.model_kwargs": json.dumps(lw.model_kwargs),
             "squeezenet.num_classes": str(lw.num_classes),
             "squeezenet.preprocessing": json.dumps(lw.preprocessing.to_dict()),
-            "squeezenet.class_names": json.dumps(class_names_for(lw))}
+            "squeezenet.class_names": json.dumps(lw.class_names_or_default())}
 
 
 def _parse_batch(batch) -> int | None:
@@ -40,9 +39,9 @@ def _parse_batch(batch) -> int | None:
     try:
         n = int(batch)
     except (TypeError, ValueError):
-        raise ValueError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}") from None
+        raise ConfigError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}") from None
     if n < 1:
-        raise ValueError(f"--batch must be a positive integer, got {n}")
+        raise ConfigError(f"--batch must be a positive integer, got {n}")
     return n
 
 
@@ -76,13 +75,13 @@ def export_weights(weights, fmt: str, out: str | os.PathLike, *, batch="dynamic"
     with fp32 on the check batch).
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if int8 and fmt not in ("onnx", "openvino"):
-        raise ValueError("--int8 is available for --format onnx and --format openvino")
+        raise ConfigError("--int8 is available for --format onnx and --format openvino")
     if fmt == "openvino" and Path(out).suffix != ".xml":
-        raise ValueError(f"--format openvino writes NAME.xml (+ NAME.bin); got {out}")
+        raise ConfigError(f"--format openvino writes NAME.xml (+ NAME.bin); got {out}")
     if int8 and calibration is None:
-        raise ValueError("--int8 needs --calibration DIR (images other than those you evaluate on)")
+        raise ConfigError("--int8 needs --calibration DIR (images other than those you evaluate on)")
     n = _parse_batch(batch)
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     model = lw.build_model()

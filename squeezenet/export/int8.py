@@ -33,7 +33,7 @@ def calibration_arrays(calibration, preprocessing, images: int = 64) -> np.ndarr
     """``images`` preprocessed calibration images (a deterministic subset) as float32 [N, 3, H, W]."""
     if isinstance(calibration, np.ndarray):
         return np.ascontiguousarray(calibration[:images], dtype=np.float32)
-    from ..compression.finetune import UnlabelledImages
+    from ..data.unlabelled import UnlabelledImages
     ds = UnlabelledImages(calibration, preprocessing.transform(), limit=images)
     return np.stack([ds[i].numpy() for i in range(len(ds))]).astype(np.float32)
 
@@ -45,8 +45,13 @@ def quantize_onnx_int8(fp32_path: Path, out: Path, calibration, preprocessing=No
     Args:
         reduce_range: 7-bit weights; default: when this CPU lacks VNNI (see module docstring).
     """
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     xs = calibration_arrays(calibration, preprocessing, images)
     if reduce_range is None:
         reduce_range = not cpu_has_vnni()

@@ -43,13 +43,23 @@ def test_bad_arguments_one_line_no_traceback(args, needle):
     assert needle in p.stderr
 
 
+# Commands that report figures: each must offer --json.
+FIGURE_COMMANDS = {"list", "summary", "eval", "predict", "download", "compress", "decompress", "size", "train",
+                   "export", "bench", "explore", "sensitivity", "reproduce"}
+
+
 def test_every_command_has_help():
     parser = build_parser()
     sub = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"][0]
+    listed = {a.dest: a.help for a in sub._choices_actions}
+    assert set(sub.choices) == FIGURE_COMMANDS  # a new command must be added here, and thought about
     for name, sp in sub.choices.items():
-        text = sp.format_help()
-        assert "--json" in text or name == "list" or "--out" in text, name
-        assert sp.description or sp.format_usage(), name
+        assert listed.get(name), f"{name} has no one-line help in `squeezenet --help`"
+        assert sp.description and len(sp.description) > len(listed[name]), f"{name} has no description"
+        options = [a for a in sp._actions if a.option_strings and a.dest != "help"]
+        undocumented = [a.option_strings[0] for a in options if not a.help]
+        assert not undocumented, f"{name}: options without help: {undocumented}"
+        assert any("--json" in a.option_strings for a in options), f"{name} reports figures but has no --json"
 
 
 def test_cli_engine_choices_match_the_library():
@@ -72,12 +82,18 @@ def test_decompress_sqz_and_published_net_into_plain_checkpoints(tmp_path, capsy
     sources = [tmp_path / "m.sqz"] + ([PUBLISHED_NET] if PUBLISHED_NET.is_file() else [])
     for src in sources:
         out = tmp_path / (src.stem + ".pt")
-        assert main(["decompress", str(src), "--out", str(out), "--json"]) == 0
+        assert main(["decompress", str(src), "--out", str(out), "--format", "checkpoint", "--json"]) == 0
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bytes"] == out.stat().st_size
         torch.load(out, weights_only=True)  # plain tensors: PyTorch alone reads it
         a, b = load_weights(src), load_weights(out)
         assert a.model_name == b.model_name and a.num_classes == b.num_classes
+        assert a.preprocessing == b.preprocessing
         assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+        # the default, a plain state dict, loads strictly into the model
+        plain = tmp_path / (src.stem + "-sd.pt")
+        assert main(["decompress", str(src), "--out", str(plain)]) == 0
+        model = a.build_model()
+        model.load_state_dict(torch.load(plain, weights_only=True), strict=True)
     # a dense checkpoint is not a compressed file: refused in one line
     assert main(["decompress", str(dense), "--out", str(tmp_path / "x.pt")]) != 0
     assert "not a compressed file" in capsys.readouterr().err

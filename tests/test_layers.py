@@ -1,0 +1,55 @@
+"""The package's data flow is one way: no module imports from a layer above its own."""
+import ast
+from pathlib import Path
+
+import squeezenet
+
+ROOT = Path(squeezenet.__file__).parent
+# models, data -> weights -> training -> compression (retraining runs the training loop) -> export
+# (runtimes) -> evaluation (which runs any engine) -> exploration -> cli
+TIER = {"errors": 0, "cpu": 0, "utils": 0, "metrics": 0, "preprocessing": 0, "download": 0,
+        "models": 1, "data": 1, "weights": 2, "training": 3, "compression": 4,
+        "export": 5, "evaluation": 6, "exploration": 7, "demo": 8, "cli": 8, "__main__": 9, "__init__": 9}
+# Same-tier units that may not import each other at all.
+PEERS = {("models", "data"), ("data", "models"), ("demo", "cli")}
+
+
+def _unit(module_path: Path) -> str:
+    rel = module_path.relative_to(ROOT).parts
+    return rel[0].removesuffix(".py")
+
+
+def _imports(path: Path):
+    """Units of the package that ``path`` imports (top level or inside functions)."""
+    tree = ast.parse(path.read_text())
+    pkg = path.relative_to(ROOT).parent.parts
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(pkg[:len(pkg) - (node.level - 1)])
+            target = base + (node.module.split(".") if node.module else [])
+            if target:
+                yield target[0], node.lineno
+            else:  # "from . import x" at the package root
+                for alias in node.names:
+                    yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("squeezenet."):
+            yield node.module.split(".")[1], node.lineno
+
+
+def test_no_module_imports_from_a_layer_above():
+    bad = []
+    for path in ROOT.rglob("*.py"):
+        unit = _unit(path)
+        if path.name == "__init__.py" and path.parent == ROOT:
+            continue
+        for target, line in _imports(path):
+            if target == unit or target not in TIER:
+                continue
+            if TIER[target] > TIER[unit] or (unit, target) in PEERS:
+                bad.append(f"{path.relative_to(ROOT)}:{line} ({unit}) imports {target}")
+    assert not bad, "imports against the data flow:\n" + "\n".join(bad)
+
+
+def test_every_unit_has_a_tier():
+    units = {_unit(p) for p in ROOT.rglob("*.py")}
+    assert units <= set(TIER), sorted(units - set(TIER))
