@@ -168,7 +168,7 @@ def encode_layer(index: np.ndarray, mask: np.ndarray, neg: int, k: int, taps: in
 
 def decode_layer(table: bytes, stream: bytes, numel: int, neg: int, k: int, taps: int, nnz: int
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of ``encode_layer``: (index int64[numel], mask bool[numel]).
+    """Inverse of ``encode_layer``: (index int16[numel], mask bool[numel]).
 
     Raises EntropyError when the stream does not decode to ``nnz`` kept weights.
     """
@@ -179,18 +179,22 @@ def decode_layer(table: bytes, stream: bytes, numel: int, neg: int, k: int, taps
     words = np.frombuffer(stream, "<u4").astype(np.uint32)
     dec = queue.RangeDecoder(words)
     rows = numel // taps
-    flags = np.zeros((rows, taps), np.int32)
+    # int8 flags, tap-major: each tap's column is contiguous (less memory traffic than int32 rows)
+    flags = np.zeros((taps, rows), np.int8)
     models = [Categorical(_probabilities(c), perfect=False) for c in flag_codes]
     try:
-        flags[:, 0] = dec.decode(models[FIRST_TAP], rows) if rows else flags[:, 0]
+        if rows:
+            flags[0] = dec.decode(models[FIRST_TAP], rows)
         for t in range(1, taps):
-            # the groups of contexts 0, 1, 2, each in row order: one sort, one scatter
-            prev = flags[:, t - 1]
-            groups = [np.flatnonzero(prev == c) for c in range(3)]
-            parts = [dec.decode(models[c], int(g.size)) for c, g in enumerate(groups) if g.size]
-            flags[np.concatenate(groups), t] = np.concatenate(parts)
-        flat = flags.reshape(-1)
-        n_neg, n_pos = int((flat == 1).sum()), int((flat == 2).sum())
+            # the groups of contexts 0, 1, 2, each in row order: one stable (radix) sort, one scatter
+            prev = flags[t - 1]
+            order = np.argsort(prev, kind="stable")
+            counts = np.bincount(prev, minlength=3)
+            parts = [dec.decode(models[c], int(n)) for c, n in enumerate(counts) if n]
+            flags[t, order] = np.concatenate(parts)
+        flat = np.ascontiguousarray(flags.T).reshape(-1)
+        counts = np.bincount(flat, minlength=3)
+        n_neg, n_pos = int(counts[1]), int(counts[2])
         if n_neg + n_pos != nnz or (n_neg and neg == 0) or (n_pos and k - neg == 0):
             raise EntropyError(f"flags give {n_neg + n_pos} kept weights, the header says {nnz}")
         ranks = []
@@ -200,9 +204,9 @@ def decode_layer(table: bytes, stream: bytes, numel: int, neg: int, k: int, taps
         neg_rank, pos_rank = ranks
     except (AssertionError, ValueError, RuntimeError, OverflowError) as e:  # constriction's errors on garbage
         raise EntropyError(f"stream does not decode ({e})") from None
-    index = np.zeros(numel, np.int64)
-    index[flat == 1] = neg - 1 - np.asarray(neg_rank, np.int64)
-    index[flat == 2] = neg + np.asarray(pos_rank, np.int64)
+    index = np.zeros(numel, np.int16)  # MAX_LEVELS (4096) fits; pruned positions keep index 0
+    index[flat == 1] = neg - 1 - neg_rank
+    index[flat == 2] = neg + pos_rank
     return index, flat > 0
 
 

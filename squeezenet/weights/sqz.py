@@ -554,8 +554,8 @@ def _decode_range_layer(l: dict, chunks: list[bytes], shape, state: dict, shared
         index, mask = entropy.decode_layer(table, stream, numel, l["neg"], l["k"], taps, l["nnz"])
     except entropy.EntropyError as e:
         raise _bad(path, f"{name}: {e}") from None
-    weight = np.zeros(numel, np.float32)
-    weight[mask] = codebook[index[mask]]
+    # one gather: pruned positions hold index 0, so look them up in a codebook whose entry 0 is 0
+    weight = np.where(mask, codebook[index], np.float32(0)) if codebook.size else np.zeros(numel, np.float32)
     state[_key(name, "weight")] = torch.from_numpy(weight.reshape(shape))
     if l["bias"]:
         bias = np.frombuffer(bias_b, "<f4" if l["bias_dtype"] == "f4" else "<f2").astype(np.float32)
@@ -563,7 +563,7 @@ def _decode_range_layer(l: dict, chunks: list[bytes], shape, state: dict, shared
             raise _bad(path, f"{name}: non-finite bias")
         state[_key(name, "bias")] = torch.from_numpy(bias)
     shared[_key(name, "weight_codebook")] = torch.from_numpy(codebook.copy())
-    shared[_key(name, "weight_index")] = torch.from_numpy(index.astype(np.int16).reshape(shape))
+    shared[_key(name, "weight_index")] = torch.from_numpy(index.reshape(shape))
     shared[_key(name, "weight_mask")] = torch.from_numpy(mask.reshape(shape))
     shared[_key(name, "weight_bits")] = torch.tensor(max(1, math.ceil(math.log2(max(l["k"], 2)))), dtype=torch.int16)
 
