@@ -177,15 +177,27 @@ def cmd_sensitivity(args) -> int:
 
 def cmd_train(args) -> int:
     from ..training import load_config, train
+    from ..training.config import recipe_for_data
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     overrides = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                  "seed": args.seed, "workers": args.workers, "max_steps_per_epoch": args.max_steps,
                  "limit_train": args.limit_train}
+    base: dict = {}
+    if args.config is None and args.resume is None:
+        base, why = recipe_for_data(args.data)
+        log(f"no --config: {why}")
+    kwargs = dict(base.pop("model_kwargs", {}))
     if args.small_input:
-        overrides["model_kwargs"] = {"small_input": True}
-    cfg = load_config(args.config, **overrides)
+        kwargs["small_input"] = True
+    if args.batch_norm:
+        kwargs["batch_norm"] = True
+    if kwargs:
+        overrides["model_kwargs"] = kwargs
+    cfg = load_config(args.config, **{**base, **{k: v for k, v in overrides.items() if v is not None}})
+    if args.config is not None and (args.small_input or args.batch_norm):
+        cfg.model_kwargs = {**cfg.model_kwargs, **kwargs}
     if args.small_input and cfg.preprocessing != "cifar10" and args.config is None:
         cfg.preprocessing = "cifar10"
-    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     result = train(cfg, args.data, args.out, args.resume, log=log)
     if args.json:
         import torch.distributed as dist
@@ -365,6 +377,9 @@ def add_commands(sub) -> None:
     s = sub.add_parser("train", help="train a model on image folders (one process or torchrun/DDP)",
                        description="Train on DIR/train/<class>/... with evaluation on DIR/val or DIR/test. Recipes "
                                    "in configs/ (paper ImageNet solver, CIFAR-10); flags override the config. "
+                                   "Without --config the recipe follows the images (small images: 32 px stem, "
+                                   "CIFAR-10 statistics, tensor cache; ImageNet-size: 224 px crops, torchvision "
+                                   "preprocessing, a DataLoader) and says why; every run writes OUT/config.yaml. "
                                    "Several processes: torchrun --nproc_per_node=N -m squeezenet train ... "
                                    "(--batch-size is global). Writes metrics.csv, last.pt and best.pt to --out.")
     s.add_argument("--model", default=None, help="model name (default: the config's, else squeezenet1_1)")
@@ -374,6 +389,8 @@ def add_commands(sub) -> None:
     s.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size")
     s.add_argument("--lr", type=float, default=None, help="learning rate at the reference batch")
     s.add_argument("--small-input", action="store_true", help="32x32 stem (CIFAR-10 sized images)")
+    s.add_argument("--batch-norm", action="store_true",
+                   help="conv -> batch norm -> ReLU (a departure from the paper; folded away for export)")
     s.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder (default runs/train)")
     s.add_argument("--resume", type=_existing_path, default=None, help="continue from a last.pt checkpoint")
     s.add_argument("--seed", type=_nonneg_int, default=None, help="random seed")

@@ -107,3 +107,27 @@ def decode_to_tensor(samples: list[tuple[Path, int]], size: int, cache: Path | N
         np.savez(tmp, x=x.numpy(), y=y.numpy(), skipped=np.int64(skipped))
         os.replace(tmp, path)
     return x, y, skipped
+
+
+def typical_image_side(root: str | os.PathLike, probe: int = 32) -> tuple[int, int]:
+    """(median short side, median long side) in pixels of up to ``probe`` training images,
+    spread over the classes; reads image headers only."""
+    from PIL import Image
+    train, _ = split_dirs(root)
+    classes = list_classes(train)
+    files = []
+    for c in classes:
+        files += sorted(p for p in (train / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:max(1, probe // len(classes))]
+        if len(files) >= probe:
+            break
+    if not files:
+        raise DataError(f"{train}: no images")
+    sides = []
+    for p in files[:probe]:
+        try:
+            with Image.open(p) as im:
+                sides.append(sorted(im.size))
+        except OSError as e:
+            raise DataError(f"{p}: not a readable image ({e})") from None
+    short, long = np.median(np.asarray(sides), axis=0)
+    return int(short), int(long)

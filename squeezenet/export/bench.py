@@ -41,7 +41,7 @@ def run_bench(model: str = "squeezenet1_0", batches=(1, 32), seconds: float = 3.
         from ..weights import load_weights
         lw = load_weights(weights)
         model = lw.model_name
-        net = lw.build_model()
+        net = lw.build_inference_model()
     else:
         net = create_model(model)
         lw = LoadedWeights(model, net.state_dict(), CAFFE_IMAGENET)

@@ -37,7 +37,7 @@ class Engine:
 
 class TorchEngine(Engine):
     def __init__(self, lw: LoadedWeights, channels_last: bool = False) -> None:
-        self.model = lw.build_model()
+        self.model = lw.build_inference_model()
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -213,7 +213,7 @@ def _int8_candidates(lw: LoadedWeights, fp32: Path, calibration, images: int, mi
         raise ConfigError(f"{calibration}: int8 needs at least 8 calibration images, found {len(xs)}")
     held_out = np.arange(len(xs)) % 4 == 3
     quant, check = xs[~held_out], xs[held_out]
-    model = lw.build_model()
+    model = lw.build_inference_model()
     with torch.inference_mode():
         reference = model(torch.from_numpy(check)).argmax(1)
     out = []

@@ -84,7 +84,7 @@ def export_weights(weights, fmt: str, out: str | os.PathLike, *, batch="dynamic"
         raise ConfigError("--int8 needs --calibration DIR (images other than those you evaluate on)")
     n = _parse_batch(batch)
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
-    model = lw.build_model()
+    model = lw.build_inference_model()
     out = Path(out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out.parent}: output folder does not exist")

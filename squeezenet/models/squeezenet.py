@@ -30,21 +30,29 @@ class Fire(nn.Module):
         e3x3: expand 3x3 filters (padding 1 keeps the spatial size equal to the 1x1 branch).
         bypass: ``None``, ``"simple"`` (identity shortcut; needs in == out channels) or
             ``"complex"`` (1x1 convolution shortcut), as in the paper's section 6.
+        batch_norm: conv -> batch norm -> ReLU, convolutions without bias. A departure from
+            the paper (SqueezeNet predates batch norm's wide use); it trains faster and
+            ``fold_batch_norm`` removes it for export. Without it the module holds exactly
+            torchvision's parameters (the ``*_bn`` slots are parameter-free identities).
     """
 
     def __init__(self, in_channels: int, s1x1: int, e1x1: int, e3x3: int,
-                 bypass: str | None = None) -> None:
+                 bypass: str | None = None, batch_norm: bool = False) -> None:
         super().__init__()
         for name, v in (("in_channels", in_channels), ("s1x1", s1x1), ("e1x1", e1x1), ("e3x3", e3x3)):
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"Fire {name} must be a positive integer, got {v!r}")
         self.in_channels = in_channels
         self.out_channels = e1x1 + e3x3
-        self.squeeze = nn.Conv2d(in_channels, s1x1, kernel_size=1)
+        bias = not batch_norm  # a bias before batch norm is cancelled by its mean
+        self.squeeze = nn.Conv2d(in_channels, s1x1, kernel_size=1, bias=bias)
+        self.squeeze_bn = _batch_norm(s1x1, batch_norm)
         self.squeeze_activation = nn.ReLU(inplace=True)
-        self.expand1x1 = nn.Conv2d(s1x1, e1x1, kernel_size=1)
+        self.expand1x1 = nn.Conv2d(s1x1, e1x1, kernel_size=1, bias=bias)
+        self.expand1x1_bn = _batch_norm(e1x1, batch_norm)
         self.expand1x1_activation = nn.ReLU(inplace=True)
-        self.expand3x3 = nn.Conv2d(s1x1, e3x3, kernel_size=3, padding=1)
+        self.expand3x3 = nn.Conv2d(s1x1, e3x3, kernel_size=3, padding=1, bias=bias)
+        self.expand3x3_bn = _batch_norm(e3x3, batch_norm)
         self.expand3x3_activation = nn.ReLU(inplace=True)
         self.bypass_kind = bypass
         if bypass is None:
@@ -55,19 +63,24 @@ class Fire(nn.Module):
                                  f"got {in_channels} != {self.out_channels}")
         elif bypass == "complex":
             # Paper section 6: a 1x1 convolution whose filter count equals the output channels.
-            self.bypass = nn.Conv2d(in_channels, self.out_channels, kernel_size=1)
+            self.bypass = nn.Conv2d(in_channels, self.out_channels, kernel_size=1, bias=bias)
+            self.bypass_bn = _batch_norm(self.out_channels, batch_norm)
         else:
             raise ConfigError(f"bypass must be None, 'simple' or 'complex', got {bypass!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.squeeze_activation(self.squeeze(x))
-        out = torch.cat([self.expand1x1_activation(self.expand1x1(s)),
-                         self.expand3x3_activation(self.expand3x3(s))], 1)
+        s = self.squeeze_activation(self.squeeze_bn(self.squeeze(x)))
+        out = torch.cat([self.expand1x1_activation(self.expand1x1_bn(self.expand1x1(s))),
+                         self.expand3x3_activation(self.expand3x3_bn(self.expand3x3(s)))], 1)
         if self.bypass_kind == "simple":
             out = out + x
         elif self.bypass_kind == "complex":
-            out = out + self.bypass(x)
+            out = out + self.bypass_bn(self.bypass(x))
         return out
+
+
+def _batch_norm(channels: int, on: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if on else nn.Identity()
 
 
 def _pool() -> nn.MaxPool2d:
@@ -86,6 +99,7 @@ class SqueezeNetConfig:
         pool_after: indices of the layers followed by a max-pool; 0 is conv1, k is fire(k+1).
         bypass: per fire module, None / "simple" / "complex".
         small_input: 32x32 stem (see ``SqueezeNet``).
+        batch_norm: batch norm after every convolution but conv10 (see ``Fire``).
     """
     conv1_channels: int = 96
     conv1_kernel: int = 7
@@ -93,6 +107,7 @@ class SqueezeNetConfig:
     pool_after: tuple = (0, 3, 7)
     bypass: list = field(default_factory=lambda: [None] * 8)
     small_input: bool = False
+    batch_norm: bool = False
 
 
 class SqueezeNet(nn.Module):
@@ -110,16 +125,20 @@ class SqueezeNet(nn.Module):
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
         self.config = config
         self.num_classes = num_classes
+        _check_bool("batch_norm", config.batch_norm)
+        bias = not config.batch_norm
         if config.small_input:
-            conv1 = nn.Conv2d(3, config.conv1_channels, kernel_size=3, stride=1, padding=1)
+            conv1 = nn.Conv2d(3, config.conv1_channels, kernel_size=3, stride=1, padding=1, bias=bias)
         else:
-            conv1 = nn.Conv2d(3, config.conv1_channels, kernel_size=config.conv1_kernel, stride=2)
+            conv1 = nn.Conv2d(3, config.conv1_channels, kernel_size=config.conv1_kernel, stride=2, bias=bias)
+        if config.batch_norm:  # one slot, features.0, so that the plain models keep torchvision's keys
+            conv1 = nn.Sequential(conv1, nn.BatchNorm2d(config.conv1_channels))
         layers: list[nn.Module] = [conv1, nn.ReLU(inplace=True)]
         if 0 in config.pool_after:
             layers.append(nn.Identity() if config.small_input else _pool())
         channels = config.conv1_channels
         for i, ((s, e1, e3), bypass) in enumerate(zip(config.fires, config.bypass)):
-            layers.append(Fire(channels, s, e1, e3, bypass=bypass))
+            layers.append(Fire(channels, s, e1, e3, bypass=bypass, batch_norm=config.batch_norm))
             channels = e1 + e3
             if i + 1 in config.pool_after:
                 layers.append(_pool())
@@ -153,14 +172,14 @@ def _check_bool(name: str, v) -> None:
         raise ConfigError(f"{name} must be True or False, got {v!r}")
 
 
-def _v1_0_config(small_input: bool, bypass: list) -> SqueezeNetConfig:
+def _v1_0_config(small_input: bool, bypass: list, batch_norm: bool = False) -> SqueezeNetConfig:
     _check_bool("small_input", small_input)
-    return SqueezeNetConfig(small_input=small_input, bypass=bypass)
+    return SqueezeNetConfig(small_input=small_input, bypass=bypass, batch_norm=batch_norm)
 
 
 @register_model
 def squeezenet1_0(*, weights: str | None = None, num_classes: int = 1000, small_input: bool = False,
-                  dropout: float = 0.5) -> SqueezeNet:
+                  dropout: float = 0.5, batch_norm: bool = False) -> SqueezeNet:
     """SqueezeNet v1.0 (paper Table 1): 1,248,424 parameters with 1000 classes.
 
     Args:
@@ -168,22 +187,24 @@ def squeezenet1_0(*, weights: str | None = None, num_classes: int = 1000, small_
             file from the cache, fetched and sha256-checked where a network is there; Caffe BGR
             preprocessing, ``squeezenet.preprocessing.CAFFE_IMAGENET``) or "imagenet1k-v1"
             (torchvision's, torchvision's preprocessing).
+        batch_norm: conv -> batch norm -> ReLU (a departure from the paper; see ``Fire``).
     """
-    model = SqueezeNet(_v1_0_config(small_input, [None] * 8), num_classes, dropout)
+    model = SqueezeNet(_v1_0_config(small_input, [None] * 8, batch_norm), num_classes, dropout)
     return load_pretrained_(model, "squeezenet1_0", weights) if weights else model
 
 
 @register_model
 def squeezenet1_1(*, weights: str | None = None, num_classes: int = 1000, small_input: bool = False,
-                  dropout: float = 0.5) -> SqueezeNet:
+                  dropout: float = 0.5, batch_norm: bool = False) -> SqueezeNet:
     """SqueezeNet v1.1: 3x3 conv1 with 64 filters and earlier pools (2.4x fewer MACs).
 
     Args:
         weights: None (random) or "imagenet1k-v1" (torchvision's ImageNet weights).
+        batch_norm: conv -> batch norm -> ReLU (a departure from the paper; see ``Fire``).
     """
     _check_bool("small_input", small_input)
     cfg = SqueezeNetConfig(conv1_channels=64, conv1_kernel=3, pool_after=(0, 2, 4),
-                           small_input=small_input)
+                           small_input=small_input, batch_norm=batch_norm)
     model = SqueezeNet(cfg, num_classes, dropout)
     return load_pretrained_(model, "squeezenet1_1", weights) if weights else model
 
@@ -196,16 +217,16 @@ COMPLEX_BYPASS = ["complex", "simple", "complex", "simple", "complex", "simple",
 
 @register_model
 def squeezenet1_0_simple_bypass(*, num_classes: int = 1000, small_input: bool = False,
-                                dropout: float = 0.5) -> SqueezeNet:
+                                dropout: float = 0.5, batch_norm: bool = False) -> SqueezeNet:
     """SqueezeNet v1.0 with identity bypass around fire3, fire5, fire7, fire9."""
-    return SqueezeNet(_v1_0_config(small_input, list(SIMPLE_BYPASS)), num_classes, dropout)
+    return SqueezeNet(_v1_0_config(small_input, list(SIMPLE_BYPASS), batch_norm), num_classes, dropout)
 
 
 @register_model
 def squeezenet1_0_complex_bypass(*, num_classes: int = 1000, small_input: bool = False,
-                                 dropout: float = 0.5) -> SqueezeNet:
+                                 dropout: float = 0.5, batch_norm: bool = False) -> SqueezeNet:
     """Simple bypass plus 1x1-convolution bypass around fire2, fire4, fire6, fire8."""
-    return SqueezeNet(_v1_0_config(small_input, list(COMPLEX_BYPASS)), num_classes, dropout)
+    return SqueezeNet(_v1_0_config(small_input, list(COMPLEX_BYPASS), batch_norm), num_classes, dropout)
 
 
 def fire_layout_from_metaparameters(base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5,
@@ -240,7 +261,7 @@ def fire_layout_from_metaparameters(base_e: int = 128, incr_e: int = 128, pct3x3
 def squeezenet_from_metaparameters(*, num_classes: int = 1000, base_e: int = 128, incr_e: int = 128,
                                    pct3x3: float = 0.5, freq: int = 2, sr: float = 0.125,
                                    bypass: str | None = None, small_input: bool = False,
-                                   dropout: float = 0.5) -> SqueezeNet:
+                                   dropout: float = 0.5, batch_norm: bool = False) -> SqueezeNet:
     """A SqueezeNet from the paper's metaparameters (section 5), on the v1.0 macro-architecture.
 
     Args:
@@ -249,6 +270,7 @@ def squeezenet_from_metaparameters(*, num_classes: int = 1000, base_e: int = 128
         sr: squeeze ratio, s1x1 / (e1x1 + e3x3).
         bypass: None, "simple" or "complex" (same placement as the named bypass models).
         small_input: 32x32 stem.
+        batch_norm: conv -> batch norm -> ReLU (see ``Fire``).
     With the defaults this is exactly ``squeezenet1_0``.
     """
     _check_bool("small_input", small_input)
@@ -267,5 +289,5 @@ def squeezenet_from_metaparameters(*, num_classes: int = 1000, base_e: int = 128
         # fall back to the 1x1-convolution shortcut rather than refuse the design point.
         if kind == "simple" and channels[i] != channels[i + 1]:
             pattern[i] = "complex"
-    cfg = SqueezeNetConfig(fires=fires, bypass=pattern, small_input=small_input)
+    cfg = SqueezeNetConfig(fires=fires, bypass=pattern, small_input=small_input, batch_norm=batch_norm)
     return SqueezeNet(cfg, num_classes, dropout)

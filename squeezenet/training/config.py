@@ -111,3 +111,49 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> TrainConf
 
 
 # ----------------------------------------------------------------------------- distributed
+
+
+# Largest image side (pixels) that still takes the small-image recipe.
+SMALL_IMAGE_SIDE = 64
+# Recipes chosen from the data when no --config is given: configs/cifar10.yaml's values for small
+# images; for ImageNet-size photos torchvision's preprocessing, 224 crops, a DataLoader.
+SMALL_IMAGE_RECIPE = {"model": "squeezenet1_1", "model_kwargs": {"small_input": True}, "optimizer": "adamw",
+                      "lr": 0.001, "weight_decay": 0.05, "schedule": "onecycle", "init": "default",
+                      "preprocessing": "cifar10", "augment": "cifar", "tensor_cache": True}
+LARGE_IMAGE_RECIPE = {"model": "squeezenet1_1", "model_kwargs": {}, "optimizer": "adamw", "lr": 0.001,
+                      "weight_decay": 0.05, "schedule": "onecycle", "init": "default", "batch_size": 64,
+                      "lr_reference_batch": 128, "preprocessing": "torchvision", "augment": "imagenet",
+                      "tensor_cache": False}
+
+
+def recipe_for_data(data: str | os.PathLike) -> tuple[dict, str]:
+    """The recipe the images call for, and why (printed by ``train`` when no config is given)."""
+    from ..data.folders import typical_image_side
+    short, long = typical_image_side(data)
+    if long <= SMALL_IMAGE_SIDE:
+        return dict(SMALL_IMAGE_RECIPE), (f"images are about {long}x{short} px (<= {SMALL_IMAGE_SIDE}): small-image "
+                                          f"recipe (32 px stem, CIFAR-10 statistics, decoded once into a tensor cache)")
+    return dict(LARGE_IMAGE_RECIPE), (f"images are about {long}x{short} px: ImageNet-size recipe (torchvision "
+                                      f"preprocessing, random-resized 224 px crops, a DataLoader with workers)")
+
+
+def input_size_warning(cfg: TrainConfig) -> str | None:
+    """A message when the model's stem and the input size disagree (a 224 px model on 32 px crops)."""
+    small_stem = bool(cfg.model_kwargs.get("small_input"))
+    crop = cfg.prep.crop
+    if crop <= SMALL_IMAGE_SIDE and not small_stem and cfg.model.startswith("squeezenet"):
+        return (f"warning: {cfg.model} has the ImageNet stem (built for 224 px) but trains on {crop} px crops; "
+                f"model_kwargs: {{small_input: true}} gives it the 32 px stem")
+    if crop > SMALL_IMAGE_SIDE and small_stem:
+        return f"warning: {cfg.model} has the 32 px stem but trains on {crop} px crops (slow, and not what it is for)"
+    return None
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    """Write the resolved recipe as YAML (what ``--config`` reads back)."""
+    import yaml
+
+    from ..utils import atomic_write_bytes
+    text = "# resolved training config, written by squeezenet train\n" + yaml.safe_dump(
+        dataclasses.asdict(cfg), sort_keys=False)
+    atomic_write_bytes(path, text.encode())

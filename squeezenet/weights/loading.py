@@ -64,6 +64,12 @@ class LoadedWeights:
         out.build_model()
         return out
 
+    def build_inference_model(self) -> nn.Module:
+        """``build_model()`` with batch norm folded into the convolutions (export, inference)."""
+        from ..models.fold import fold_batch_norm, has_batch_norm
+        model = self.build_model()
+        return fold_batch_norm(model) if has_batch_norm(model) else model
+
     def build_model(self) -> nn.Module:
         """The model in eval mode with these weights loaded."""
         from ..models import create_model

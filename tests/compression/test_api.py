@@ -8,7 +8,12 @@ import torch.nn as nn
 import torchvision
 
 from squeezenet.cli.main import main
-from squeezenet.compression import CompressionConfig, compress_, load_compressed, save_compressed
+from squeezenet.compression import (
+    CompressionConfig,
+    compress_,
+    load_compressed,
+    save_compressed,
+)
 from squeezenet.errors import FormatError
 from squeezenet.models import prunable_layers
 from squeezenet.weights import decode, size_report
