@@ -100,6 +100,8 @@ class SqueezeNetConfig:
         bypass: per fire module, None / "simple" / "complex".
         small_input: 32x32 stem (see ``SqueezeNet``).
         batch_norm: batch norm after every convolution but conv10 (see ``Fire``).
+        stem_pool: with ``small_input``, a 2x2 max-pool after conv1 (32x32 -> 16x16 feature
+            maps: about 3x faster training on CIFAR-10 sized images).
     """
     conv1_channels: int = 96
     conv1_kernel: int = 7
@@ -108,6 +110,7 @@ class SqueezeNetConfig:
     bypass: list = field(default_factory=lambda: [None] * 8)
     small_input: bool = False
     batch_norm: bool = False
+    stem_pool: bool = False
 
 
 class SqueezeNet(nn.Module):
@@ -134,8 +137,12 @@ class SqueezeNet(nn.Module):
         if config.batch_norm:  # one slot, features.0, so that the plain models keep torchvision's keys
             conv1 = nn.Sequential(conv1, nn.BatchNorm2d(config.conv1_channels))
         layers: list[nn.Module] = [conv1, nn.ReLU(inplace=True)]
+        _check_bool("stem_pool", config.stem_pool)
+        if config.stem_pool and not config.small_input:
+            raise ConfigError("stem_pool applies to the small-input (32 px) stem only")
         if 0 in config.pool_after:
-            layers.append(nn.Identity() if config.small_input else _pool())
+            stem = nn.MaxPool2d(2, 2) if config.stem_pool else nn.Identity()
+            layers.append(stem if config.small_input else _pool())
         channels = config.conv1_channels
         for i, ((s, e1, e3), bypass) in enumerate(zip(config.fires, config.bypass)):
             layers.append(Fire(channels, s, e1, e3, bypass=bypass, batch_norm=config.batch_norm))
@@ -172,14 +179,14 @@ def _check_bool(name: str, v) -> None:
         raise ConfigError(f"{name} must be True or False, got {v!r}")
 
 
-def _v1_0_config(small_input: bool, bypass: list, batch_norm: bool = False) -> SqueezeNetConfig:
+def _v1_0_config(small_input: bool, bypass: list, batch_norm: bool = False, stem_pool: bool = False) -> SqueezeNetConfig:
     _check_bool("small_input", small_input)
-    return SqueezeNetConfig(small_input=small_input, bypass=bypass, batch_norm=batch_norm)
+    return SqueezeNetConfig(small_input=small_input, bypass=bypass, batch_norm=batch_norm, stem_pool=stem_pool)
 
 
 @register_model
 def squeezenet1_0(*, weights: str | None = None, num_classes: int = 1000, small_input: bool = False,
-                  dropout: float = 0.5, batch_norm: bool = False) -> SqueezeNet:
+                  dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False) -> SqueezeNet:
     """SqueezeNet v1.0 (paper Table 1): 1,248,424 parameters with 1000 classes.
 
     Args:
@@ -189,13 +196,13 @@ def squeezenet1_0(*, weights: str | None = None, num_classes: int = 1000, small_
             (torchvision's, torchvision's preprocessing).
         batch_norm: conv -> batch norm -> ReLU (a departure from the paper; see ``Fire``).
     """
-    model = SqueezeNet(_v1_0_config(small_input, [None] * 8, batch_norm), num_classes, dropout)
+    model = SqueezeNet(_v1_0_config(small_input, [None] * 8, batch_norm, stem_pool), num_classes, dropout)
     return load_pretrained_(model, "squeezenet1_0", weights) if weights else model
 
 
 @register_model
 def squeezenet1_1(*, weights: str | None = None, num_classes: int = 1000, small_input: bool = False,
-                  dropout: float = 0.5, batch_norm: bool = False) -> SqueezeNet:
+                  dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False) -> SqueezeNet:
     """SqueezeNet v1.1: 3x3 conv1 with 64 filters and earlier pools (2.4x fewer MACs).
 
     Args:
@@ -204,7 +211,7 @@ def squeezenet1_1(*, weights: str | None = None, num_classes: int = 1000, small_
     """
     _check_bool("small_input", small_input)
     cfg = SqueezeNetConfig(conv1_channels=64, conv1_kernel=3, pool_after=(0, 2, 4),
-                           small_input=small_input, batch_norm=batch_norm)
+                           small_input=small_input, batch_norm=batch_norm, stem_pool=stem_pool)
     model = SqueezeNet(cfg, num_classes, dropout)
     return load_pretrained_(model, "squeezenet1_1", weights) if weights else model
 
@@ -217,16 +224,16 @@ COMPLEX_BYPASS = ["complex", "simple", "complex", "simple", "complex", "simple",
 
 @register_model
 def squeezenet1_0_simple_bypass(*, num_classes: int = 1000, small_input: bool = False,
-                                dropout: float = 0.5, batch_norm: bool = False) -> SqueezeNet:
+                                dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False) -> SqueezeNet:
     """SqueezeNet v1.0 with identity bypass around fire3, fire5, fire7, fire9."""
-    return SqueezeNet(_v1_0_config(small_input, list(SIMPLE_BYPASS), batch_norm), num_classes, dropout)
+    return SqueezeNet(_v1_0_config(small_input, list(SIMPLE_BYPASS), batch_norm, stem_pool), num_classes, dropout)
 
 
 @register_model
 def squeezenet1_0_complex_bypass(*, num_classes: int = 1000, small_input: bool = False,
-                                 dropout: float = 0.5, batch_norm: bool = False) -> SqueezeNet:
+                                 dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False) -> SqueezeNet:
     """Simple bypass plus 1x1-convolution bypass around fire2, fire4, fire6, fire8."""
-    return SqueezeNet(_v1_0_config(small_input, list(COMPLEX_BYPASS), batch_norm), num_classes, dropout)
+    return SqueezeNet(_v1_0_config(small_input, list(COMPLEX_BYPASS), batch_norm, stem_pool), num_classes, dropout)
 
 
 def fire_layout_from_metaparameters(base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5,
@@ -261,7 +268,7 @@ def fire_layout_from_metaparameters(base_e: int = 128, incr_e: int = 128, pct3x3
 def squeezenet_from_metaparameters(*, num_classes: int = 1000, base_e: int = 128, incr_e: int = 128,
                                    pct3x3: float = 0.5, freq: int = 2, sr: float = 0.125,
                                    bypass: str | None = None, small_input: bool = False,
-                                   dropout: float = 0.5, batch_norm: bool = False) -> SqueezeNet:
+                                   dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False) -> SqueezeNet:
     """A SqueezeNet from the paper's metaparameters (section 5), on the v1.0 macro-architecture.
 
     Args:
@@ -271,6 +278,7 @@ def squeezenet_from_metaparameters(*, num_classes: int = 1000, base_e: int = 128
         bypass: None, "simple" or "complex" (same placement as the named bypass models).
         small_input: 32x32 stem.
         batch_norm: conv -> batch norm -> ReLU (see ``Fire``).
+        stem_pool: 2x2 max-pool after the small-input stem (16x16 feature maps).
     With the defaults this is exactly ``squeezenet1_0``.
     """
     _check_bool("small_input", small_input)
@@ -289,5 +297,6 @@ def squeezenet_from_metaparameters(*, num_classes: int = 1000, base_e: int = 128
         # fall back to the 1x1-convolution shortcut rather than refuse the design point.
         if kind == "simple" and channels[i] != channels[i + 1]:
             pattern[i] = "complex"
-    cfg = SqueezeNetConfig(fires=fires, bypass=pattern, small_input=small_input, batch_norm=batch_norm)
+    cfg = SqueezeNetConfig(fires=fires, bypass=pattern, small_input=small_input, batch_norm=batch_norm,
+                           stem_pool=stem_pool)
     return SqueezeNet(cfg, num_classes, dropout)
