@@ -99,7 +99,7 @@ def predict(weights: str | os.PathLike | LoadedWeights, images: list, *, top: in
     from ..export.engine import make_engine
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     if top < 1:
-        raise ConfigError(f"--top must be at least 1, got {top}")
+        raise ConfigError(f"top must be at least 1, got {top}")
     for path in images:  # before building an engine, which can take seconds
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such image")

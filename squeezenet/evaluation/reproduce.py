@@ -57,10 +57,10 @@ def reproduce(data=None, weights=None, out="reproduce", calibration=None, points
     """Measure Table 2 and write ``table2.md``, ``table2.json``, ``size_accuracy.png`` to ``out``."""
     log = log or (lambda *a: print(*a, file=sys.stderr))
     from ..download import ASSETS, cache_dir
-    data = _default(data, [SHARED / "imagenet-samples"], "ImageNet validation folder (--data)")
+    data = _default(data, [SHARED / "imagenet-samples"], "ImageNet validation folder (data)")
     weights = _default(weights, [SHARED / "squeezenet-deep-compression" / "compressed_SqueezeNet.net",
                                  cache_dir() / ASSETS["squeezenet1_0-deep-compression"].filename],
-                       "published weights (--weights; or run `squeezenet download`)")
+                       "published weights (weights; or fetch them with squeezenet.download.download())")
     if calibration is None and (SHARED / "cifar10" / "train").is_dir():
         calibration = SHARED / "cifar10" / "train"
     out = Path(out)
@@ -81,7 +81,7 @@ def reproduce(data=None, weights=None, out="reproduce", calibration=None, points
     for label, budget, bits, steps, codec in points:
         steps = steps if finetune_steps is None else (finetune_steps if budget else 0)
         if (budget or steps) and calibration is None:
-            log(f"skipping {label}: needs calibration images (--calibration)")
+            log(f"skipping {label}: needs calibration images")
             continue
         path = out / (label.replace(",", "").replace("'", "").replace(" ", "_").replace("<=", "le") + ".sqz")
         config = CompressionConfig(density="keep", bits=8 if bits is None else bits, size_budget=budget,
@@ -162,7 +162,7 @@ def run_demo(shared: Path) -> int:
     weights = shared / "squeezenet-deep-compression" / "compressed_SqueezeNet.net"
     if not (data.is_dir() and weights.is_file()):
         print(f"\n(shared data not found under {shared}: skipping `squeezenet reproduce`; "
-              f"pass SHARED=/path/to/data, or run `squeezenet download` and give --weights/--data)")
+              f"pass SHARED=/path/to/data, or download the weights and give weights and data)")
         return 0
     print("\n== squeezenet reproduce: the paper's Table 2, measured ==")
     cal = shared / "cifar10" / "train"

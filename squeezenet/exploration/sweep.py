@@ -136,7 +136,7 @@ def run_sweep(sweep: str, data, out, values=None, jobs: int = 1, log=print, widt
             wanted = point_kwargs(sweep, v, width)
             if row.get("model_kwargs") != wanted:
                 # Mixing points of different design spaces in one report would mislead.
-                raise ConfigError(f"{p} was trained with {row.get('model_kwargs')}, not {wanted}; use another --out")
+                raise ConfigError(f"{p} was trained with {row.get('model_kwargs')}, not {wanted}; use another output folder")
             done[point_id(sweep, v)] = row
     todo = [v for v in values if point_id(sweep, v) not in done]
     if done:

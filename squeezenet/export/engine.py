@@ -170,11 +170,11 @@ def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=N
         return OpenVinoEngine(_export_tmp(lw, False, None), "openvino-bf16", precision="bf16")
     if engine == "openvino-int8":
         if calibration is None:
-            raise ConfigError("engine openvino-int8 needs --calibration DIR (images not used for evaluation)")
+            raise ConfigError("engine openvino-int8 needs calibration images (not the images evaluated)")
         return OpenVinoEngine(_export_openvino_int8(lw, calibration, calibration_images), "openvino-int8")
     if engine == "onnxruntime-int8":
         if calibration is None:
-            raise ConfigError("engine onnxruntime-int8 needs --calibration DIR (images not used for evaluation)")
+            raise ConfigError("engine onnxruntime-int8 needs calibration images (not the images evaluated)")
         return OnnxRuntimeEngine(_export_tmp(lw, True, calibration, calibration_images), "onnxruntime-int8")
     candidates = [TorchEngine(lw), TorchEngine(lw, channels_last=True)]
     onnx_path = None

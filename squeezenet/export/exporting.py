@@ -39,9 +39,9 @@ def _parse_batch(batch) -> int | None:
     try:
         n = int(batch)
     except (TypeError, ValueError):
-        raise ConfigError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}") from None
+        raise ConfigError(f"batch must be 'dynamic' or a positive integer, got {batch!r}") from None
     if n < 1:
-        raise ConfigError(f"--batch must be a positive integer, got {n}")
+        raise ConfigError(f"batch must be a positive integer, got {n}")
     return n
 
 
@@ -77,11 +77,11 @@ def export_weights(weights, fmt: str, out: str | os.PathLike, *, batch="dynamic"
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if int8 and fmt not in ("onnx", "openvino"):
-        raise ConfigError("--int8 is available for --format onnx and --format openvino")
+        raise ConfigError("int8 export is available for the onnx and openvino formats")
     if fmt == "openvino" and Path(out).suffix != ".xml":
-        raise ConfigError(f"--format openvino writes NAME.xml (+ NAME.bin); got {out}")
+        raise ConfigError(f"the openvino format writes NAME.xml (+ NAME.bin); got {out}")
     if int8 and calibration is None:
-        raise ConfigError("--int8 needs --calibration DIR (images other than those you evaluate on)")
+        raise ConfigError("int8 export needs calibration images (other than those you evaluate on)")
     n = _parse_batch(batch)
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     model = lw.build_inference_model()

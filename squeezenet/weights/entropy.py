@@ -166,9 +166,15 @@ def encode_layer(index: np.ndarray, mask: np.ndarray, neg: int, k: int, taps: in
     return table, enc.get_compressed().astype("<u4").tobytes()
 
 
-def decode_layer(table: bytes, stream: bytes, numel: int, neg: int, k: int, taps: int, nnz: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of ``encode_layer``: (index int16[numel], mask bool[numel]).
+def _flag_counts(flags: np.ndarray) -> list[int]:
+    # comparisons on int8 stay in int8 (SIMD); np.bincount would widen the whole array to int64
+    return [int(np.count_nonzero(flags == c)) for c in range(3)]
+
+
+def decode_layer(table: bytes, stream: bytes, numel: int, neg: int, k: int, taps: int, nnz: int,
+                 codebook: np.ndarray | None = None) -> tuple:
+    """Inverse of ``encode_layer``: (index int16[numel], mask bool[numel]), and the weights
+    float32[numel] as a third item when the layer's ``codebook`` (``k`` sorted levels) is given.
 
     Raises EntropyError when the stream does not decode to ``nnz`` kept weights.
     """
@@ -189,12 +195,11 @@ def decode_layer(table: bytes, stream: bytes, numel: int, neg: int, k: int, taps
             # the groups of contexts 0, 1, 2, each in row order: one stable (radix) sort, one scatter
             prev = flags[t - 1]
             order = np.argsort(prev, kind="stable")
-            counts = np.bincount(prev, minlength=3)
+            counts = _flag_counts(prev)
             parts = [dec.decode(models[c], int(n)) for c, n in enumerate(counts) if n]
             flags[t, order] = np.concatenate(parts)
-        flat = np.ascontiguousarray(flags.T).reshape(-1)
-        counts = np.bincount(flat, minlength=3)
-        n_neg, n_pos = int(counts[1]), int(counts[2])
+        flat = np.ascontiguousarray(flags.T).reshape(-1) if taps > 1 else flags[0]
+        _, n_neg, n_pos = _flag_counts(flat)
         if n_neg + n_pos != nnz or (n_neg and neg == 0) or (n_pos and k - neg == 0):
             raise EntropyError(f"flags give {n_neg + n_pos} kept weights, the header says {nnz}")
         ranks = []
@@ -204,10 +209,20 @@ def decode_layer(table: bytes, stream: bytes, numel: int, neg: int, k: int, taps
         neg_rank, pos_rank = ranks
     except (AssertionError, ValueError, RuntimeError, OverflowError) as e:  # constriction's errors on garbage
         raise EntropyError(f"stream does not decode ({e})") from None
+    # Integer positions, not boolean masks: numpy's fancy assignment through positions is several
+    # times faster than through a mask of the layer's size.
+    where_neg, where_pos = np.flatnonzero(flat == 1), np.flatnonzero(flat == 2)
     index = np.zeros(numel, np.int16)  # MAX_LEVELS (4096) fits; pruned positions keep index 0
-    index[flat == 1] = neg - 1 - neg_rank
-    index[flat == 2] = neg + pos_rank
-    return index, flat > 0
+    neg_index = (neg - 1 - neg_rank).astype(np.int16)
+    pos_index = (neg + pos_rank).astype(np.int16)
+    index[where_neg] = neg_index
+    index[where_pos] = pos_index
+    if codebook is None:
+        return index, flat > 0
+    weight = np.zeros(numel, np.float32)
+    weight[where_neg] = codebook[neg_index]
+    weight[where_pos] = codebook[pos_index]
+    return index, flat > 0, weight
 
 
 def ideal_bits(index: np.ndarray, mask: np.ndarray, neg: int, k: int, taps: int) -> float:

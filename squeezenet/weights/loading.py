@@ -75,7 +75,7 @@ class LoadedWeights:
         from ..models import create_model
         if not self.model_name:
             raise FormatError(f"{self.path}: a state dict of an unknown architecture; name the model "
-                              f"(--model torchvision:NAME or package.module:function) to build it")
+                              f"(torchvision:NAME or package.module:function) to build it")
         model = create_model(self.model_name, num_classes=self.num_classes, **self.model_kwargs)
         try:
             model.load_state_dict(self.state_dict)

@@ -551,11 +551,9 @@ def _decode_range_layer(l: dict, chunks: list[bytes], shape, state: dict, shared
         raise _bad(path, f"{name}: non-finite codebook value")
     taps = math.prod(shape[2:]) if len(shape) > 2 else 1
     try:
-        index, mask = entropy.decode_layer(table, stream, numel, l["neg"], l["k"], taps, l["nnz"])
+        index, mask, weight = entropy.decode_layer(table, stream, numel, l["neg"], l["k"], taps, l["nnz"], codebook)
     except entropy.EntropyError as e:
         raise _bad(path, f"{name}: {e}") from None
-    # one gather: pruned positions hold index 0, so look them up in a codebook whose entry 0 is 0
-    weight = np.where(mask, codebook[index], np.float32(0)) if codebook.size else np.zeros(numel, np.float32)
     state[_key(name, "weight")] = torch.from_numpy(weight.reshape(shape))
     if l["bias"]:
         bias = np.frombuffer(bias_b, "<f4" if l["bias_dtype"] == "f4" else "<f2").astype(np.float32)
