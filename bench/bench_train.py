@@ -82,7 +82,8 @@ def main() -> None:
     print(f"{'reference: ImageFolder + DataLoader + torchvision, fp32':<58} {ref:>9.1f} {1.0:>5.2f}x")
     print(f"{'squeezenet train, tensor cache only (contiguous NCHW)':<58} {cache_only:>9.1f} {cache_only / ref:>5.2f}x")
     print(f"{'squeezenet train (tensor cache, channels_last' + (', bf16' if info['bf16'] else '') + ')':<58} {ours:>9.1f} {ours / ref:>5.2f}x")
-    print(f"squeezenet1_1 32x32 stem, batch {a.batch}, {a.steps} steps, {torch.get_num_threads()} threads")
+    from squeezenet.cpu import describe
+    print(f"squeezenet1_1 32x32 stem, batch {a.batch}, {a.steps} steps, {torch.get_num_threads()} threads, {describe()}")
     if a.json:
         print(json.dumps({"reference_images_per_s": ref, "images_per_s": ours, "ratio": ours / ref,
                           "tensor_cache_only_images_per_s": cache_only, **info}))

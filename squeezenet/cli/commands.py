@@ -339,6 +339,9 @@ def add_commands(sub) -> None:
                    help="centroid fine-tuning steps by distillation on --calibration images "
                         "(default 150 with --size-budget and the range codec, else 0)")
     s.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate (Adam)")
+    s.add_argument("--fold-batch-norm", action="store_true",
+                   help="fold batch norm into the convolutions first: a bias per channel instead of four "
+                        "stored statistics (a batch-norm SqueezeNet becomes its plain architecture)")
     s.add_argument("--codebook-dtype", choices=["auto", "f4", "f2"], default="auto",
                    help="codebook storage: f4 exact, f2 half size, auto = f4 where sharing was lossless (default)")
     s.add_argument("--data", type=_existing_path, default=None,

@@ -259,6 +259,29 @@ def model_for_compression(weights) -> nn.Module:
     return module_from_state_dict(weights.state_dict)
 
 
+def fold_for_compression(model: nn.Module, weights, log: Callable[..., None] = _quiet):
+    """(folded model, the weights' record for it): a ``batch_norm=True`` SqueezeNet folds into
+    its plain architecture; another model's folded file records no architecture (its state
+    dict no longer fits the original one)."""
+    from ..models.fold import fold_batch_norm, has_batch_norm
+    from ..weights import LoadedWeights
+    if not has_batch_norm(model):
+        return model, weights
+    folded = fold_batch_norm(model)
+    kwargs = dict(weights.model_kwargs)
+    name = weights.model_name
+    if kwargs.get("batch_norm"):
+        kwargs["batch_norm"] = False
+    else:
+        name = ""
+        log("folded batch norm: the file records the state dict only (the architecture changed)")
+    record = LoadedWeights(name, folded.state_dict(), weights.preprocessing, weights.num_classes, kwargs,
+                           weights.class_names, weights.kind, weights.path, weights.extra)
+    if name:
+        record.build_model()  # the folded weights fit the plain architecture
+    return folded, record
+
+
 def compress_weights(weights, config: CompressionConfig | None = None, *, calibration=None,
                      calibration_images: int = 256, out: str | os.PathLike | None = None,
                      log: Callable[..., None] = _quiet) -> tuple[bytes, nn.Module, dict]:
@@ -280,7 +303,9 @@ def compress_weights(weights, config: CompressionConfig | None = None, *, calibr
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     model = model_for_compression(lw)
     fp32 = sum(4 * v.numel() if v.is_floating_point() else v.numel() * v.element_size()
-               for v in model.state_dict().values())
+               for v in model.state_dict().values())  # the model as given, before any folding
+    if config.fold_batch_norm:
+        model, lw = fold_for_compression(model, lw, log)
     calib = None
     if calibration is not None and (config.size_budget or config.distill_steps):
         calib = calibration_from_folder(calibration, lw.preprocessing, calibration_images, config.distill_steps)

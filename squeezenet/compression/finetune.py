@@ -25,7 +25,7 @@ def after_step_(model: nn.Module) -> None:
 
 
 def before_step_(model: nn.Module) -> None:
-    """Turn weight gradients into centroid gradients (sum over each cluster), zero pruned ones."""
+    """Turn weight gradients into centroid gradients (mean over each cluster), zero pruned ones."""
     sum_cluster_gradients_(model)
 
 

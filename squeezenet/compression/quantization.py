@@ -150,7 +150,14 @@ def place_shared_weights_(m: nn.Module) -> None:
 
 @torch.no_grad()
 def sum_cluster_gradients_(model: nn.Module) -> None:
-    """Give each shared weight the summed gradient of its cluster (paper eq. 3); zero pruned ones."""
+    """Give each shared weight its cluster's gradient (paper eq. 3), zero pruned ones.
+
+    Departure from the paper: the *mean* of the cluster's gradients rather than their sum. Both
+    point the same way; the sum is n_k times larger, so with SGD at a training learning rate a
+    centroid of n_k = 10,000 weights jumps 10,000 steps at once and fine-tuning diverges (we
+    measured it: 80% -> 10% top-1 in one epoch). With the mean the recipe's learning rate keeps
+    its meaning; Adam, which normalises the step, moves the same either way.
+    """
     for _, m in shared_layers(model):
         g = m.weight.grad
         if g is None:
@@ -161,8 +168,11 @@ def sum_cluster_gradients_(model: nn.Module) -> None:
         idx = m.weight_index.reshape(-1).long()
         keep = m.weight_mask.reshape(-1)
         flat = g.reshape(-1) * keep
-        centroid_grad = torch.zeros(m.weight_codebook.numel(), dtype=g.dtype, device=g.device)
-        centroid_grad.index_add_(0, idx[keep], flat[keep])
+        k = m.weight_codebook.numel()
+        centroid_grad = torch.zeros(k, dtype=g.dtype, device=g.device).index_add_(0, idx[keep], flat[keep])
+        members = torch.zeros(k, dtype=g.dtype, device=g.device).index_add_(
+            0, idx[keep], torch.ones_like(flat[keep]))
+        centroid_grad /= members.clamp_min(1)
         g.copy_((centroid_grad[idx] * keep).reshape(g.shape))
 
 

@@ -17,7 +17,7 @@ from .pruning import apply_masks_, mask_gradients_
 
 def compress_with_retraining(weights, data, out, *, bits=8, density="profile", retrain_epochs: int = 1,
                              finetune_epochs: int | None = None, config=None, lr: float | None = None,
-                             max_steps: int = 0, log=print) -> dict:
+                             max_steps: int = 0, fold_batch_norm: bool = False, log=print) -> dict:
     """Prune, retrain, share, fine-tune centroids with labels, Huffman-code and write ``out``."""
     from ..weights import LoadedWeights, load_weights
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
@@ -34,6 +34,11 @@ def compress_with_retraining(weights, data, out, *, bits=8, density="profile", r
     if lw.class_names and list(lw.class_names) != classes:
         raise TrainingError(f"{data}: classes {classes} differ from the checkpoint's {lw.class_names}")
     model = lw.build_model()
+    fp32 = sum(4 * v.numel() if v.is_floating_point() else v.numel() * v.element_size()
+               for v in model.state_dict().values())  # the model as given, before any folding
+    if fold_batch_norm:
+        from .api import fold_for_compression
+        model, lw = fold_for_compression(model, lw, log)
     stages = []
 
     def measure(stage: str) -> None:
@@ -67,7 +72,6 @@ def compress_with_retraining(weights, data, out, *, bits=8, density="profile", r
     model = lw.build_model()
     model.load_state_dict(state)
     measure("file (decoded from disk)")
-    fp32 = 4 * sum(p.numel() for p in model.parameters())
     return {"out": str(out), "bytes": size, "fp32_bytes": fp32, "ratio_vs_fp32": fp32 / size, "ratio": fp32 / size,
             "stages": stages, "top1": stages[-1]["top1"], "top5": stages[-1]["top5"],
             "top1_lost": stages[0]["top1"] - stages[-1]["top1"], "seconds": time.perf_counter() - start}

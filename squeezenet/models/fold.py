@@ -50,10 +50,17 @@ def fold_conv_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
 
 def fold_batch_norm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode with every conv -> batch norm pair folded (the norm
-    becomes an identity). Models without batch norm come back as an eval-mode copy."""
+    becomes an identity). A ``Sequential`` left holding just a convolution and that identity
+    becomes the convolution itself, so a folded ``batch_norm=True`` SqueezeNet has exactly the
+    plain model's state-dict keys. Models without batch norm come back as an eval-mode copy."""
     model = copy.deepcopy(model).eval()
     for parent, conv_name, bn_name in list(batch_norm_pairs(model)):
         conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
         setattr(parent, conv_name, fold_conv_bn(conv, bn))
         setattr(parent, bn_name, nn.Identity())
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            kids = list(child.children()) if isinstance(child, nn.Sequential) else []
+            if len(kids) == 2 and isinstance(kids[0], _CONVS) and isinstance(kids[1], nn.Identity):
+                setattr(parent, name, kids[0])
     return model

@@ -58,15 +58,15 @@ def test_bits_validated():
         share_weights_(tiny_model(), 9)
 
 
-def test_centroid_gradient_is_sum_over_cluster():
+def test_centroid_gradient_is_the_cluster_mean():
     lin = nn.Linear(4, 1, bias=False)
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[1.0, 1.0, 3.0, 0.0]]))
     share_weights_(lin, 8)
     lin.weight.grad = torch.tensor([[0.1, 0.2, 0.5, 7.0]])
     sum_cluster_gradients_(lin)
-    # weights 0 and 1 share a centroid: both get 0.1 + 0.2; the pruned weight gets nothing
-    assert torch.allclose(lin.weight.grad, torch.tensor([[0.3, 0.3, 0.5, 0.0]]))
+    # weights 0 and 1 share a centroid: both get (0.1 + 0.2) / 2; the pruned weight gets nothing
+    assert torch.allclose(lin.weight.grad, torch.tensor([[0.15, 0.15, 0.5, 0.0]]))
 
 
 def test_masks_and_sharing_survive_optimizer_steps():

@@ -38,7 +38,7 @@ def test_narrow_width_is_used_reported_and_guarded(tmp_path, monkeypatch):
     assert narrow["points"][0]["model_kwargs"]["base_e"] == 16
     assert "base_e 16, incr_e 16" in (out / "sr.md").read_text()
     # Finished points of another design space are never mixed into the same report.
-    with pytest.raises(ValueError, match="another --out"):
+    with pytest.raises(ValueError, match="another output folder"):
         run_sweep("sr", data, out, values=["0.5"], log=lambda *a: None, **FAST)
     with pytest.raises(ValueError, match="unknown width"):
         run_sweep("sr", data, tmp_path / "x", values=["0.5"], width={"depth": 3})

@@ -143,3 +143,26 @@ def test_compression_keeps_batch_norm_exactly(tmp_path):
     compressed.eval()
     assert torch.allclose(back.build_model()(x), compressed(x), atol=1e-6)
     assert torch.allclose(back.build_inference_model()(x), compressed(x), atol=1e-4)
+
+
+def test_compression_can_fold_batch_norm_first(tmp_path):
+    from squeezenet.compression import CompressionConfig, compress_weights
+    from squeezenet.preprocessing import CIFAR10
+    from squeezenet.weights import LoadedWeights
+    torch.manual_seed(0)
+    model = create_model("squeezenet1_1", num_classes=5, small_input=True, batch_norm=True, stem_pool=True)
+    model.train()
+    model(torch.randn(16, 3, 32, 32) * 3 + 1)
+    model.eval()
+    kw = {"small_input": True, "batch_norm": True, "stem_pool": True}
+    lw = LoadedWeights("squeezenet1_1", model.state_dict(), CIFAR10, num_classes=5, model_kwargs=kw)
+    kept, _, _ = compress_weights(lw, CompressionConfig(bits=8, density="keep"))
+    folded, _, report = compress_weights(lw, CompressionConfig(bits=8, density="keep", fold_batch_norm=True),
+                                         out=tmp_path / "f.sqz")
+    assert len(folded) < len(kept) - 20_000  # four statistics a channel become one bias
+    back = load_weights(tmp_path / "f.sqz")
+    assert back.model_kwargs == {"small_input": True, "batch_norm": False, "stem_pool": True}
+    assert not any("running" in k for k in back.state_dict)
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(back.build_model()(x), model(x), atol=0.05)  # 8-bit sharing of the folded weights
+    assert report["fp32_bytes"] == sum(4 * v.numel() if v.is_floating_point() else 8 for v in model.state_dict().values())
