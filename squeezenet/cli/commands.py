@@ -183,7 +183,11 @@ def cmd_train(args) -> int:
                  "seed": args.seed, "workers": args.workers, "max_steps_per_epoch": args.max_steps,
                  "limit_train": args.limit_train}
     base: dict = {}
-    if args.config is None and args.resume is None:
+    if args.config is None and args.resume is not None:  # continue with the recipe the run started with
+        from ..training.checkpoint import load_training_checkpoint
+        base = dict(load_training_checkpoint(args.resume).get("config") or {})
+        log(f"no --config: the recipe saved in {args.resume}")
+    elif args.config is None:
         base, why = recipe_for_data(args.data)
         log(f"no --config: {why}")
     kwargs = dict(base.pop("model_kwargs", {}))

@@ -71,7 +71,8 @@ def _append_csv(path: Path, row: dict) -> None:
         w.writerow(row)
 
 
-def _load_resume(path) -> dict:
+def load_training_checkpoint(path) -> dict:
+    """A ``last.pt`` / ``best.pt`` written by ``train`` (weights_only), checked to hold an optimizer."""
     from ..weights.loading import CHECKPOINT_FORMAT
     path = Path(path)
     if not path.is_file():

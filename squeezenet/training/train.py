@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from .checkpoint import (
     _append_csv,
-    _load_resume,
+    load_training_checkpoint,
     _set_rng_state,
     _tensorboard,
     attach_missing_buffers_,
@@ -89,7 +89,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
     sched = make_scheduler(opt, cfg, steps)
     start_epoch, best, history = 0, -1.0, []
     if resume is not None:
-        ck = _load_resume(resume)
+        ck = load_training_checkpoint(resume)
         m = unwrap(model)
         attach_missing_buffers_(m, ck["state_dict"])  # masks and codebooks of a model being compressed
         m.load_state_dict(ck["state_dict"])
