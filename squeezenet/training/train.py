@@ -35,10 +35,10 @@ import torch.nn as nn
 
 from .checkpoint import (
     _append_csv,
-    load_training_checkpoint,
     _set_rng_state,
     _tensorboard,
     attach_missing_buffers_,
+    load_training_checkpoint,
     save_training_checkpoint,
     unwrap,
 )
