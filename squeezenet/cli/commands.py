@@ -337,7 +337,7 @@ def add_commands(sub) -> None:
     s.add_argument("--calibration", type=_existing_path, default=None,
                    help="folder of unlabelled images for sensitivity analysis and distillation fine-tuning")
     s.add_argument("--codec", choices=["range", "huffman"], default="range",
-                   help="range: context-modelled range coding, format version 2 (default); huffman: the "
+                   help="range: context-modelled range coding, format version 3 (default); huffman: the "
                         "paper's k-means + Huffman coding, format version 1")
     s.add_argument("--finetune-steps", type=_nonneg_int, default=None,
                    help="centroid fine-tuning steps by distillation on --calibration images "
