@@ -259,6 +259,12 @@ def model_for_compression(weights) -> nn.Module:
     return module_from_state_dict(weights.state_dict)
 
 
+def fp32_bytes(model: nn.Module) -> int:
+    """Bytes of the model's state dict with floats at 4 bytes (the size ratios are against this)."""
+    return sum(4 * v.numel() if v.is_floating_point() else v.numel() * v.element_size()
+               for v in model.state_dict().values())
+
+
 def fold_for_compression(model: nn.Module, weights, log: Callable[..., None] = _quiet):
     """(folded model, the weights' record for it): a ``batch_norm=True`` SqueezeNet folds into
     its plain architecture; another model's folded file records no architecture (its state
@@ -302,8 +308,7 @@ def compress_weights(weights, config: CompressionConfig | None = None, *, calibr
     config = config or CompressionConfig()
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     model = model_for_compression(lw)
-    fp32 = sum(4 * v.numel() if v.is_floating_point() else v.numel() * v.element_size()
-               for v in model.state_dict().values())  # the model as given, before any folding
+    fp32 = fp32_bytes(model)  # the model as given, before any folding
     if config.fold_batch_norm:
         model, lw = fold_for_compression(model, lw, log)
     calib = None

@@ -9,7 +9,7 @@ import time
 
 from ..training import Dist, TrainingError, build_data, evaluate, load_config, train
 from ..weights.sqz import read_compressed
-from .api import compress_, save_compressed
+from .api import compress_, fp32_bytes, save_compressed
 from .config import CompressionConfig
 from .finetune import after_step_, before_step_
 from .pruning import apply_masks_, mask_gradients_
@@ -34,8 +34,7 @@ def compress_with_retraining(weights, data, out, *, bits=8, density="profile", r
     if lw.class_names and list(lw.class_names) != classes:
         raise TrainingError(f"{data}: classes {classes} differ from the checkpoint's {lw.class_names}")
     model = lw.build_model()
-    fp32 = sum(4 * v.numel() if v.is_floating_point() else v.numel() * v.element_size()
-               for v in model.state_dict().values())  # the model as given, before any folding
+    fp32 = fp32_bytes(model)  # the model as given, before any folding
     if fold_batch_norm:
         from .api import fold_for_compression
         model, lw = fold_for_compression(model, lw, log)
