@@ -97,20 +97,14 @@ def cmd_compress(args) -> int:
 
 
 def cmd_decompress(args) -> int:
-    from ..weights import load_weights, save_checkpoint
+    from ..preprocessing import TORCHVISION_IMAGENET
+    from ..weights import load_weights, save_checkpoint, save_state_dict
     lw = load_weights(args.file)
     if lw.kind not in ("compressed", "caffe-net"):
         raise UsageError(f"{args.file}: not a compressed file (.sqz or the published .net); it is a {lw.kind}")
     if args.format == "state-dict":
-        import io
-
-        import torch
-
-        from ..utils import atomic_write_bytes
-        buf = io.BytesIO()
-        torch.save(dict(lw.state_dict), buf)  # plain tensors: load_state_dict(..., strict=True) takes it
-        atomic_write_bytes(args.out, buf.getvalue())
-        if lw.has_architecture and lw.preprocessing.to_dict() != _torchvision_preprocessing():
+        save_state_dict(args.out, lw.state_dict)
+        if lw.has_architecture and lw.preprocessing != TORCHVISION_IMAGENET:
             p = lw.preprocessing
             print(f"note: these weights expect {p.channel_order} inputs scaled to {p.scale:g} with mean {list(p.mean)}, "
                   f"which a bare state dict does not record; --format checkpoint keeps it for eval/predict/export",
@@ -127,11 +121,6 @@ def cmd_decompress(args) -> int:
         _print_json({"out": str(args.out), "model": lw.model_name, "format": args.format,
                      "tensors": len(lw.state_dict), "bytes": Path(args.out).stat().st_size})
     return 0
-
-
-def _torchvision_preprocessing() -> dict:
-    from ..preprocessing import TORCHVISION_IMAGENET
-    return TORCHVISION_IMAGENET.to_dict()
 
 
 def cmd_size(args) -> int:

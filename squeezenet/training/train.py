@@ -108,8 +108,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
     if out and d.main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")  # the resolved recipe: --config reads it back
-    if input_size_warning(cfg):
-        say(input_size_warning(cfg))
+    warning = input_size_warning(cfg)
+    if warning:
+        say(warning)
     show = (progress if progress is not None else (True if sys.stderr.isatty() else "lines")) if d.main else False
     say(f"training {cfg.model} on {len(train_b) * per_rank * d.world:,} images x {cfg.epochs} epochs, "
         f"{d.world} process(es) on {d.device}, global batch {cfg.batch_size}, lr {lr:.4g}, "

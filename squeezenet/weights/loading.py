@@ -104,16 +104,26 @@ def save_checkpoint(path: str | os.PathLike, model_name: str, state_dict: dict, 
                     preprocessing: Preprocessing, num_classes: int, model_kwargs: dict | None = None,
                     class_names: list | None = None, **extra) -> None:
     """Write our checkpoint atomically (temporary file, fsync, rename). Pickle-free to read."""
-    import io
-
-    from ..utils import atomic_write_bytes
     payload = {"format": CHECKPOINT_FORMAT, "version": 1, "model": model_name,
                "model_kwargs": dict(model_kwargs or {}), "num_classes": int(num_classes),
                "preprocessing": preprocessing.to_dict(), "class_names": list(class_names) if class_names else None,
                "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}
     payload.update(extra)
+    _save_atomically(path, payload)
+
+
+def save_state_dict(path: str | os.PathLike, state_dict: dict) -> None:
+    """Write a plain state dict (tensors only) atomically: what ``load_state_dict(torch.load(path,
+    weights_only=True), strict=True)`` takes."""
+    _save_atomically(path, {k: v.detach().cpu() for k, v in state_dict.items()})
+
+
+def _save_atomically(path: str | os.PathLike, obj: dict) -> None:
+    import io
+
+    from ..utils import atomic_write_bytes
     buf = io.BytesIO()
-    torch.save(payload, buf)
+    torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 

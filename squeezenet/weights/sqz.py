@@ -341,8 +341,9 @@ def encode_model(model: nn.Module, model_name: str = "", *, model_kwargs: dict |
         layers.append(encode_layer(name, m.weight.shape, cb.detach().cpu().numpy(),
                                    m.weight_index.cpu().numpy(), m.weight_mask.cpu().numpy(), bias, bits, cb_dtype))
     if codec == "huffman":  # version 1 holds the float parameters only, as it always did
-        raw = {k: v.detach().cpu().float() for k, v in model.named_parameters() if k not in coded}
-        if any(k not in coded for k in model.state_dict() if k not in dict(model.named_parameters())):
+        params = dict(model.named_parameters())
+        raw = {k: v.detach().cpu().float() for k, v in params.items() if k not in coded}
+        if any(k not in coded and k not in params for k in model.state_dict()):
             raise ConfigError("the Huffman (version 1) format cannot hold buffers (e.g. batch-norm statistics); "
                              "use the range codec")
     else:
