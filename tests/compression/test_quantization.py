@@ -112,3 +112,25 @@ def test_fine_tuning_hooks_accept_a_layer_with_every_weight_pruned():
     assert (model[0].weight.grad == 0).all()
     snap_shared_weights_(model)
     assert (model[0].weight == 0).all() and model[1].weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_distillation_moves_only_centroids_and_biases(bf16):
+    from squeezenet.compression.finetune import distill_shared_
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 5, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    student = nn.Sequential(*[m for m in __import__("copy").deepcopy(teacher)])
+    prune_(student, PruneConfig(density={"0": 0.5, "2": 0.5}))
+    share_weights_(student, {"0": 2, "2": 2})
+    loader = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    kl_before = nn.functional.kl_div(student(loader[0]).log_softmax(1), teacher(loader[0]).softmax(1),
+                                     reduction="batchmean")
+    losses = distill_shared_(student, teacher, loader, steps=30, lr=1e-2, progress=False, bf16=bf16)
+    assert len(losses) == 30 and all(np.isfinite(losses))
+    kl_after = nn.functional.kl_div(student(loader[0]).log_softmax(1), teacher(loader[0]).softmax(1),
+                                    reduction="batchmean")
+    assert kl_after < kl_before
+    for m in (student[0], student[2]):
+        assert m.weight.is_contiguous()  # channels-last during bf16 steps only
+        assert not m.weight[~m.weight_mask].any()
+        assert torch.unique(m.weight[m.weight_mask]).numel() <= 4  # still on its 2-bit codebook
