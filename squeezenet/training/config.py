@@ -47,6 +47,7 @@ class TrainConfig:
     max_steps_per_epoch: int = 0      # 0 = whole epoch; >0 for quick runs and tests
     limit_train: int = 0              # 0 = all training images; >0 a fixed random subset
     eval_every: int = 1               # epochs between evaluations
+    eval_flip: bool = False           # test-time flips: average the logits of each image and its mirror
 
     @property
     def prep(self) -> Preprocessing:

@@ -119,8 +119,10 @@ def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, d: Dist,
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches, d: Dist, autocast: bool = False) -> dict:
-    """Top-1 / top-5 / loss over ``batches`` (every process evaluates its shard, then all-reduce)."""
+def evaluate(model: nn.Module, batches, d: Dist, autocast: bool = False, flip: bool = False) -> dict:
+    """Top-1 / top-5 / loss over ``batches`` (every process evaluates its shard, then all-reduce).
+
+    ``flip``: test-time augmentation, the logits of each image and its mirror averaged."""
     model.eval()
     batches.set_epoch(0)
     s = [0.0, 0.0, 0.0, 0.0]
@@ -128,6 +130,8 @@ def evaluate(model: nn.Module, batches, d: Dist, autocast: bool = False) -> dict
         x, y = x.to(d.device), y.to(d.device)
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=autocast):
             out = model(x).float()
+            if flip:
+                out = (out + model(x.flip(-1)).float()) / 2
         hits1, hits5 = topk_hits(out, y)
         s[0] += F.cross_entropy(out, y, reduction="sum").item()
         s[1] += hits1
