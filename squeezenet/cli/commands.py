@@ -321,7 +321,8 @@ def add_commands(sub) -> None:
     g.add_argument("--bits-per-layer", default=None, help="bits spec, e.g. '6,classifier.1=5'")
     g.add_argument("--size-budget", type=_positive_int, default=None,
                    help="largest file in bytes, a hard limit: rate-distortion optimised quantization with "
-                        "per-layer Fisher sensitivity, then distillation (needs --calibration)")
+                        "per-layer Fisher sensitivity, then distillation (needs --calibration; with --data, "
+                        "retraining with labels instead)")
     s.add_argument("--density", default="auto", help="'auto', 'profile', 'keep', a fraction in (0,1] or a spec")
     s.add_argument("--calibration", type=_existing_path, default=None,
                    help="folder of unlabelled images for sensitivity analysis and distillation fine-tuning")

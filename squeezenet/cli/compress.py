@@ -44,13 +44,12 @@ def compress_command(args) -> dict:
     if args.data is not None:
         bits = 8 if bits is None else bits
         from ..compression.retrain import compress_with_retraining
-        if args.size_budget:
-            raise ConfigError("--size-budget is not combined with --data retraining; give --bits")
         report = compress_with_retraining(lw, args.data, args.out, bits=bits,
                                           density="profile" if args.density == "auto" else args.density,
                                           retrain_epochs=args.retrain_epochs, config=args.config,
                                           max_steps=args.max_steps or 0, lr=args.retrain_lr,
-                                          fold_batch_norm=args.fold_batch_norm, log=log)
+                                          fold_batch_norm=args.fold_batch_norm, size_budget=args.size_budget,
+                                          log=log)
         log(f"wrote {args.out}: {report['bytes']:,} bytes, {report['ratio_vs_fp32']:.1f}x smaller than fp32; "
             f"top-1 {report['top1']:.4f} ({report['top1_lost'] * 100:+.2f} points lost)")
         return report

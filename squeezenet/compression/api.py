@@ -183,8 +183,9 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
                     m.bias.copy_(m.bias.half().float())
         sens = fisher_sensitivity(model, calibration.inputs)
         log(f"sensitivity from {calibration.inputs.shape[0]} calibration inputs; fitting {config.size_budget:,} bytes")
-        # Distilled centroids pack a few bytes longer or shorter: leave them 16 bytes a layer.
-        margin = 16 * len(names) if steps else 0
+        # Fine-tuned centroids (distilled or retrained) pack a few bytes longer or shorter: leave
+        # them 16 bytes a layer.
+        margin = 16 * len(names) if steps or retrain is not None else 0
         info = quantize_for_budget_(model, sens, max(config.size_budget - margin, 1), serialize)
         cb_dtype = "f2"
         report.update({"slope": info["lam"], "levels": info["levels"], "kept_weights": info["kept_weights"]})
@@ -201,6 +202,10 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
         cb_dtype = info["codebook_dtype"]
         report.update({"bits": info["bits"], "codebook_dtype": info["codebook_dtype"],
                        "lossless_layers": sum(info["lossless"].values())})
+    # Packed codebooks are a few bytes longer or shorter once centroids move; where that crosses
+    # the budget, the centroids that fitted are put back (the tuned biases stay).
+    fitted = {n: m.weight_codebook.detach().clone() for n, m in prunable_layers(model).items()} \
+        if config.size_budget and (steps or retrain is not None) else None
     if retrain is not None:
         retrain(model, "shared")
         _round_to_file_precision_(model, cb_dtype, bias_dtype)  # fine-tuned centroids, as the file stores them
@@ -209,18 +214,16 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
         from .finetune import distill_shared_
         if calibration.loader is None:
             raise ConfigError("distillation needs calibration batches (Calibration.loader)")
-        before = {n: m.weight_codebook.detach().clone() for n, m in prunable_layers(model).items()}
         losses = distill_shared_(model, teacher, calibration.loader, steps, config.finetune_lr)
         _round_to_file_precision_(model, cb_dtype, bias_dtype)
         report["finetune"] = {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}
         log(f"distillation: KL {losses[0]:.4f} -> {losses[-1]:.4f} over {steps} steps")
+    if fitted is not None:
         data = serialize(model, cb_dtype)
-        if config.size_budget and len(data) > config.size_budget:
-            # Packed codebooks are a few bytes longer or shorter once centroids move; where that
-            # crosses the budget, put back the centroids that fitted (their biases stay tuned).
-            _restore_codebooks_(model, before)
-            log(f"distilled centroids took {len(data) - config.size_budget} bytes too many: kept the biases only")
-            report["finetune"]["centroids_kept"] = False
+        if len(data) > config.size_budget:
+            _restore_codebooks_(model, fitted)
+            log(f"fine-tuned centroids took {len(data) - config.size_budget} bytes too many: kept the biases only")
+            report["centroids_kept"] = False
             data = None
     model.compressed_as = {**file_info, "codebook_dtype": cb_dtype, "bias_dtype": bias_dtype}
     data = data or encode(model)

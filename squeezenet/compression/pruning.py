@@ -138,6 +138,13 @@ def set_mask_(module: nn.Module, mask: torch.Tensor) -> None:
     module.weight.data.mul_(mask)
 
 
+def remove_masks_(model: nn.Module) -> None:
+    """Drop the ``weight_mask`` buffers (the pruned weights stay zero; pruning with density 1.0
+    recovers the masks from them)."""
+    for m in prunable_layers(model).values():
+        m._buffers.pop("weight_mask", None)
+
+
 @torch.no_grad()
 def apply_masks_(model: nn.Module) -> None:
     """Zero every pruned weight again (call after each optimizer step)."""

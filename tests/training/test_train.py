@@ -127,6 +127,40 @@ def test_compress_with_retraining_reports_every_stage(tiny_data, tmp_path):
     assert lw.kind == "compressed" and lw.class_names == ["class0", "class1", "class2"]
 
 
+
+def test_retraining_with_batch_norm_folds_after_pruning(tiny_data, tmp_path):
+    from squeezenet.compression.retrain import compress_with_retraining
+    run = tmp_path / "run"
+    train(cfg(epochs=1, model_kwargs={"small_input": True, "batch_norm": True}), tiny_data, run, progress=False,
+          log=lambda *a: None)
+    out = tmp_path / "m.sqz"
+    rep = compress_with_retraining(run / "last.pt", tiny_data, out, bits=4, density=0.3, retrain_epochs=1,
+                                   fold_batch_norm=True, log=lambda *a: None)
+    stages = {s["stage"]: s for s in rep["stages"]}
+    names = [s["stage"] for s in rep["stages"]]
+    # masked retraining ran on the batch-norm model, then folding changed no prediction
+    assert names.index("pruned + retrained") + 1 == names.index("batch norm folded")
+    assert stages["batch norm folded"]["top1"] == stages["pruned + retrained"]["top1"]
+    lw = load_weights(out)
+    assert lw.model_kwargs.get("batch_norm") is False and not any("running_mean" in k for k in lw.state_dict)
+    conv = lw.state_dict["features.3.expand3x3.weight"]  # pruned at 30%: folding kept the zeros
+    assert abs(float((conv != 0).float().mean()) - 0.3) < 0.01
+    lw.build_model()
+
+
+def test_retraining_to_a_size_budget_stays_within_it(tiny_data, tmp_path):
+    from squeezenet.compression.retrain import compress_with_retraining
+    run = tmp_path / "run"
+    train(cfg(epochs=1), tiny_data, run, progress=False, log=lambda *a: None)
+    out = tmp_path / "m.sqz"
+    rep = compress_with_retraining(run / "last.pt", tiny_data, out, density=0.3, retrain_epochs=1,
+                                   size_budget=60_000, log=lambda *a: None)
+    names = [s["stage"] for s in rep["stages"]]
+    assert "weight-shared (rate-distortion levels)" in names and "centroids fine-tuned" in names
+    assert rep["bytes"] == out.stat().st_size <= 60_000
+    assert rep["bytes"] > 50_000  # the search spends the budget rather than undershooting it
+    load_weights(out).build_model()
+
 def test_without_a_terminal_progress_comes_as_plain_lines(tiny_data, capsys):
     # logs (nohup, CI) get one line per tenth of the epoch instead of a bar's carriage returns
     train(cfg(epochs=1), tiny_data, None, log=lambda *a: None)
@@ -136,3 +170,27 @@ def test_without_a_terminal_progress_comes_as_plain_lines(tiny_data, capsys):
     last = lines[-1]
     steps, total = last.split("step ")[1].split(",")[0].split("/")
     assert steps == total and "images/s" in last and "loss " in last
+
+
+def test_evaluation_with_flips_averages_an_image_and_its_mirror():
+    from squeezenet.training.distributed import Dist
+    from squeezenet.training.loop import evaluate
+
+    class Batches(list):
+        def set_epoch(self, epoch):
+            pass
+
+    class LeftHalf(torch.nn.Module):  # class 0 when the left half is brighter
+        def forward(self, x):
+            left, right = x[..., :2].mean((1, 2, 3)), x[..., 2:].mean((1, 2, 3))
+            return torch.stack([left - right, torch.zeros_like(left)], 1) * 10
+
+    x = torch.zeros(2, 1, 4, 4)
+    x[0, ..., :2] = 1.0   # left bright: class 0, mirror says class 1, the average ties
+    x[1, ..., 2:] = 1.0   # right bright: class 1
+    y = torch.tensor([0, 1])
+    plain = evaluate(LeftHalf(), Batches([(x, y)]), Dist())
+    flipped = evaluate(LeftHalf(), Batches([(x, y)]), Dist(), flip=True)
+    assert plain["top1"] == 1.0
+    # averaged logits are 0 for both classes on both images: argmax picks class 0 for both
+    assert flipped["top1"] == 0.5
