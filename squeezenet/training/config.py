@@ -118,9 +118,13 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> TrainConf
 SMALL_IMAGE_SIDE = 64
 # Recipes chosen from the data when no --config is given: configs/cifar10.yaml's values for small
 # images; for ImageNet-size photos torchvision's preprocessing, 224 crops, a DataLoader.
-SMALL_IMAGE_RECIPE = {"model": "squeezenet1_1", "model_kwargs": {"small_input": True}, "optimizer": "adamw",
-                      "lr": 0.001, "weight_decay": 0.05, "schedule": "onecycle", "init": "default",
-                      "preprocessing": "cifar10", "augment": "cifar", "tensor_cache": True}
+# configs/cifar10_fast.yaml's choices (87.1% CIFAR-10 top-1 in 45 epochs, 57 minutes on 2 cores
+# with native bf16), at TrainConfig's 30 epochs unless the user says otherwise.
+SMALL_IMAGE_RECIPE = {"model": "squeezenet1_1", "model_kwargs": {"small_input": True, "batch_norm": True,
+                                                                 "stem_pool": True},
+                      "batch_size": 256, "optimizer": "sgd", "nesterov": True, "momentum": 0.9, "lr": 0.2,
+                      "lr_reference_batch": 256, "weight_decay": 5e-4, "schedule": "onecycle", "init": "default",
+                      "label_smoothing": 0.1, "preprocessing": "cifar10", "augment": "cifar", "tensor_cache": True}
 LARGE_IMAGE_RECIPE = {"model": "squeezenet1_1", "model_kwargs": {}, "optimizer": "adamw", "lr": 0.001,
                       "weight_decay": 0.05, "schedule": "onecycle", "init": "default", "batch_size": 64,
                       "lr_reference_batch": 128, "preprocessing": "torchvision", "augment": "imagenet",
@@ -133,7 +137,8 @@ def recipe_for_data(data: str | os.PathLike) -> tuple[dict, str]:
     short, long = typical_image_side(data)
     if long <= SMALL_IMAGE_SIDE:
         return dict(SMALL_IMAGE_RECIPE), (f"images are about {long}x{short} px (<= {SMALL_IMAGE_SIDE}): small-image "
-                                          f"recipe (32 px stem, CIFAR-10 statistics, decoded once into a tensor cache)")
+                                          f"recipe (32 px stem with batch norm and a stem pool, Nesterov SGD one-cycle, "
+                                          f"CIFAR-10 statistics, decoded once into a tensor cache)")
     return dict(LARGE_IMAGE_RECIPE), (f"images are about {long}x{short} px: ImageNet-size recipe (torchvision "
                                       f"preprocessing, random-resized 224 px crops, a DataLoader with workers)")
 

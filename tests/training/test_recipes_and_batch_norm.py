@@ -19,7 +19,7 @@ def test_recipe_follows_the_images(tmp_path):
     small = make_image_folder(tmp_path / "small", classes=2, per_class=2, size=32)
     large = make_image_folder(tmp_path / "large", classes=2, per_class=2, size=160)
     recipe, why = recipe_for_data(small)
-    assert recipe["preprocessing"] == "cifar10" and recipe["model_kwargs"] == {"small_input": True}
+    assert recipe["preprocessing"] == "cifar10" and recipe["model_kwargs"]["small_input"] is True
     assert "32x32" in why and recipe["tensor_cache"] is True
     recipe, why = recipe_for_data(large)
     assert recipe["preprocessing"] == "torchvision" and recipe["augment"] == "imagenet"
