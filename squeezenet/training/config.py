@@ -74,6 +74,8 @@ class TrainConfig:
             bad(f"init must be xavier or default, got {self.init!r}")
         if self.bf16 not in ("auto", True, False, "true", "false"):
             bad(f"bf16 must be auto, true or false, got {self.bf16!r}")
+        if not isinstance(self.eval_flip, bool):
+            bad(f"eval_flip must be true or false, got {self.eval_flip!r}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
             bad("weight_decay must be >= 0, momentum and label_smoothing in [0, 1)")
 
@@ -124,7 +126,8 @@ SMALL_IMAGE_RECIPE = {"model": "squeezenet1_1", "model_kwargs": {"small_input": 
                                                                  "stem_pool": True},
                       "batch_size": 256, "optimizer": "sgd", "nesterov": True, "momentum": 0.9, "lr": 0.2,
                       "lr_reference_batch": 256, "weight_decay": 5e-4, "schedule": "onecycle", "init": "default",
-                      "label_smoothing": 0.1, "preprocessing": "cifar10", "augment": "cifar", "tensor_cache": True}
+                      "label_smoothing": 0.1, "preprocessing": "cifar10", "augment": "cifar", "tensor_cache": True,
+                      "eval_flip": True}
 LARGE_IMAGE_RECIPE = {"model": "squeezenet1_1", "model_kwargs": {}, "optimizer": "adamw", "lr": 0.001,
                       "weight_decay": 0.05, "schedule": "onecycle", "init": "default", "batch_size": 64,
                       "lr_reference_batch": 128, "preprocessing": "torchvision", "augment": "imagenet",
