@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import time
 
+from ..models.fold import has_batch_norm
 from ..training import Dist, TrainingError, build_data, evaluate, load_config, train
 from ..weights.sqz import read_compressed
-from ..models.fold import has_batch_norm
 from .api import compress_, fold_for_compression, fp32_bytes, prune_stage_, save_compressed
 from .config import CompressionConfig
 from .finetune import after_step_, before_step_
