@@ -53,7 +53,9 @@ def distill_shared_(student: nn.Module, teacher: nn.Module, loader, steps: int, 
     try:
         return _distill(student, teacher, loader, steps, lr, temperature, progress, bf16)
     finally:
-        student.to(memory_format=torch.contiguous_format)
+        if bf16:  # both back to the usual layout; the values never changed, only their memory order
+            student.to(memory_format=torch.contiguous_format)
+            teacher.to(memory_format=torch.contiguous_format)
 
 
 def _distill(student, teacher, loader, steps, lr, temperature, progress, bf16) -> list[float]:

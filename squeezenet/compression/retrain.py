@@ -51,6 +51,7 @@ def compress_with_retraining(weights, data, out, *, bits=8, density="profile", r
     start = time.perf_counter()
     measure("original")
     ft = retrain_epochs if finetune_epochs is None else finetune_epochs
+    folded_after_pruning = fold_batch_norm and has_batch_norm(model)
 
     def retrain_pruned(m) -> None:
         measure("pruned")
@@ -71,7 +72,6 @@ def compress_with_retraining(weights, data, out, *, bits=8, density="profile", r
                       log=log)
                 measure("centroids fine-tuned")
 
-    folded_after_pruning = fold_batch_norm and has_batch_norm(model)
     if folded_after_pruning:
         # Prune and retrain with batch norm still in place, then fold: without its norms the
         # network retrains worse (CIFAR-10 squeezenet1_1 at 24% density, 5 epochs: 0.852 top-1
