@@ -44,7 +44,7 @@ def compress_with_retraining(weights, data, out, *, bits=8, density="profile", r
     stages = []
 
     def measure(stage: str) -> None:
-        r = evaluate(model, eval_b, Dist(), flip=cfg.eval_flip)
+        r = evaluate(model, eval_b, Dist(), flip=cfg.eval_flip, translate=cfg.eval_translate)
         stages.append({"stage": stage, "top1": r["top1"], "top5": r["top5"]})
         log(f"{stage:<34} top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}")
 

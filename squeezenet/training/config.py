@@ -48,6 +48,7 @@ class TrainConfig:
     limit_train: int = 0              # 0 = all training images; >0 a fixed random subset
     eval_every: int = 1               # epochs between evaluations
     eval_flip: bool = False           # test-time flips: average the logits of each image and its mirror
+    eval_translate: int = 0           # test-time shifts (pixels): also the views shifted up-left and down-right
 
     @property
     def prep(self) -> Preprocessing:
@@ -76,6 +77,9 @@ class TrainConfig:
             bad(f"bf16 must be auto, true or false, got {self.bf16!r}")
         if not isinstance(self.eval_flip, bool):
             bad(f"eval_flip must be true or false, got {self.eval_flip!r}")
+        if not isinstance(self.eval_translate, int) or isinstance(self.eval_translate, bool) or \
+                not 0 <= self.eval_translate <= 8:
+            bad(f"eval_translate must be an integer number of pixels in [0, 8], got {self.eval_translate!r}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
             bad("weight_decay must be >= 0, momentum and label_smoothing in [0, 1)")
 

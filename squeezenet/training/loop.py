@@ -118,20 +118,40 @@ def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, d: Dist,
             "seconds": seconds, "images_per_s": seen / seconds if seconds else 0.0}
 
 
+def tta_logits(model: nn.Module, x: torch.Tensor, flip: bool = False, translate: int = 0) -> torch.Tensor:
+    """Logits averaged over test-time views of ``x`` (float32).
+
+    ``flip``: each view and its mirror averaged. ``translate``: also the views shifted by
+    ``translate`` pixels up-left and down-right (reflection padding), weighted 1/4 each against
+    1/2 for the unshifted view (the weighting of Keller Jordan's airbench).
+    """
+    def view(v: torch.Tensor) -> torch.Tensor:
+        out = model(v).float()
+        return (out + model(v.flip(-1)).float()) / 2 if flip else out
+
+    out = view(x)
+    if translate:
+        t = translate
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (t, t, t, t), mode="reflect")
+        shifted = view(padded[..., :h, :w]) + view(padded[..., 2 * t:2 * t + h, 2 * t:2 * t + w])
+        out = out / 2 + shifted / 4
+    return out
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches, d: Dist, autocast: bool = False, flip: bool = False) -> dict:
+def evaluate(model: nn.Module, batches, d: Dist, autocast: bool = False, flip: bool = False,
+             translate: int = 0) -> dict:
     """Top-1 / top-5 / loss over ``batches`` (every process evaluates its shard, then all-reduce).
 
-    ``flip``: test-time augmentation, the logits of each image and its mirror averaged."""
+    ``flip``, ``translate``: test-time augmentation (see ``tta_logits``)."""
     model.eval()
     batches.set_epoch(0)
     s = [0.0, 0.0, 0.0, 0.0]
     for x, y in batches:
         x, y = x.to(d.device), y.to(d.device)
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(x).float()
-            if flip:
-                out = (out + model(x.flip(-1)).float()) / 2
+            out = tta_logits(model, x, flip, translate)
         hits1, hits5 = topk_hits(out, y)
         s[0] += F.cross_entropy(out, y, reduction="sum").item()
         s[1] += hits1

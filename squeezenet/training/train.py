@@ -121,7 +121,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         tr = train_one_epoch(net, train_b, opt, sched, d=d, epoch=epoch, autocast=autocast,
                              label_smoothing=cfg.label_smoothing, max_steps=cfg.max_steps_per_epoch,
                              before_step=before_step, after_step=after_step, progress=show)
-        ev = evaluate(net, eval_b, d, autocast, cfg.eval_flip) if ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs) else {}
+        ev = evaluate(net, eval_b, d, autocast, cfg.eval_flip, cfg.eval_translate) if ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs) else {}
         metrics = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_top1": tr["top1"],
                    "val_loss": ev.get("loss"), "top1": ev.get("top1"), "top5": ev.get("top5"),
                    "lr": sched.get_last_lr()[0], "seconds": tr["seconds"], "images_per_s": tr["images_per_s"]}

@@ -90,6 +90,18 @@ def test_generator_defaults_reproduce_v1_0():
     assert [(k, v.shape) for k, v in gen.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
 
 
+def test_generator_on_the_v1_1_macro_architecture_reproduces_v1_1():
+    gen = create_model("squeezenet_from_metaparameters", macro="v1.1")
+    ref = create_model("squeezenet1_1")
+    assert gen.config == ref.config
+    assert [(k, v.shape) for k, v in gen.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+    wide = create_model("squeezenet_from_metaparameters", macro="v1.1", sr=0.25, bypass="simple")
+    assert [f[0] for f in wide.config.fires] == [32, 32, 64, 64, 96, 96, 128, 128]
+    assert wide(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    with pytest.raises(ValueError, match="macro"):
+        create_model("squeezenet_from_metaparameters", macro="v2")
+
+
 @pytest.mark.parametrize("sr", [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0])
 def test_generator_sr_sweep_builds(sr):
     fires = fire_layout_from_metaparameters(sr=sr, pct3x3=0.5)

@@ -193,3 +193,29 @@ def test_evaluation_with_flips_averages_an_image_and_its_mirror():
     assert plain["top1"] == 1.0
     # averaged logits are 0 for both classes on both images: argmax picks class 0 for both
     assert flipped["top1"] == 0.5
+
+
+def test_test_time_shifts_weight_the_shifted_views_a_quarter_each():
+    from squeezenet.training.loop import tta_logits
+
+    calls = []
+
+    class Pixel11(torch.nn.Module):  # logits: the value at row 1, column 1 of each channel
+        def forward(self, x):
+            calls.append(x.shape)
+            return x[..., 1, 1]
+
+    x = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 4, 4)
+    # shifted down-right by 1, pixel (1,1) shows x(0,0); shifted up-left, x(2,2)
+    expected = x[..., 1, 1] / 2 + x[..., 0, 0] / 4 + x[..., 2, 2] / 4
+    assert torch.equal(tta_logits(Pixel11(), x, translate=1), expected)
+    assert torch.equal(tta_logits(Pixel11(), x), x[..., 1, 1])
+    calls.clear()
+    tta_logits(Pixel11(), x, flip=True, translate=2)
+    assert len(calls) == 6 and all(s == x.shape for s in calls)
+
+
+def test_eval_translate_is_validated():
+    with pytest.raises(TrainingError, match="eval_translate"):
+        load_config(None, eval_translate=-1)
+    assert load_config(None, eval_translate=1).eval_translate == 1
