@@ -90,6 +90,9 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true", help="one size of each kind, 2 distillation steps: checks the bench runs")
     p.add_argument("--cifar-views", type=int, default=None, help="CIFAR-10 test images to add (x2 with flips)")
     p.add_argument("--no-nncodec", action="store_true", help="skip NNCodec (no venv, no rows)")
+    p.add_argument("--budgets", default=None,
+                   help="comma-separated size budgets in bytes (default 470000,400000,350000; the two smallest "
+                        "also get ImageNet-calibrated 2-fold rows)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", type=Path, default=None, help="write agreement and top-1 against bytes to this PNG")
     p.add_argument("--plot-from", type=Path, default=None, help="only plot: rows from a saved --json output line")
@@ -163,6 +166,8 @@ def main() -> int:
         _, sd, _ = decode(data)
         add(f"ours, lossless re-encoding ({codec})", len(data), measure([sd], None), sec)
     budgets = [400_000] if a.smoke else [400_000, 350_000] if a.quick else [470_000, 400_000, 350_000]
+    if a.budgets:
+        budgets = sorted((int(b) for b in a.budgets.split(",")), reverse=True)
     # quick: less distillation, so lower fidelity than the defaults give
     steps = {"finetune_steps": 2} if a.smoke else {"finetune_steps": 40} if a.quick else {}
     for b in budgets:

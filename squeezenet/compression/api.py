@@ -175,7 +175,7 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
         return encode_model(m, **file_info, codebook_dtype=cb_dtype, bias_dtype=bias_dtype)
 
     if config.size_budget and config.codec == "range":
-        from .rdquant import fisher_sensitivity, quantize_for_budget_
+        from .rdquant import fisher_sensitivity, layer_hessians, quantize_for_budget_
         bias_dtype = "f2"  # at a budget, 2 bytes a bias buy more than the rounding costs
         with torch.no_grad():  # the file will hold half-precision biases: tune with them
             for m in prunable_layers(model).values():
@@ -186,7 +186,8 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
         # Fine-tuned centroids (distilled or retrained) pack a few bytes longer or shorter: leave
         # them 16 bytes a layer.
         margin = 16 * len(names) if steps or retrain is not None else 0
-        info = quantize_for_budget_(model, sens, max(config.size_budget - margin, 1), serialize)
+        hessians = layer_hessians(model, calibration.inputs) if config.error_feedback else None
+        info = quantize_for_budget_(model, sens, max(config.size_budget - margin, 1), serialize, hessians=hessians)
         cb_dtype = "f2"
         report.update({"slope": info["lam"], "levels": info["levels"], "kept_weights": info["kept_weights"]})
         log(f"quantized: {info['kept_weights']:,} weights kept, levels per layer {min(info['levels'].values())}.."

@@ -64,6 +64,10 @@ class CompressionConfig:
         finetune_steps: distillation steps for centroids and biases after quantization (None:
             150 with a size budget and the range codec, else 0); needs calibration images.
         finetune_lr: Adam learning rate of that distillation.
+        error_feedback: with a size budget and the range codec, quantize each layer's columns
+            in turn and feed its output error on the calibration inputs back into the columns
+            not yet quantized (GPTQ); False quantizes every weight on its own. On the published
+            SqueezeNet at 400 kB: top-1 agreement 89.3% -> 92.3%, KL 0.051 -> 0.032.
         fold_batch_norm: fold each batch norm into the convolution before it first (fewer
             bytes: a bias per channel instead of four statistics; pruning then sees the
             effective weights). The file holds the folded model.
@@ -77,6 +81,7 @@ class CompressionConfig:
     size_budget: int | None = None
     finetune_steps: int | None = None
     finetune_lr: float = 1e-4
+    error_feedback: bool = True
     fold_batch_norm: bool = False
 
     def __post_init__(self) -> None:

@@ -60,14 +60,19 @@ def ecsq(values: np.ndarray, mask: np.ndarray, delta: float, lam: float, iters: 
     mask = np.asarray(mask, bool).reshape(-1)
     if not delta > 0:
         raise ConfigError(f"delta must be positive, got {delta}")
-    kept = v[mask]
-    n_pruned = int(mask.size - kept.size)
+    q, levels, qmin, _ = _ecsq_grid(v[mask], int(mask.size - mask.sum()), delta, lam, iters)
+    return _layer_quant(q, levels, qmin, mask, codebook_dtype)
+
+
+def _ecsq_grid(kept: np.ndarray, n_pruned: int, delta: float, lam: float, iters: int):
+    """ECSQ on the grid: (grid index per kept weight, level per grid index, lowest index, bits per index)."""
     lo = np.floor(kept / delta).astype(np.int64)
     cand = np.stack([lo, lo + 1, np.zeros_like(lo)])          # the two grid neighbours, and zero
     qmin, qmax = int(cand.min(initial=0)), int(cand.max(initial=0))
     span = qmax - qmin + 1
     levels = np.arange(qmin, qmax + 1, dtype=np.float64) * delta  # centroids, start on the grid
     q = np.rint(kept / delta).astype(np.int64)
+    bits = np.zeros(span)
     for _ in range(max(iters, 1)):
         counts = np.bincount(q - qmin, minlength=span).astype(np.float64)
         counts[-qmin] += n_pruned
@@ -78,6 +83,11 @@ def ecsq(values: np.ndarray, mask: np.ndarray, delta: float, lam: float, iters: 
         n = np.bincount(q - qmin, minlength=span)
         levels = np.where(n > 0, sums / np.maximum(n, 1), levels)
         levels[-qmin] = 0.0
+    return q, levels, qmin, bits
+
+
+def _layer_quant(q: np.ndarray, levels: np.ndarray, qmin: int, mask: np.ndarray, codebook_dtype: str) -> LayerQuant:
+    """LayerQuant from grid indices ``q`` of the kept weights (0 prunes) and the level of each index."""
     used = np.unique(q[q != 0])
     cb = levels[used - qmin].astype(np.float32)
     if codebook_dtype == "f2":
@@ -92,6 +102,100 @@ def ecsq(values: np.ndarray, mask: np.ndarray, delta: float, lam: float, iters: 
     lookup = np.searchsorted(used, q[q != 0])
     index[new_mask] = rank[lookup]
     return LayerQuant(cb, index, new_mask)
+
+
+def feedback_factor(hessian: np.ndarray, damp: float = 0.01) -> tuple[np.ndarray, float]:
+    """(upper Cholesky factor of the damped inverse, mean damped diagonal) of a layer's input
+    second moment: what ``ecsq_error_feedback`` needs, independent of the step and slope."""
+    h = np.array(hessian, np.float64)
+    dead = np.diag(h) <= 0  # inputs that are always zero: any value of their weights is free
+    h[dead, dead] = 1.0
+    h += damp * float(np.mean(np.diag(h))) * np.eye(h.shape[0])
+    return np.linalg.cholesky(np.linalg.inv(h)).T, float(np.mean(np.diag(h)))  # inv(h) = u.T @ u
+
+
+def ecsq_error_feedback(weight: np.ndarray, mask: np.ndarray, hessian: np.ndarray | tuple, delta: float, lam: float,
+                        codebook_dtype: str = "f2", block: int = 64, damp: float = 0.01) -> LayerQuant:
+    """ECSQ with the layer's output error fed back into the weights not yet quantized (GPTQ).
+
+    Columns of ``weight`` (out, D) are quantized in order; each column's error, through the
+    inverse of the inputs' second moment ``hessian`` (D, D), moves the later columns so that the
+    layer's outputs on the calibration inputs change as little as possible (Frantar et al., GPTQ,
+    ICLR 2023; pruned weights are quantized to zero, as in SparseGPT). Each weight takes the grid
+    level minimising its output error, in weight-space units, plus ``lam`` times its bits
+    (the bits of a plain ECSQ pass at the same step). ``hessian`` may be given as its
+    ``feedback_factor`` (then ``damp`` is the factor's).
+    """
+    w = np.array(weight, np.float64)
+    out, d = w.shape
+    mask = np.asarray(mask, bool).reshape(out, d)
+    if not delta > 0:
+        raise ConfigError(f"delta must be positive, got {delta}")
+    _, levels, qmin, bits = _ecsq_grid(w[mask], int(mask.size - mask.sum()), delta, lam, 4)
+    u, scale = hessian if isinstance(hessian, tuple) else feedback_factor(hessian, damp)
+    span = bits.size
+    q = np.zeros((out, d), np.int64)
+    target = np.zeros((out, d))
+    for b0 in range(0, d, block):
+        b1 = min(b0 + block, d)
+        wb = w[:, b0:b1].copy()
+        err = np.zeros((out, b1 - b0))
+        for j in range(b1 - b0):
+            col, uj = wb[:, j], u[b0 + j, b0 + j]
+            lo = np.clip(np.floor(col / delta).astype(np.int64), qmin, qmin + span - 2)
+            cand = np.stack([lo, lo + 1, np.zeros_like(lo)])
+            cost = (col[None, :] - cand * delta) ** 2 / (uj * uj * scale) + lam * bits[cand - qmin]
+            pick = np.take_along_axis(cand, np.argmin(cost, 0)[None, :], 0)[0]
+            pick[~mask[:, b0 + j]] = 0
+            q[:, b0 + j] = pick
+            target[:, b0 + j] = col
+            e = (col - pick * delta) / uj
+            err[:, j] = e
+            wb[:, j + 1:] -= np.outer(e, u[b0 + j, b0 + j + 1:b1])
+        w[:, b1:] -= err @ u[b0:b1, b1:]
+    # levels: the mean of the (compensated) values each grid index stood for
+    flat_q, flat_t = q[mask], target[mask]
+    sums = np.bincount(flat_q - qmin, weights=flat_t, minlength=span)
+    n = np.bincount(flat_q - qmin, minlength=span)
+    levels = np.where(n > 0, sums / np.maximum(n, 1), np.arange(qmin, qmin + span) * delta)
+    levels[-qmin] = 0.0
+    return _layer_quant(flat_q, levels, qmin, mask.reshape(-1), codebook_dtype)
+
+
+@torch.no_grad()
+def layer_hessians(model: nn.Module, images: torch.Tensor, batch_size: int = 16, positions: int = 64,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """Second moment of each conv / linear layer's (unfolded) inputs over ``images``: (D, D) per layer.
+
+    ``positions`` random output positions an image per convolution (all of them would be
+    millions of columns for the early layers). Grouped convolutions are left out.
+    """
+    layers = {n: m for n, m in prunable_layers(model).items() if getattr(m, "groups", 1) == 1}
+    acc: dict[str, torch.Tensor] = {}
+    g = torch.Generator().manual_seed(seed)
+
+    def hook(name):
+        def fn(m, inp, _out):
+            x = inp[0].detach().float()
+            if isinstance(m, nn.Conv2d):
+                cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+                pick = torch.randint(cols.shape[2], (min(positions, cols.shape[2]),), generator=g)
+                x = cols[:, :, pick].permute(0, 2, 1).reshape(-1, cols.shape[1])
+            x = x.double()
+            acc[name] = acc.get(name, 0) + x.T @ x
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, images.shape[0], batch_size):
+            model(images[i:i + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {n: (a / images.shape[0]).numpy() for n, a in acc.items()}
 
 
 def fisher_sensitivity(model: nn.Module, images: torch.Tensor, batch_size: int = 8, seed: int = 0) -> dict[str, float]:
@@ -128,16 +232,25 @@ def fisher_sensitivity(model: nn.Module, images: torch.Tensor, batch_size: int =
 
 
 def quantize_layers(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], sensitivity: dict[str, float],
-                    lam: float, step_scale: float = 1.0, codebook_dtype: str = "f2") -> dict[str, LayerQuant]:
-    """ECSQ of every layer at the global slope ``lam`` (sensitivity-weighted squared error per bit)."""
+                    lam: float, step_scale: float = 1.0, codebook_dtype: str = "f2",
+                    hessians: dict[str, np.ndarray] | None = None) -> dict[str, LayerQuant]:
+    """ECSQ of every layer at the global slope ``lam`` (sensitivity-weighted squared error per bit).
+
+    With ``hessians`` (``layer_hessians``), the layers that have one are quantized with error
+    feedback (``ecsq_error_feedback``)."""
     out = {}
+    factors = {n: h if isinstance(h, tuple) else feedback_factor(h) for n, h in (hessians or {}).items()}
     for n, w in weights.items():
         lam_l = lam / sensitivity[n]
         delta = step_scale * math.sqrt(6.0 * lam_l / LN2)
         kept = np.abs(w[masks[n]])
         if kept.size:  # at most ~2,000 levels a side: finer than any budget needs, and a bounded file
             delta = max(delta, float(kept.max()) / 2000.0)
-        out[n] = ecsq(w, masks[n], delta, lam_l, codebook_dtype=codebook_dtype)
+        f = factors.get(n)
+        if f is not None and w.size % f[0].shape[0] == 0:
+            out[n] = ecsq_error_feedback(w.reshape(-1, f[0].shape[0]), masks[n], f, delta, lam_l, codebook_dtype)
+        else:
+            out[n] = ecsq(w, masks[n], delta, lam_l, codebook_dtype=codebook_dtype)
     return out
 
 
@@ -199,7 +312,7 @@ def install_(model: nn.Module, quants: dict[str, LayerQuant]) -> None:
 
 
 def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget: int, serialize,
-                         step_scale: float = 0.6, log=None) -> dict:
+                         step_scale: float = 0.6, log=None, hessians: dict[str, np.ndarray] | None = None) -> dict:
     """ECSQ every layer of ``model`` in place at the slope whose file fits ``budget`` bytes.
 
     Args:
@@ -213,10 +326,12 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
     """
     weights, masks = model_weights_and_masks(model)
     reference = {n: torch.from_numpy(w.astype(np.float32)) for n, w in weights.items()}
+    if hessians:  # factor once, not at every slope of the search
+        hessians = {n: feedback_factor(h) for n, h in hessians.items()}
     layers = prunable_layers(model)
 
     def size_of(lam):
-        quants = quantize_layers(weights, masks, sensitivity, lam, step_scale)
+        quants = quantize_layers(weights, masks, sensitivity, lam, step_scale, hessians=hessians)
         install_(model, quants)
         size = len(serialize(model))
         if log:

@@ -19,12 +19,13 @@ from .pruning import apply_masks_, mask_gradients_, remove_masks_
 def compress_with_retraining(weights, data, out, *, bits=8, density="profile", retrain_epochs: int = 1,
                              finetune_epochs: int | None = None, config=None, lr: float | None = None,
                              max_steps: int = 0, fold_batch_norm: bool = False, size_budget: int | None = None,
-                             log=print) -> dict:
+                             error_feedback: bool = True, log=print) -> dict:
     """Prune, retrain, share, fine-tune centroids with labels, entropy-code and write ``out``.
 
     With ``size_budget`` (bytes, a hard limit) the sharing stage is the rate-distortion search of
     ``compress --size-budget`` instead of ``bits``-bit k-means, its Fisher sensitivities taken on
-    256 training images (labels unused), and the file holds at most that many bytes."""
+    256 training images (labels unused; also the inputs of ``error_feedback``), and the file
+    holds at most that many bytes."""
     from ..weights import LoadedWeights, load_weights
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     saved_cfg = (lw.extra or {}).get("config") or {}
@@ -87,7 +88,8 @@ def compress_with_retraining(weights, data, out, *, bits=8, density="profile", r
     if size_budget:
         from .api import Calibration
         calibration = Calibration(_first_images(train_b, 256))
-    compress_(model, CompressionConfig(density=density, bits=bits, size_budget=size_budget, finetune_steps=0),
+    compress_(model, CompressionConfig(density=density, bits=bits, size_budget=size_budget, finetune_steps=0,
+                                       error_feedback=error_feedback),
               calibration=calibration, retrain=retrain, model_name=lw.model_name, model_kwargs=lw.model_kwargs,
               preprocessing=lw.preprocessing.to_dict(), class_names=classes, log=log)
     size = save_compressed(model, out)

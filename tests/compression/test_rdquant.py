@@ -34,6 +34,44 @@ def test_ecsq_rate_term_prunes_rare_small_values():
     assert rd.codebook.tolist() == [-2.0, 2.0]
 
 
+def _correlated_layer(seed=0, out=16, d=36, n=2000):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)) @ rng.normal(size=(4, d)) + 0.3 * rng.normal(size=(n, d))
+    mask = rng.random((out, d)) < 0.6
+    return rng.normal(0, 0.05, (out, d)) * mask, mask, x
+
+
+def test_error_feedback_halves_output_error_at_the_same_step_and_keeps_pruned_weights_zero():
+    w, mask, x = _correlated_layer()
+    h = x.T @ x / x.shape[0]
+    plain = rdquant.ecsq(w.reshape(-1), mask.reshape(-1), 0.02, 0.0).weight().reshape(w.shape)
+    fed = rdquant.ecsq_error_feedback(w, mask, h, 0.02, 0.0).weight().reshape(w.shape)
+    assert not fed[~mask].any()
+    err = [np.linalg.norm((w - q) @ x.T) for q in (plain, fed)]
+    assert err[1] < 0.7 * err[0]
+
+
+def test_error_feedback_with_uncorrelated_inputs_changes_no_later_column():
+    # identity second moment: the inverse's Cholesky factor is diagonal, nothing to feed back;
+    # each weight takes its nearest grid level (no rate term); levels are their bins' means
+    w, mask, _ = _correlated_layer(1)
+    fed = rdquant.ecsq_error_feedback(w, mask, np.eye(w.shape[1]), 0.01, 0.0, codebook_dtype="f4", damp=0.0)
+    q = np.rint(w / 0.01) * mask
+    assert np.array_equal(fed.mask.reshape(w.shape), q != 0)
+    assert np.allclose(fed.weight().reshape(w.shape)[q != 0], w[q != 0], atol=0.01)
+
+
+def test_layer_hessians_are_the_second_moment_of_each_layers_inputs():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 4), torch.nn.Flatten(), torch.nn.Linear(3, 2))
+    x = torch.randn(10, 2, 4, 4)  # the 4x4 conv has one output position: its unfolded input is x itself
+    h = rdquant.layer_hessians(model, x, batch_size=3)
+    flat = x.reshape(10, -1).double()
+    assert np.allclose(h["0"], (flat.T @ flat / 10).numpy())
+    mid = model[1](model[0](x)).detach().double()
+    assert np.allclose(h["2"], (mid.T @ mid / 10).numpy())
+
+
 def test_ecsq_error_bounded_by_step():
     rng = np.random.default_rng(0)
     v = rng.normal(0, 0.1, 10_000)
