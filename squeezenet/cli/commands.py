@@ -333,9 +333,11 @@ def add_commands(sub) -> None:
                    help="centroid fine-tuning steps by distillation on --calibration images "
                         "(default 150 with --size-budget and the range codec, else 0)")
     s.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate (Adam)")
-    s.add_argument("--error-feedback", action=argparse.BooleanOptionalAction, default=True,
+    s.add_argument("--error-feedback", action=argparse.BooleanOptionalAction, default=None,
                    help="with --size-budget: quantize each layer's columns in turn, feeding the output error on "
-                        "the calibration images into the columns not yet quantized (GPTQ; default on)")
+                        "the calibration images into the columns not yet quantized (GPTQ). Default: on with "
+                        "--calibration (distillation), off with --data (retraining with labels recovers more "
+                        "from the plain quantizer there)")
     s.add_argument("--fold-batch-norm", action="store_true",
                    help="fold batch norm into the convolutions first: a bias per channel instead of four "
                         "stored statistics (a batch-norm SqueezeNet becomes its plain architecture)")

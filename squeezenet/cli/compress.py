@@ -49,7 +49,7 @@ def compress_command(args) -> dict:
                                           retrain_epochs=args.retrain_epochs, config=args.config,
                                           max_steps=args.max_steps or 0, lr=args.retrain_lr,
                                           fold_batch_norm=args.fold_batch_norm, size_budget=args.size_budget,
-                                          error_feedback=args.error_feedback, log=log)
+                                          error_feedback=bool(args.error_feedback), log=log)
         log(f"wrote {args.out}: {report['bytes']:,} bytes, {report['ratio_vs_fp32']:.1f}x smaller than fp32; "
             f"top-1 {report['top1']:.4f} ({report['top1_lost'] * 100:+.2f} points lost)")
         return report
@@ -58,7 +58,8 @@ def compress_command(args) -> dict:
     config = CompressionConfig(density=args.density, bits=8 if bits is None else bits, size_budget=args.size_budget,
                                codebook_dtype=args.codebook_dtype, codec=args.codec,
                                finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,
-                               fold_batch_norm=args.fold_batch_norm, error_feedback=args.error_feedback)
+                               fold_batch_norm=args.fold_batch_norm,
+                               error_feedback=args.error_feedback is not False)
     _, _, report = compress_weights(lw, config, calibration=args.calibration, out=args.out, log=log)
     log(f"wrote {args.out}: {report['bytes']:,} bytes, {report['ratio']:.1f}x smaller than the model's fp32 "
         f"weights ({report['fp32_bytes']:,} bytes) in {report['seconds']:.1f} s")

@@ -19,13 +19,15 @@ from .pruning import apply_masks_, mask_gradients_, remove_masks_
 def compress_with_retraining(weights, data, out, *, bits=8, density="profile", retrain_epochs: int = 1,
                              finetune_epochs: int | None = None, config=None, lr: float | None = None,
                              max_steps: int = 0, fold_batch_norm: bool = False, size_budget: int | None = None,
-                             error_feedback: bool = True, log=print) -> dict:
+                             error_feedback: bool = False, log=print) -> dict:
     """Prune, retrain, share, fine-tune centroids with labels, entropy-code and write ``out``.
 
     With ``size_budget`` (bytes, a hard limit) the sharing stage is the rate-distortion search of
     ``compress --size-budget`` instead of ``bits``-bit k-means, its Fisher sensitivities taken on
     256 training images (labels unused; also the inputs of ``error_feedback``), and the file
-    holds at most that many bytes."""
+    holds at most that many bytes. ``error_feedback`` is off by default here: on the CIFAR-10
+    fast model at 147,000 bytes it lost 1.29 points after centroid retraining, against 0.95
+    without (the retraining with labels recovers more from the plain quantizer)."""
     from ..weights import LoadedWeights, load_weights
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     saved_cfg = (lw.extra or {}).get("config") or {}
