@@ -172,10 +172,12 @@ def main() -> int:
     steps = {"finetune_steps": 2} if a.smoke else {"finetune_steps": 40} if a.quick else {}
     for b in budgets:
         t = time.perf_counter()
-        data, _, _ = compress_weights(ref, CompressionConfig(size_budget=b, **steps), calibration=cifar / "train")
+        # out-of-domain calibration: error feedback off (with it, 400 kB fell from 87.0% to 78.2%)
+        data, _, _ = compress_weights(ref, CompressionConfig(size_budget=b, error_feedback=False, **steps),
+                                      calibration=cifar / "train")
         sec = time.perf_counter() - t
         _, sd, _ = decode(data)
-        add(f"ours, --size-budget {b} (CIFAR calibration)", len(data), measure([sd], None), sec)
+        add(f"ours, --size-budget {b} --no-error-feedback (CIFAR calibration)", len(data), measure([sd], None), sec)
     with tempfile.TemporaryDirectory() as tmp:
         folds = split_folds(imagenet, Path(tmp))
         for b in budgets[-2:]:

@@ -67,7 +67,9 @@ class CompressionConfig:
         error_feedback: with a size budget and the range codec, quantize each layer's columns
             in turn and feed its output error on the calibration inputs back into the columns
             not yet quantized (GPTQ); False quantizes every weight on its own. On the published
-            SqueezeNet at 400 kB: top-1 agreement 89.3% -> 92.3%, KL 0.051 -> 0.032.
+            SqueezeNet at 400 kB: top-1 agreement 89.3% -> 92.3%, KL 0.051 -> 0.032, with
+            ImageNet calibration images; with CIFAR-10 ones (another domain) 87.0% -> 78.2%:
+            the calibration images must come from the model's domain.
         fold_batch_norm: fold each batch norm into the convolution before it first (fewer
             bytes: a bias per channel instead of four statistics; pruning then sees the
             effective weights). The file holds the folded model.

@@ -163,3 +163,28 @@ def test_compress_weights_with_budget_and_calibration(tmp_path):
                          calibration_images=4)
     with pytest.raises(ValueError, match="calibration"):
         compress_weights(lw, CompressionConfig(size_budget=150_000))
+
+
+def test_error_feedback_at_a_budget_is_plumbed_through_and_stays_within_it(tmp_path):
+    # Whether feedback helps depends on the model and on calibration images from its domain
+    # (measured on the published SqueezeNet in bench_codecs); here: both quantizers run and fit.
+    from PIL import Image
+
+    from squeezenet.compression import CompressionConfig, compress_weights
+    from squeezenet.weights import LoadedWeights
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(calib / f"{i}.png")
+    torch.manual_seed(0)
+    model = create_model("squeezenet1_1", num_classes=10, small_input=True)
+    lw = LoadedWeights("squeezenet1_1", model.state_dict(), CIFAR10, num_classes=10, model_kwargs={"small_input": True})
+    files = {}
+    for feedback in (False, True):
+        data, _, _ = compress_weights(lw, CompressionConfig(size_budget=60_000, finetune_steps=0,
+                                                            error_feedback=feedback), calibration=calib,
+                                      calibration_images=8)
+        assert 50_000 < len(data) <= 60_000
+        files[feedback] = decode(data)[1]
+    assert any(not torch.equal(files[True][k], files[False][k]) for k in files[True] if k.endswith("weight"))
