@@ -114,17 +114,16 @@ def feedback_factor(hessian: np.ndarray, damp: float = 0.01) -> tuple[np.ndarray
     return np.linalg.cholesky(np.linalg.inv(h)).T, float(np.mean(np.diag(h)))  # inv(h) = u.T @ u
 
 
-def ecsq_error_feedback(weight: np.ndarray, mask: np.ndarray, hessian: np.ndarray | tuple, delta: float, lam: float,
-                        codebook_dtype: str = "f2", block: int = 64, damp: float = 0.01) -> LayerQuant:
+def ecsq_error_feedback(weight: np.ndarray, mask: np.ndarray, factor: tuple[np.ndarray, float], delta: float,
+                        lam: float, codebook_dtype: str = "f2", block: int = 64) -> LayerQuant:
     """ECSQ with the layer's output error fed back into the weights not yet quantized (GPTQ).
 
     Columns of ``weight`` (out, D) are quantized in order; each column's error, through the
-    inverse of the inputs' second moment ``hessian`` (D, D), moves the later columns so that the
+    inverse of the inputs' second moment (``factor``: its ``feedback_factor``), moves the later columns so that the
     layer's outputs on the calibration inputs change as little as possible (Frantar et al., GPTQ,
     ICLR 2023; pruned weights are quantized to zero, as in SparseGPT). Each weight takes the grid
     level minimising its output error, in weight-space units, plus ``lam`` times its bits
-    (the bits of a plain ECSQ pass at the same step). ``hessian`` may be given as its
-    ``feedback_factor`` (then ``damp`` is the factor's).
+    (the bits of a plain ECSQ pass at the same step).
     """
     w = np.array(weight, np.float64)
     out, d = w.shape
@@ -132,7 +131,7 @@ def ecsq_error_feedback(weight: np.ndarray, mask: np.ndarray, hessian: np.ndarra
     if not delta > 0:
         raise ConfigError(f"delta must be positive, got {delta}")
     _, levels, qmin, bits = _ecsq_grid(w[mask], int(mask.size - mask.sum()), delta, lam, 4)
-    u, scale = hessian if isinstance(hessian, tuple) else feedback_factor(hessian, damp)
+    u, scale = factor
     span = bits.size
     q = np.zeros((out, d), np.int64)
     target = np.zeros((out, d))
@@ -233,13 +232,13 @@ def fisher_sensitivity(model: nn.Module, images: torch.Tensor, batch_size: int =
 
 def quantize_layers(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], sensitivity: dict[str, float],
                     lam: float, step_scale: float = 1.0, codebook_dtype: str = "f2",
-                    hessians: dict[str, np.ndarray] | None = None) -> dict[str, LayerQuant]:
+                    factors: dict[str, tuple] | None = None) -> dict[str, LayerQuant]:
     """ECSQ of every layer at the global slope ``lam`` (sensitivity-weighted squared error per bit).
 
-    With ``hessians`` (``layer_hessians``), the layers that have one are quantized with error
-    feedback (``ecsq_error_feedback``)."""
+    With ``factors`` (``feedback_factor`` of each layer's ``layer_hessians``), the layers that
+    have one are quantized with error feedback (``ecsq_error_feedback``)."""
     out = {}
-    factors = {n: h if isinstance(h, tuple) else feedback_factor(h) for n, h in (hessians or {}).items()}
+    factors = factors or {}
     for n, w in weights.items():
         lam_l = lam / sensitivity[n]
         delta = step_scale * math.sqrt(6.0 * lam_l / LN2)
@@ -326,12 +325,12 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
     """
     weights, masks = model_weights_and_masks(model)
     reference = {n: torch.from_numpy(w.astype(np.float32)) for n, w in weights.items()}
-    if hessians:  # factor once, not at every slope of the search
-        hessians = {n: feedback_factor(h) for n, h in hessians.items()}
+    # factored once, not at every slope of the search
+    factors = {n: feedback_factor(h) for n, h in (hessians or {}).items()}
     layers = prunable_layers(model)
 
     def size_of(lam):
-        quants = quantize_layers(weights, masks, sensitivity, lam, step_scale, hessians=hessians)
+        quants = quantize_layers(weights, masks, sensitivity, lam, step_scale, factors=factors)
         install_(model, quants)
         size = len(serialize(model))
         if log:

@@ -18,6 +18,10 @@ from .registry import load_pretrained_, register_model
 # Fire layout of SqueezeNet v1.0 (paper Table 1): (s1x1, e1x1, e3x3) for fire2..fire9.
 V1_0_FIRES = [(16, 64, 64), (16, 64, 64), (32, 128, 128), (32, 128, 128),
               (48, 192, 192), (48, 192, 192), (64, 256, 256), (64, 256, 256)]
+# What surrounds the fire modules (SqueezeNetConfig fields): v1.0 is the paper's; v1.1 has a 3x3
+# conv1 with 64 filters and pools earlier (2.4x fewer MACs at the same fire layout).
+MACRO_ARCHITECTURES = {"v1.0": {"conv1_channels": 96, "conv1_kernel": 7, "pool_after": (0, 3, 7)},
+                       "v1.1": {"conv1_channels": 64, "conv1_kernel": 3, "pool_after": (0, 2, 4)}}
 
 
 class Fire(nn.Module):
@@ -210,7 +214,7 @@ def squeezenet1_1(*, weights: str | None = None, num_classes: int = 1000, small_
         batch_norm: conv -> batch norm -> ReLU (a departure from the paper; see ``Fire``).
     """
     _check_bool("small_input", small_input)
-    cfg = SqueezeNetConfig(conv1_channels=64, conv1_kernel=3, pool_after=(0, 2, 4),
+    cfg = SqueezeNetConfig(**MACRO_ARCHITECTURES["v1.1"],
                            small_input=small_input, batch_norm=batch_norm, stem_pool=stem_pool)
     model = SqueezeNet(cfg, num_classes, dropout)
     return load_pretrained_(model, "squeezenet1_1", weights) if weights else model
@@ -287,9 +291,7 @@ def squeezenet_from_metaparameters(*, num_classes: int = 1000, base_e: int = 128
     ``squeezenet1_1``.
     """
     _check_bool("small_input", small_input)
-    macros = {"v1.0": dict(conv1_channels=96, conv1_kernel=7, pool_after=(0, 3, 7)),
-              "v1.1": dict(conv1_channels=64, conv1_kernel=3, pool_after=(0, 2, 4))}
-    if macro not in macros:
+    if macro not in MACRO_ARCHITECTURES:
         raise ConfigError(f"macro must be 'v1.0' or 'v1.1', got {macro!r}")
     fires = fire_layout_from_metaparameters(base_e, incr_e, pct3x3, freq, sr)
     if bypass is None:
@@ -300,12 +302,12 @@ def squeezenet_from_metaparameters(*, num_classes: int = 1000, base_e: int = 128
         pattern = list(COMPLEX_BYPASS)
     else:
         raise ConfigError(f"bypass must be None, 'simple' or 'complex', got {bypass!r}")
-    channels = [macros[macro]["conv1_channels"]] + [e1 + e3 for _, e1, e3 in fires]
+    channels = [MACRO_ARCHITECTURES[macro]["conv1_channels"]] + [e1 + e3 for _, e1, e3 in fires]
     for i, kind in enumerate(pattern):
         # An identity shortcut needs equal channels; where a generated layout breaks that,
         # fall back to the 1x1-convolution shortcut rather than refuse the design point.
         if kind == "simple" and channels[i] != channels[i + 1]:
             pattern[i] = "complex"
     cfg = SqueezeNetConfig(fires=fires, bypass=pattern, small_input=small_input, batch_norm=batch_norm,
-                           stem_pool=stem_pool, **macros[macro])
+                           stem_pool=stem_pool, **MACRO_ARCHITECTURES[macro])
     return SqueezeNet(cfg, num_classes, dropout)

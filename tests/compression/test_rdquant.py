@@ -45,7 +45,7 @@ def test_error_feedback_halves_output_error_at_the_same_step_and_keeps_pruned_we
     w, mask, x = _correlated_layer()
     h = x.T @ x / x.shape[0]
     plain = rdquant.ecsq(w.reshape(-1), mask.reshape(-1), 0.02, 0.0).weight().reshape(w.shape)
-    fed = rdquant.ecsq_error_feedback(w, mask, h, 0.02, 0.0).weight().reshape(w.shape)
+    fed = rdquant.ecsq_error_feedback(w, mask, rdquant.feedback_factor(h), 0.02, 0.0).weight().reshape(w.shape)
     assert not fed[~mask].any()
     err = [np.linalg.norm((w - q) @ x.T) for q in (plain, fed)]
     assert err[1] < 0.7 * err[0]
@@ -55,7 +55,8 @@ def test_error_feedback_with_uncorrelated_inputs_changes_no_later_column():
     # identity second moment: the inverse's Cholesky factor is diagonal, nothing to feed back;
     # each weight takes its nearest grid level (no rate term); levels are their bins' means
     w, mask, _ = _correlated_layer(1)
-    fed = rdquant.ecsq_error_feedback(w, mask, np.eye(w.shape[1]), 0.01, 0.0, codebook_dtype="f4", damp=0.0)
+    factor = rdquant.feedback_factor(np.eye(w.shape[1]), damp=0.0)
+    fed = rdquant.ecsq_error_feedback(w, mask, factor, 0.01, 0.0, codebook_dtype="f4")
     q = np.rint(w / 0.01) * mask
     assert np.array_equal(fed.mask.reshape(w.shape), q != 0)
     assert np.allclose(fed.weight().reshape(w.shape)[q != 0], w[q != 0], atol=0.01)
@@ -137,19 +138,26 @@ def _shared_copy(model):
     return m
 
 
-def test_compress_weights_with_budget_and_calibration(tmp_path):
+def _random_calibration_and_tiny_weights(tmp_path, images: int, seed: int):
+    """A folder of random 40x40 images and a random small-input squeezenet1_1 as LoadedWeights."""
     from PIL import Image
 
-    from squeezenet.compression import CompressionConfig, compress_weights
-    from squeezenet.weights import LoadedWeights, load_weights
+    from squeezenet.weights import LoadedWeights
     calib = tmp_path / "calib"
     calib.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(12):
+    rng = np.random.default_rng(seed)
+    for i in range(images):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(calib / f"{i}.png")
     torch.manual_seed(0)
     model = create_model("squeezenet1_1", num_classes=10, small_input=True)
     lw = LoadedWeights("squeezenet1_1", model.state_dict(), CIFAR10, num_classes=10, model_kwargs={"small_input": True})
+    return calib, lw
+
+
+def test_compress_weights_with_budget_and_calibration(tmp_path):
+    from squeezenet.compression import CompressionConfig, compress_weights
+    from squeezenet.weights import load_weights
+    calib, lw = _random_calibration_and_tiny_weights(tmp_path, images=12, seed=0)
     out = tmp_path / "m.sqz"
     data, _, rep = compress_weights(lw, CompressionConfig(size_budget=150_000, finetune_steps=2), calibration=calib,
                                     calibration_images=8, out=out)
@@ -168,18 +176,8 @@ def test_compress_weights_with_budget_and_calibration(tmp_path):
 def test_error_feedback_at_a_budget_is_plumbed_through_and_stays_within_it(tmp_path):
     # Whether feedback helps depends on the model and on calibration images from its domain
     # (measured on the published SqueezeNet in bench_codecs); here: both quantizers run and fit.
-    from PIL import Image
-
     from squeezenet.compression import CompressionConfig, compress_weights
-    from squeezenet.weights import LoadedWeights
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(calib / f"{i}.png")
-    torch.manual_seed(0)
-    model = create_model("squeezenet1_1", num_classes=10, small_input=True)
-    lw = LoadedWeights("squeezenet1_1", model.state_dict(), CIFAR10, num_classes=10, model_kwargs={"small_input": True})
+    calib, lw = _random_calibration_and_tiny_weights(tmp_path, images=8, seed=1)
     files = {}
     for feedback in (False, True):
         data, _, _ = compress_weights(lw, CompressionConfig(size_budget=60_000, finetune_steps=0,
