@@ -311,7 +311,8 @@ def install_(model: nn.Module, quants: dict[str, LayerQuant]) -> None:
 
 
 def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget: int, serialize,
-                         step_scale: float = 0.6, log=None, hessians: dict[str, np.ndarray] | None = None) -> dict:
+                         step_scale: float | None = None, log=None,
+                         hessians: dict[str, np.ndarray] | None = None) -> dict:
     """ECSQ every layer of ``model`` in place at the slope whose file fits ``budget`` bytes.
 
     Args:
@@ -319,10 +320,15 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
         sensitivity: per-layer Fisher sensitivity (``fisher_sensitivity``).
         budget: bytes.
         serialize: ``model -> bytes`` (the exact file), called once per bisection step.
-        step_scale: grid step relative to the high-rate optimum (0.6 measured best on SqueezeNet).
+        step_scale: grid step relative to the high-rate optimum. Default: 0.6 for plain ECSQ,
+            1.7 with error feedback (``hessians``), each measured best on SqueezeNet v1.0:
+            fed-back errors make a coarser grid with fewer coded levels pay (350 kB, 2-fold
+            ImageNet agreement: 83-84% at 0.6, 87.0% at 1.0, 88.3-88.4% at 1.7, 87.0% at 2.2; README).
     Returns:
         ``{"lam", "bytes", "levels", "kept_weights"}``.
     """
+    if step_scale is None:
+        step_scale = 1.7 if hessians else 0.6
     weights, masks = model_weights_and_masks(model)
     reference = {n: torch.from_numpy(w.astype(np.float32)) for n, w in weights.items()}
     # factored once, not at every slope of the search
