@@ -58,14 +58,14 @@ def ecsq(values: np.ndarray, mask: np.ndarray, delta: float, lam: float, iters: 
     """
     v = np.asarray(values, np.float64).reshape(-1)
     mask = np.asarray(mask, bool).reshape(-1)
-    if not delta > 0:
-        raise ConfigError(f"delta must be positive, got {delta}")
     q, levels, qmin, _ = _ecsq_grid(v[mask], int(mask.size - mask.sum()), delta, lam, iters)
     return _layer_quant(q, levels, qmin, mask, codebook_dtype)
 
 
 def _ecsq_grid(kept: np.ndarray, n_pruned: int, delta: float, lam: float, iters: int):
     """ECSQ on the grid: (grid index per kept weight, level per grid index, lowest index, bits per index)."""
+    if not delta > 0:
+        raise ConfigError(f"delta must be positive, got {delta}")
     lo = np.floor(kept / delta).astype(np.int64)
     cand = np.stack([lo, lo + 1, np.zeros_like(lo)])          # the two grid neighbours, and zero
     qmin, qmax = int(cand.min(initial=0)), int(cand.max(initial=0))
@@ -79,11 +79,19 @@ def _ecsq_grid(kept: np.ndarray, n_pruned: int, delta: float, lam: float, iters:
         bits = -np.log2((counts + 0.5) / (counts.sum() + 0.5 * span))
         cost = (kept[None, :] - levels[cand - qmin]) ** 2 + lam * bits[cand - qmin]
         q = np.take_along_axis(cand, np.argmin(cost, axis=0)[None, :], 0)[0]
-        sums = np.bincount(q - qmin, weights=kept, minlength=span)
-        n = np.bincount(q - qmin, minlength=span)
-        levels = np.where(n > 0, sums / np.maximum(n, 1), levels)
-        levels[-qmin] = 0.0
+        levels = _bin_means(q, kept, qmin, levels)
     return q, levels, qmin, bits
+
+
+def _bin_means(q: np.ndarray, values: np.ndarray, qmin: int, empty: np.ndarray) -> np.ndarray:
+    """Level per grid index: the mean of the ``values`` that took it (``empty`` where none did),
+    the zero index held at exactly zero."""
+    span = empty.size
+    sums = np.bincount(q - qmin, weights=values, minlength=span)
+    n = np.bincount(q - qmin, minlength=span)
+    levels = np.where(n > 0, sums / np.maximum(n, 1), empty)
+    levels[-qmin] = 0.0
+    return levels
 
 
 def _layer_quant(q: np.ndarray, levels: np.ndarray, qmin: int, mask: np.ndarray, codebook_dtype: str) -> LayerQuant:
@@ -128,9 +136,7 @@ def ecsq_error_feedback(weight: np.ndarray, mask: np.ndarray, factor: tuple[np.n
     w = np.array(weight, np.float64)
     out, d = w.shape
     mask = np.asarray(mask, bool).reshape(out, d)
-    if not delta > 0:
-        raise ConfigError(f"delta must be positive, got {delta}")
-    _, levels, qmin, bits = _ecsq_grid(w[mask], int(mask.size - mask.sum()), delta, lam, 4)
+    _, _, qmin, bits = _ecsq_grid(w[mask], int(mask.size - mask.sum()), delta, lam, 4)
     u, scale = factor
     span = bits.size
     q = np.zeros((out, d), np.int64)
@@ -153,11 +159,8 @@ def ecsq_error_feedback(weight: np.ndarray, mask: np.ndarray, factor: tuple[np.n
             wb[:, j + 1:] -= np.outer(e, u[b0 + j, b0 + j + 1:b1])
         w[:, b1:] -= err @ u[b0:b1, b1:]
     # levels: the mean of the (compensated) values each grid index stood for
-    flat_q, flat_t = q[mask], target[mask]
-    sums = np.bincount(flat_q - qmin, weights=flat_t, minlength=span)
-    n = np.bincount(flat_q - qmin, minlength=span)
-    levels = np.where(n > 0, sums / np.maximum(n, 1), np.arange(qmin, qmin + span) * delta)
-    levels[-qmin] = 0.0
+    flat_q = q[mask]
+    levels = _bin_means(flat_q, target[mask], qmin, np.arange(qmin, qmin + span) * delta)
     return _layer_quant(flat_q, levels, qmin, mask.reshape(-1), codebook_dtype)
 
 
