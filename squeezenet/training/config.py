@@ -30,6 +30,7 @@ class TrainConfig:
     optimizer: str = "sgd"            # sgd (the paper) or adamw
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    bn_bias_lr_scale: float = 1.0     # batch-norm shifts learn at this multiple of lr (airbench uses 64)
     nesterov: bool = False
     schedule: str = "onecycle"        # poly (paper: linear decay to 0), cosine or onecycle
     poly_power: float = 1.0
@@ -80,6 +81,8 @@ class TrainConfig:
         if not isinstance(self.eval_translate, int) or isinstance(self.eval_translate, bool) or \
                 not 0 <= self.eval_translate <= 8:
             bad(f"eval_translate must be an integer number of pixels in [0, 8], got {self.eval_translate!r}")
+        if not (isinstance(self.bn_bias_lr_scale, (int, float)) and 0 < self.bn_bias_lr_scale <= 1000):
+            bad(f"bn_bias_lr_scale must be a number in (0, 1000], got {self.bn_bias_lr_scale!r}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
             bad("weight_decay must be >= 0, momentum and label_smoothing in [0, 1)")
 

@@ -37,11 +37,18 @@ def bf16_pays(device: torch.device) -> bool:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD (Nesterov optional) or AdamW; no weight decay on biases."""
-    decay, no_decay = [], []
+    """SGD (Nesterov optional) or AdamW; no weight decay on biases; batch-norm shifts at
+    ``cfg.bn_bias_lr_scale`` times the learning rate (a group of their own only when scaled)."""
+    bn_shift = set()
+    if cfg.bn_bias_lr_scale != 1:
+        bn_shift = {id(m.bias) for m in model.modules()
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    decay, no_decay, shifts = [], [], []
     for n, p in model.named_parameters():
-        (no_decay if n.endswith("bias") else decay).append(p)
+        (shifts if id(p) in bn_shift else no_decay if n.endswith("bias") else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if shifts:
+        groups.append({"params": shifts, "weight_decay": 0.0, "lr": lr * cfg.bn_bias_lr_scale})
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)

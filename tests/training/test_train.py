@@ -219,3 +219,18 @@ def test_eval_translate_is_validated():
     with pytest.raises(TrainingError, match="eval_translate"):
         load_config(None, eval_translate=-1)
     assert load_config(None, eval_translate=1).eval_translate == 1
+
+
+def test_batch_norm_shifts_can_learn_faster():
+    from squeezenet.models import create_model
+    from squeezenet.training.loop import make_optimizer
+    model = create_model("squeezenet1_1", num_classes=10, small_input=True, batch_norm=True)
+    shifts = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    plain = make_optimizer(model, cfg(), 0.1)
+    assert len(plain.param_groups) == 2  # unchanged recipe: no group of its own
+    opt = make_optimizer(model, cfg(bn_bias_lr_scale=64), 0.1)
+    fast = [g for g in opt.param_groups if g["lr"] == pytest.approx(6.4)]
+    assert len(fast) == 1 and {id(p) for p in fast[0]["params"]} == shifts and fast[0]["weight_decay"] == 0
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    with pytest.raises(TrainingError, match="bn_bias_lr_scale"):
+        load_config(None, bn_bias_lr_scale=0)
