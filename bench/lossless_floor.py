@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from squeezenet.weights import entropy
 from squeezenet.weights.caffe_net import read_caffe_net
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def layer_codes(layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
 
 def flag_floor(flags: np.ndarray, taps: int) -> tuple[float, float]:
     """(bytes under the format's previous-tap context, best measured richer context)."""
-    out, cin, _ = flags.shape
+    cin = flags.shape[1]
     prev = np.full(flags.shape, 3)
     prev[:, :, 1:] = flags[:, :, :-1]
     f = flags.ravel()
@@ -131,9 +132,7 @@ def codebook_floor(codebooks: list[np.ndarray]) -> float:
     bits below it sent as they are."""
     leads = []
     for levels in codebooks:
-        raw = np.asarray(levels, "<f4").view("<u4").astype(np.int64)
-        keys = np.where(raw >> 31, (~raw) & 0xFFFFFFFF, raw | (1 << 31))
-        delta = np.diff(np.sort(keys), prepend=0)
+        delta = np.diff(np.sort(entropy.order_keys(levels, "f4").astype(np.int64)), prepend=0)
         leads.append(np.floor(np.log2(np.maximum(delta, 1))).astype(np.int64))
     lead = np.concatenate(leads)
     return _bytes(np.bincount(lead)) + lead.sum() / 8
@@ -183,6 +182,7 @@ def main() -> None:
     print(f"{'total':<10} {total_now:>10,.0f} {total_floor:>10,.0f}   target 520,000")
     print(json.dumps({"bytes": len(data), "estimate_bytes": round(total_floor),
                       "parts": {k: [round(now[k]), round(floor[k])] for k in now}}))
+
 
 if __name__ == "__main__":
     main()

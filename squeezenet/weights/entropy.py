@@ -240,6 +240,16 @@ def ideal_bits(index: np.ndarray, mask: np.ndarray, neg: int, k: int, taps: int)
 _WIDTH = {"f4": (np.uint32, "<u4", 4), "f2": (np.uint16, "<u2", 2)}
 
 
+def order_keys(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Unsigned keys (uint64) of ``values`` stored as ``dtype`` ("f4" or "f2") that sort as
+    the floats do: the sign bit set on non-negatives, every bit flipped on negatives."""
+    _, le, width = _WIDTH[dtype]
+    raw = np.asarray(values, "<f4" if dtype == "f4" else "<f2").view(le).astype(np.uint64)
+    sign = np.uint64(1 << (8 * width - 1))
+    full = np.uint64((1 << (8 * width)) - 1)
+    return np.where(raw & sign, ~raw & full, raw | sign)
+
+
 def pack_codebook(values: np.ndarray, dtype: str) -> bytes:
     """A sorted codebook as zlib-compressed byte planes of the deltas of order-preserving keys.
 
@@ -248,10 +258,7 @@ def pack_codebook(values: np.ndarray, dtype: str) -> bytes:
     """
     import zlib
     uint, le, width = _WIDTH[dtype]
-    raw = np.asarray(values, "<f4" if dtype == "f4" else "<f2").view(le).astype(np.uint64)
-    sign = np.uint64(1 << (8 * width - 1))
-    full = np.uint64((1 << (8 * width)) - 1)
-    keys = np.where(raw & sign, ~raw & full, raw | sign)
+    keys = order_keys(values, dtype)
     if keys.size > 1 and (np.diff(keys.astype(np.int64)) < 0).any():
         raise ValueError("codebook must be sorted")
     deltas = np.diff(keys, prepend=np.uint64(0)).astype(uint)
