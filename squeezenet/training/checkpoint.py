@@ -43,14 +43,23 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_training_checkpoint(path: Path, model, optimizer, scheduler, cfg: TrainConfig, epoch: int,
-                             best: float, classes: list[str], history: list[dict], stage: str = "train") -> None:
+                             best: float, classes: list[str], history: list[dict], stage: str = "train",
+                             ema=None) -> None:
+    """``state_dict`` holds the weights to use: the moving average when ``ema`` (a ``WeightEMA``) is
+    given, with the raw weights and the update count under ``ema`` for resuming."""
     from ..weights import save_checkpoint
     m = unwrap(model)
-    state = {k: v for k, v in m.state_dict().items()}
+    state = dict(m.state_dict())
+    extra = {}
+    if ema is not None:
+        extra["ema"] = {"raw_state_dict": {k: v.detach().cpu() for k, v in state.items()},
+                        "updates": ema.updates, "decay": ema.decay}
+        state = dict(ema.module.state_dict())
     save_checkpoint(path, cfg.model, state, preprocessing=cfg.prep, num_classes=len(classes),
                     model_kwargs=cfg.model_kwargs, class_names=classes,
                     optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch,
-                    config=dataclasses.asdict(cfg), rng=_rng_state(), best_top1=best, history=history, stage=stage)
+                    config=dataclasses.asdict(cfg), rng=_rng_state(), best_top1=best, history=history, stage=stage,
+                    **extra)
 
 
 def _tensorboard(out: Path):

@@ -50,6 +50,8 @@ class TrainConfig:
     eval_every: int = 1               # epochs between evaluations
     eval_flip: bool = False           # test-time flips: average the logits of each image and its mirror
     eval_translate: int = 0           # test-time shifts (pixels): also the views shifted up-left and down-right
+    ema_decay: float = 0.0            # 0 = off; else evaluate and save an exponential moving average of the
+                                      # weights, updated every step with this decay (0.99: ~100 steps)
 
     @property
     def prep(self) -> Preprocessing:
@@ -83,6 +85,9 @@ class TrainConfig:
             bad(f"eval_translate must be an integer number of pixels in [0, 8], got {self.eval_translate!r}")
         if not (isinstance(self.bn_bias_lr_scale, (int, float)) and 0 < self.bn_bias_lr_scale <= 1000):
             bad(f"bn_bias_lr_scale must be a number in (0, 1000], got {self.bn_bias_lr_scale!r}")
+        if not (isinstance(self.ema_decay, (int, float)) and not isinstance(self.ema_decay, bool)
+                and 0 <= self.ema_decay < 1):
+            bad(f"ema_decay must be a number in [0, 1) (0 = off), got {self.ema_decay!r}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
             bad("weight_decay must be >= 0, momentum and label_smoothing in [0, 1)")
 

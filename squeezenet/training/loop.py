@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..metrics import topk_hits
+from .checkpoint import unwrap
 from .config import TrainConfig, TrainingError
 from .distributed import Dist, _all_sum
 
@@ -72,6 +73,37 @@ def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
             return 0.5 * (1 + math.cos(math.pi * p))
         return 1.0
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class WeightEMA:
+    """An exponential moving average of a model's weights and batch-norm statistics.
+
+    ``update`` after each optimizer step: ``ema = d * ema + (1 - d) * weights`` with
+    ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates (timm's warm-up, so the first
+    steps do not drag in the initial weights); integer buffers are copied. ``module`` is the
+    averaged model, for evaluation and saving.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        import copy
+        self.decay = float(decay)
+        self.updates = 0
+        self.module = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+        self._pairs: tuple | None = None
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        if self._pairs is None:  # the same tensors every step: the optimizer updates them in place
+            src, dst = unwrap(model).state_dict(keep_vars=True), self.module.state_dict(keep_vars=True)
+            floats = [k for k, v in dst.items() if v.is_floating_point()]
+            self._pairs = ([dst[k].data for k in floats], [src[k].data for k in floats],
+                           [(v.data, src[k].data) for k, v in dst.items() if not v.is_floating_point()])
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        averaged, current, others = self._pairs
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+        for a, c in others:
+            a.copy_(c)
 
 
 # ----------------------------------------------------------------------------- loops

@@ -46,6 +46,7 @@ from .config import TrainConfig, TrainingError, input_size_warning, save_config
 from .data import build_data
 from .distributed import setup_distributed
 from .loop import (
+    WeightEMA,
     bf16_pays,
     evaluate,
     init_xavier_,
@@ -91,13 +92,24 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
     if resume is not None:
         ck = load_training_checkpoint(resume)
         m = unwrap(model)
-        attach_missing_buffers_(m, ck["state_dict"])  # masks and codebooks of a model being compressed
-        m.load_state_dict(ck["state_dict"])
+        # with EMA, "state_dict" holds the averaged weights (what users evaluate) and the raw ones sit beside
+        raw = ck["ema"]["raw_state_dict"] if isinstance(ck.get("ema"), dict) else ck["state_dict"]
+        attach_missing_buffers_(m, raw)  # masks and codebooks of a model being compressed
+        m.load_state_dict(raw)
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start_epoch, best, history = int(ck["epoch"]) + 1, float(ck["best_top1"]), list(ck.get("history") or [])
         _set_rng_state(ck["rng"])
         say(f"resumed from {resume} at epoch {start_epoch + 1}")
+    ema = None
+    if cfg.ema_decay and after_step is not None:
+        say("ema_decay ignored: an average of the weights would leave the masks and shared values this training keeps")
+    elif cfg.ema_decay:
+        ema = WeightEMA(model, cfg.ema_decay)
+        if resume is not None and isinstance(ck.get("ema"), dict):
+            ema.module.load_state_dict(ck["state_dict"])
+            ema.updates = int(ck["ema"]["updates"])
+        after_step = ema.update
     autocast = cfg.bf16 in (True, "true") or (cfg.bf16 == "auto" and bf16_pays(d.device))
     net = model
     if d.world > 1:
@@ -121,7 +133,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         tr = train_one_epoch(net, train_b, opt, sched, d=d, epoch=epoch, autocast=autocast,
                              label_smoothing=cfg.label_smoothing, max_steps=cfg.max_steps_per_epoch,
                              before_step=before_step, after_step=after_step, progress=show)
-        ev = evaluate(net, eval_b, d, autocast, cfg.eval_flip, cfg.eval_translate) if ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs) else {}
+        ev = evaluate(ema.module if ema else net, eval_b, d, autocast, cfg.eval_flip, cfg.eval_translate) if ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs) else {}
         metrics = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_top1": tr["top1"],
                    "val_loss": ev.get("loss"), "top1": ev.get("top1"), "top5": ev.get("top5"),
                    "lr": sched.get_last_lr()[0], "seconds": tr["seconds"], "images_per_s": tr["images_per_s"]}
@@ -139,9 +151,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
             board.flush()
         if out and d.main:
             _append_csv(out / "metrics.csv", metrics)
-            save_training_checkpoint(out / "last.pt", net, opt, sched, cfg, epoch, best, classes, history, stage)
+            save_training_checkpoint(out / "last.pt", net, opt, sched, cfg, epoch, best, classes, history, stage, ema)
             if improved:
-                save_training_checkpoint(out / "best.pt", net, opt, sched, cfg, epoch, best, classes, history, stage)
+                save_training_checkpoint(out / "best.pt", net, opt, sched, cfg, epoch, best, classes, history, stage, ema)
     if d.world > 1:
         dist.barrier()
     result = dict(metrics)

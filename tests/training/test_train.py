@@ -234,3 +234,68 @@ def test_batch_norm_shifts_can_learn_faster():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     with pytest.raises(TrainingError, match="bn_bias_lr_scale"):
         load_config(None, bn_bias_lr_scale=0)
+
+
+def test_weight_ema_averages_on_exact_inputs():
+    from squeezenet.training.loop import WeightEMA
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(0.0)
+    ema = WeightEMA(model, decay=0.5)
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    model[1].num_batches_tracked.fill_(7)
+    ema.update(model)  # warm-up: d = min(0.5, 2 / 11)
+    assert ema.module[0].weight.item() == pytest.approx(9 / 11)
+    assert ema.module[1].num_batches_tracked.item() == 7  # integer buffers copied, not averaged
+    for _ in range(20):  # d reaches 0.5 and stays there
+        ema.update(model)
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+    before = ema.module[0].weight.item()
+    ema.update(model)
+    assert ema.module[0].weight.item() == pytest.approx(0.5 * before + 0.5 * 3.0)
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    with pytest.raises(TrainingError, match="ema_decay"):
+        load_config(None, ema_decay=1.0)
+
+
+def test_ema_checkpoints_resume_bit_exact(tiny_data, tmp_path, monkeypatch):
+    import importlib
+
+    from squeezenet.training.checkpoint import load_training_checkpoint
+    train_module = importlib.import_module("squeezenet.training.train")  # the package's `train` is the function
+    fast = dict(model_kwargs={"small_input": True, "batch_norm": True}, ema_decay=0.9)
+    full = tmp_path / "full"
+    train(cfg(**fast), tiny_data, full, progress=False, log=lambda *a: None)
+    ck = load_training_checkpoint(full / "last.pt")
+    raw, averaged = ck["ema"]["raw_state_dict"], ck["state_dict"]
+    assert ck["ema"]["updates"] == 9  # 3 epochs x 3 steps
+    assert not torch.equal(raw["features.0.0.weight"], averaged["features.0.0.weight"])
+    assert not torch.equal(raw["features.0.1.running_mean"], averaged["features.0.1.running_mean"])
+
+    real_update = train_module.WeightEMA.update
+    steps = {"n": 0}
+
+    def die_in_epoch_3(self, model):
+        real_update(self, model)
+        steps["n"] += 1
+        if steps["n"] > 7:
+            raise Interrupt()
+    cut = tmp_path / "cut"
+    monkeypatch.setattr(train_module.WeightEMA, "update", die_in_epoch_3)
+    with pytest.raises(Interrupt):
+        train(cfg(**fast), tiny_data, cut, progress=False, log=lambda *a: None)
+    monkeypatch.setattr(train_module.WeightEMA, "update", real_update)
+    train(cfg(**fast), tiny_data, cut, resume=cut / "last.pt", progress=False, log=lambda *a: None)
+    again = load_training_checkpoint(cut / "last.pt")
+    assert all(torch.equal(averaged[k], again["state_dict"][k]) for k in averaged)
+    assert all(torch.equal(raw[k], again["ema"]["raw_state_dict"][k]) for k in raw)
+
+
+def test_ema_is_off_when_steps_keep_masks(tiny_data, tmp_path):
+    said = []
+    train(cfg(epochs=1, max_steps_per_epoch=1, ema_decay=0.9), tiny_data, tmp_path / "run", progress=False,
+          after_step=lambda m: None, log=said.append)
+    assert any("ema_decay ignored" in s for s in said)
+    assert "ema" not in torch.load(tmp_path / "run" / "last.pt", weights_only=True)
