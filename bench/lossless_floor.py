@@ -12,9 +12,11 @@ Estimates (all on the published 8-bit codes, weights identical):
 * weight codes: the format's own models (flags under the previous tap, one rank histogram a
   sign) as ideal code lengths; then the best of the richer flag contexts we measured per layer
   (left and upper taps of 3x3 kernels; a 4-class split of input channels by density or by share
-  of negative weights, with its side information), and the best rank context (4 or 8 classes of
-  input channel by mean magnitude, side information and one more 1-byte-per-level table a class
-  counted).
+  of negative weights; 4-16 classes of output filter by density, alone or crossed with input
+  channel classes; each with its side information), and the best rank context (4 or 8 classes of
+  input channel or of output filter by mean magnitude, side information and one more
+  1-byte-per-level table a class counted; the previous tap's flag; the number of kept taps in a
+  3x3 kernel).
 * codebooks: the sorted levels' key deltas (the order-preserving integer view of float32) cost
   their bits below the leading one plus the entropy of the leading bit's position under one
   histogram for the model: that is all a delta coder without a model of the mantissa can do.
@@ -95,6 +97,16 @@ def flag_floor(flags: np.ndarray, taps: int) -> tuple[float, float]:
     for feature in (kept, negative):
         cls = np.broadcast_to(classes(feature, 4)[None, :, None], flags.shape)
         best = min(best, conditional_bytes(f, (prev * 4 + cls).ravel()) + side)
+    # output filters by density (4, 8 or 16 classes), alone and crossed with 2 or 4 input-channel classes
+    out = flags.shape[0]
+    kept_out = (flags > 0).sum((1, 2))
+    for n in (4, 8, 16):
+        row = np.broadcast_to(classes(kept_out, n)[:, None, None], flags.shape)
+        best = min(best, conditional_bytes(f, (prev * n + row).ravel()) + out * np.log2(n) / 8)
+        for m in (2, 4):
+            col = np.broadcast_to(classes(kept, m)[None, :, None], flags.shape)
+            best = min(best, conditional_bytes(f, ((prev * n + row) * m + col).ravel())
+                       + (out * np.log2(n) + cin * np.log2(m)) / 8)
     return now, best
 
 
@@ -105,10 +117,22 @@ def rank_floor(flags: np.ndarray, rank: np.ndarray, k: int) -> tuple[float, floa
     now = conditional_bytes(r, sign)
     best = now
     per_channel = np.where(kept, rank, 0).sum((0, 2)) / np.maximum(1, kept.sum((0, 2)))
+    per_filter = np.where(kept, rank, 0).sum((1, 2)) / np.maximum(1, kept.sum((1, 2)))
     for n in (4, 8):
-        cls = np.broadcast_to(classes(per_channel, n)[None, :, None], flags.shape)[kept]
-        extra = flags.shape[1] * np.log2(n) / 8 + (n - 1) * k  # side information + n-1 more tables
-        best = min(best, conditional_bytes(r, sign * n + cls) + extra)
+        for axis, feature in ((1, per_channel), (0, per_filter)):
+            shape = [1, 1, 1]
+            shape[axis] = -1
+            cls = np.broadcast_to(classes(feature, n).reshape(shape), flags.shape)[kept]
+            extra = feature.size * np.log2(n) / 8 + (n - 1) * k  # side information + n-1 more tables
+            best = min(best, conditional_bytes(r, sign * n + cls) + extra)
+    # contexts a decoder has for free (no side information, only a table each): the previous
+    # tap's flag, and in 3x3 kernels how many of the nine taps are kept
+    prev = np.full(flags.shape, 3)
+    prev[:, :, 1:] = flags[:, :, :-1]
+    best = min(best, conditional_bytes(r, sign * 4 + prev[kept]) + 3 * k)
+    if flags.shape[2] == 9:
+        count = np.minimum(np.broadcast_to(kept.sum(2, keepdims=True), flags.shape)[kept] - 1, 3)
+        best = min(best, conditional_bytes(r, sign * 4 + count) + 3 * k)
     return now, best
 
 
