@@ -41,8 +41,10 @@ def main(argv=None) -> None:
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
     ax_e.set_ylabel("CIFAR-10 test top-1")
-    ax_e.axhline(0.90, color="grey", ls="--", lw=0.8)
-    ax_m.axhline(0.90, color="grey", ls="--", lw=0.8)
+    ax_e.set_ylim(top=max(0.93, ax_e.get_ylim()[1]))  # keep the 92% line inside the frame
+    for ax in (ax_e, ax_m):  # issue 15's targets: 90% within the hour, 92% with a longer recipe
+        ax.axhline(0.90, color="grey", ls="--", lw=0.8)
+        ax.axhline(0.92, color="grey", ls="-.", lw=0.8)
     ax_m.axvline(60, color="grey", ls=":", lw=0.8)
     ax_e.legend()
     fig.tight_layout()
