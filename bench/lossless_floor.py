@@ -74,11 +74,17 @@ def layer_codes(layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     return flags, rank, levels, neg, taps
 
 
+def previous_tap(flags: np.ndarray) -> np.ndarray:
+    """The flag of the previous tap in each kernel (3 at the first tap): the format's flag context."""
+    prev = np.full(flags.shape, 3)
+    prev[:, :, 1:] = flags[:, :, :-1]
+    return prev
+
+
 def flag_floor(flags: np.ndarray, taps: int) -> tuple[float, float]:
     """(bytes under the format's previous-tap context, best measured richer context)."""
     cin = flags.shape[1]
-    prev = np.full(flags.shape, 3)
-    prev[:, :, 1:] = flags[:, :, :-1]
+    prev = previous_tap(flags)
     f = flags.ravel()
     now = conditional_bytes(f, prev.ravel())
     best = now
@@ -100,11 +106,11 @@ def flag_floor(flags: np.ndarray, taps: int) -> tuple[float, float]:
     # output filters by density (4, 8 or 16 classes), alone and crossed with 2 or 4 input-channel classes
     out = flags.shape[0]
     kept_out = (flags > 0).sum((1, 2))
+    cols = {m: np.broadcast_to(classes(kept, m)[None, :, None], flags.shape) for m in (2, 4)}
     for n in (4, 8, 16):
         row = np.broadcast_to(classes(kept_out, n)[:, None, None], flags.shape)
         best = min(best, conditional_bytes(f, (prev * n + row).ravel()) + out * np.log2(n) / 8)
-        for m in (2, 4):
-            col = np.broadcast_to(classes(kept, m)[None, :, None], flags.shape)
+        for m, col in cols.items():
             best = min(best, conditional_bytes(f, ((prev * n + row) * m + col).ravel())
                        + (out * np.log2(n) + cin * np.log2(m)) / 8)
     return now, best
@@ -127,9 +133,7 @@ def rank_floor(flags: np.ndarray, rank: np.ndarray, k: int) -> tuple[float, floa
             best = min(best, conditional_bytes(r, sign * n + cls) + extra)
     # contexts a decoder has for free (no side information, only a table each): the previous
     # tap's flag, and in 3x3 kernels how many of the nine taps are kept
-    prev = np.full(flags.shape, 3)
-    prev[:, :, 1:] = flags[:, :, :-1]
-    best = min(best, conditional_bytes(r, sign * 4 + prev[kept]) + 3 * k)
+    best = min(best, conditional_bytes(r, sign * 4 + previous_tap(flags)[kept]) + 3 * k)
     if flags.shape[2] == 9:
         count = np.minimum(np.broadcast_to(kept.sum(2, keepdims=True), flags.shape)[kept] - 1, 3)
         best = min(best, conditional_bytes(r, sign * 4 + count) + 3 * k)

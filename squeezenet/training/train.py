@@ -89,11 +89,13 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
     steps = len(train_b) if not cfg.max_steps_per_epoch else min(cfg.max_steps_per_epoch, len(train_b))
     sched = make_scheduler(opt, cfg, steps)
     start_epoch, best, history = 0, -1.0, []
+    saved_ema = None  # a resumed checkpoint's moving average: {"raw_state_dict", "updates", "decay"}
     if resume is not None:
         ck = load_training_checkpoint(resume)
         m = unwrap(model)
         # with EMA, "state_dict" holds the averaged weights (what users evaluate) and the raw ones sit beside
-        raw = ck["ema"]["raw_state_dict"] if isinstance(ck.get("ema"), dict) else ck["state_dict"]
+        saved_ema = ck["ema"] if isinstance(ck.get("ema"), dict) else None
+        raw = saved_ema["raw_state_dict"] if saved_ema else ck["state_dict"]
         attach_missing_buffers_(m, raw)  # masks and codebooks of a model being compressed
         m.load_state_dict(raw)
         opt.load_state_dict(ck["optimizer"])
@@ -106,9 +108,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         say("ema_decay ignored: an average of the weights would leave the masks and shared values this training keeps")
     elif cfg.ema_decay:
         ema = WeightEMA(model, cfg.ema_decay)
-        if resume is not None and isinstance(ck.get("ema"), dict):
+        if saved_ema:
             ema.module.load_state_dict(ck["state_dict"])
-            ema.updates = int(ck["ema"]["updates"])
+            ema.updates = int(saved_ema["updates"])
         after_step = ema.update
     autocast = cfg.bf16 in (True, "true") or (cfg.bf16 == "auto" and bf16_pays(d.device))
     net = model
