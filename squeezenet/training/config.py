@@ -38,6 +38,8 @@ class TrainConfig:
     init: str = "xavier"              # xavier (paper: Xavier, conv10 from N(0, 0.01)) or default
     preprocessing: str = "cifar10"    # caffe, torchvision or cifar10 (mean/std, sizes)
     augment: str = "cifar"            # cifar (pad-4 crop + flip) or imagenet (random-resized crop + flip)
+    cutout: int = 0                   # side (pixels) of a square zeroed in each training image; 0 = off
+    alternating_flip: bool = False    # mirror each image every other epoch (airbench) instead of by a coin
     label_smoothing: float = 0.0
     channels_last: bool = True
     bf16: str = "auto"                # auto: only on CUDA or CPUs with native bf16 (AVX-512 BF16 / AMX)
@@ -83,6 +85,10 @@ class TrainConfig:
         if not isinstance(self.eval_translate, int) or isinstance(self.eval_translate, bool) or \
                 not 0 <= self.eval_translate <= 8:
             bad(f"eval_translate must be an integer number of pixels in [0, 8], got {self.eval_translate!r}")
+        if not isinstance(self.cutout, int) or isinstance(self.cutout, bool) or not 0 <= self.cutout <= 1024:
+            bad(f"cutout must be a square's side in pixels in [0, 1024] (0 = off), got {self.cutout!r}")
+        if not isinstance(self.alternating_flip, bool):
+            bad(f"alternating_flip must be true or false, got {self.alternating_flip!r}")
         if not (isinstance(self.bn_bias_lr_scale, (int, float)) and 0 < self.bn_bias_lr_scale <= 1000):
             bad(f"bn_bias_lr_scale must be a number in (0, 1000], got {self.bn_bias_lr_scale!r}")
         if not (isinstance(self.ema_decay, (int, float)) and not isinstance(self.ema_decay, bool)

@@ -13,24 +13,48 @@ from .config import TrainConfig
 from .distributed import Dist
 
 
+def cutout_(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """Zero one ``size`` x ``size`` square of each image in a normalised batch, in place.
+
+    Zero is the data set's mean after normalisation. Centres are uniform over the image, so
+    squares near an edge are clipped (DeVries & Taylor 2017, as in Page's ResNet-9 recipe).
+    """
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n, 1), generator=g)
+    cx = torch.randint(0, w, (n, 1), generator=g)
+    rows = torch.arange(h).view(1, h) - cy + size // 2  # in [0, size) inside the square
+    cols = torch.arange(w).view(1, w) - cx + size // 2
+    inside = ((rows >= 0) & (rows < size)).view(n, 1, h, 1) & ((cols >= 0) & (cols < size)).view(n, 1, 1, w)
+    return x.masked_fill_(inside, 0.0)
+
+
 class TensorBatches:
     """Batches from a uint8 image tensor, augmented per batch in torch.
 
     The order comes from a ``DistributedSampler`` (also in one process) whose ``set_epoch``
     makes each epoch's shuffle a function of (seed, epoch); augmentation draws from a generator
     seeded the same way, so an epoch is reproducible on its own (exact resume).
+
+    ``alternating_flip`` (airbench's): each image is mirrored in every other epoch, starting from
+    a random half, instead of by a fresh coin each epoch, so consecutive epochs show both views.
+    ``cutout``: side in pixels of a square zeroed in each training image (0 = off).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, prep: Preprocessing,
-                 train: bool, augment: str, d: Dist, seed: int, channels_last: bool) -> None:
+                 train: bool, augment: str, d: Dist, seed: int, channels_last: bool, *,
+                 cutout: int = 0, alternating_flip: bool = False) -> None:
         from torch.utils.data.distributed import DistributedSampler
         self.images, self.labels = images, labels
         self.batch_size = batch_size
         self.train = train
         self.augment = augment if train else "none"
+        self.cutout = cutout if train else 0
         self.seed = seed
         self.epoch = 0
         self.channels_last = channels_last
+        self.flip_first = None
+        if alternating_flip and self.augment == "cifar":
+            self.flip_first = torch.rand(len(labels), generator=torch.Generator().manual_seed(seed)) < 0.5
         self.sampler = DistributedSampler(range(len(labels)), num_replicas=d.world, rank=d.rank,
                                           shuffle=train, seed=seed, drop_last=train)
         self.prep = prep
@@ -43,7 +67,7 @@ class TensorBatches:
         n = len(self.sampler)
         return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
 
-    def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def _augment(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self.augment == "cifar":
             n, _, h, w = x.shape
             padded = F.pad(x, (4, 4, 4, 4))
@@ -54,6 +78,8 @@ class TensorBatches:
             x = padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1),
                        rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
             flip = torch.rand(n, generator=g) < 0.5
+            if self.flip_first is not None:
+                flip = self.flip_first[idx] ^ bool(self.epoch % 2)
             x[flip] = x[flip].flip(3)
         return x
 
@@ -62,7 +88,9 @@ class TensorBatches:
         g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
         for b in range(len(self)):
             idx = torch.tensor(order[b * self.batch_size:(b + 1) * self.batch_size])
-            x = self.prep.normalize(self._augment(self.images[idx].float(), g))
+            x = self.prep.normalize(self._augment(self.images[idx].float(), idx, g))
+            if self.cutout:
+                cutout_(x, self.cutout, g)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[idx]
@@ -98,7 +126,7 @@ class FolderBatches:
     """A DataLoader over image files with worker processes and a DistributedSampler."""
 
     def __init__(self, samples, batch_size: int, prep: Preprocessing, train: bool, augment: str, d: Dist,
-                 seed: int, workers: int, channels_last: bool) -> None:
+                 seed: int, workers: int, channels_last: bool, *, cutout: int = 0) -> None:
         from torch.utils.data.distributed import DistributedSampler
         ds = FolderDataset(samples, _folder_transform(prep, train, augment))
         self.sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=train, seed=seed, drop_last=train)
@@ -106,8 +134,11 @@ class FolderBatches:
                                                   drop_last=train, persistent_workers=workers > 0)
         self.channels_last = channels_last
         self.seed = seed
+        self.cutout = cutout if train else 0
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.sampler.set_epoch(epoch)
         torch.manual_seed(self.seed * 1000003 + epoch)  # worker augmentation seeds derive from this
 
@@ -115,7 +146,10 @@ class FolderBatches:
         return len(self.loader)
 
     def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch + 1)
         for x, y in self.loader:
+            if self.cutout:
+                cutout_(x, self.cutout, g)
             yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
 
 
@@ -138,10 +172,14 @@ def build_data(data: str | os.PathLike, cfg: TrainConfig, d: Dist, per_rank_batc
         xe, ye, skipped_e = decode_to_tensor(eval_samples, prep.crop, cache)
         if skipped or skipped_e:
             log(f"skipped {skipped} training and {skipped_e} evaluation images that could not be decoded")
-        train = TensorBatches(xs, ys, per_rank_batch, prep, True, cfg.augment, d, cfg.seed, cfg.channels_last)
+        train = TensorBatches(xs, ys, per_rank_batch, prep, True, cfg.augment, d, cfg.seed, cfg.channels_last,
+                              cutout=cfg.cutout, alternating_flip=cfg.alternating_flip)
         evalb = TensorBatches(xe, ye, max(per_rank_batch, 256), prep, False, "none", d, cfg.seed, cfg.channels_last)
     else:
-        train = FolderBatches(train_samples, per_rank_batch, prep, True, cfg.augment, d, cfg.seed, cfg.workers, cfg.channels_last)
+        if cfg.alternating_flip:
+            log("alternating_flip applies to the tensor cache (small images); these images flip at random")
+        train = FolderBatches(train_samples, per_rank_batch, prep, True, cfg.augment, d, cfg.seed, cfg.workers,
+                              cfg.channels_last, cutout=cfg.cutout)
         evalb = FolderBatches(eval_samples, per_rank_batch, prep, False, "none", d, cfg.seed, cfg.workers, cfg.channels_last)
     return train, evalb, classes
 

@@ -299,3 +299,53 @@ def test_ema_is_off_when_steps_keep_masks(tiny_data, tmp_path):
           after_step=lambda m: None, log=said.append)
     assert any("ema_decay ignored" in s for s in said)
     assert "ema" not in torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+
+
+def test_cutout_zeroes_one_clipped_square_per_image():
+    from squeezenet.training.data import cutout_
+    x = torch.ones(64, 3, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    cutout_(x, 4, g)
+    zeroed = x[:, 0] == 0
+    assert torch.equal(zeroed, (x == 0).all(1))  # the same square in every channel
+    for img in zeroed:
+        rows, cols = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
+        # one solid rectangle, at most 4x4, clipped only where it meets an edge
+        assert img.sum() == len(rows) * len(cols) and 1 <= len(rows) <= 4 and 1 <= len(cols) <= 4
+        assert len(rows) == 4 or rows[0] == 0 or rows[-1] == 7
+        assert len(cols) == 4 or cols[0] == 0 or cols[-1] == 7
+    assert (zeroed.sum((1, 2)) == 16).any() and (zeroed.sum((1, 2)) < 16).any()
+    with pytest.raises(TrainingError, match="cutout"):
+        load_config(None, cutout=-2)
+
+
+def test_alternating_flip_mirrors_each_image_every_other_epoch():
+    from squeezenet.preprocessing import Preprocessing
+    from squeezenet.training.data import TensorBatches
+    from squeezenet.training.distributed import Dist
+    n = 32
+    # each image: a distinct value in its 8 left columns only; shifts of up to 4 px keep the bright
+    # band's centre left of the middle, and a mirror puts it right of it
+    images = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
+    images[:, :, :, :8] = torch.arange(1, n + 1, dtype=torch.uint8).view(n, 1, 1, 1)
+    identity = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize=32, crop=32, scale=255.0,
+                             channel_order="RGB")
+
+    def mirrored(batches, epoch):
+        batches.set_epoch(epoch)
+        flips = {}
+        for x, _ in batches:
+            for img in x:
+                bright = img[0].amax(0).nonzero().flatten().float()
+                flips[int(img.max().item())] = bright.mean().item() > 16
+        return flips
+
+    alt = TensorBatches(images, torch.zeros(n, dtype=torch.long), 8, identity, True, "cifar", Dist(), 3, False,
+                        alternating_flip=True)
+    e0, e1, e2 = (mirrored(alt, e) for e in range(3))
+    assert set(e0) == set(range(1, n + 1))
+    assert all(e1[k] != e0[k] for k in e0) and e2 == e0
+    assert 0 < sum(e0.values()) < n
+    coin = TensorBatches(images, torch.zeros(n, dtype=torch.long), 8, identity, True, "cifar", Dist(), 3, False)
+    c0, c1 = mirrored(coin, 0), mirrored(coin, 1)
+    assert any(c1[k] == c0[k] for k in c0)  # a fresh coin each epoch repeats some views
