@@ -126,7 +126,7 @@ def main() -> int:
     cifar_files = sorted((cifar / "test").rglob("*.jpg"))[:: max(1, 10_000 // n_cifar)][:n_cifar]
     cifar_views = load_views(cifar_files, prep, "centre")
     centre = torch.stack([ds[i][0] for i in range(len(ds))])
-    ref_in, ref_cifar, ref_centre = logits(teacher, in_views), logits(teacher, cifar_views), logits(teacher, centre)
+    ref_in, ref_cifar = logits(teacher, in_views), logits(teacher, cifar_views)
     fold_of_view = torch.arange(len(paths)).repeat_interleave(per_image) % 2
     fold_of_image = torch.arange(len(paths)) % 2
 

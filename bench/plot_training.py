@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     for i, path in enumerate(a.csv):
         rows = read(path)
         label = a.label[i] if a.label and i < len(a.label) else path.parent.name
-        minutes, total, points = [], 0.0, []
+        total, points = 0.0, []
         for r in rows:
             total += float(r["seconds"])
             if r["top1"]:

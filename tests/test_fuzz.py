@@ -19,7 +19,7 @@ from squeezenet.errors import FormatError
 from squeezenet.models import create_model
 from squeezenet.preprocessing import CIFAR10
 from squeezenet.training import TrainingError, load_config
-from squeezenet.weights import LoadedWeights, load_weights, save_checkpoint
+from squeezenet.weights import LoadedWeights, load_weights
 
 CASES = 10_000
 EXTREMES = [0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 0x80000000, 255, 65535]

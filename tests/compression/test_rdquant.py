@@ -1,5 +1,4 @@
 """Entropy-constrained quantization and the size-budget search on small exact inputs."""
-import math
 
 import numpy as np
 import pytest

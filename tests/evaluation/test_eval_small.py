@@ -1,7 +1,6 @@
 """Evaluation on a tiny folder made in the test: labels from the mapping file, clear errors."""
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from squeezenet.data import ImageNetFolder

@@ -7,7 +7,7 @@ import torch
 from squeezenet.cli.main import main
 from squeezenet.compression import CompressionConfig, compress_weights
 from squeezenet.weights.sqz import write_compressed
-from squeezenet.evaluation import evaluate_weights, predict
+from squeezenet.evaluation import predict
 from squeezenet.preprocessing import CAFFE_IMAGENET
 from squeezenet.weights import load_weights
 from tests.conftest import IMAGENET_SAMPLES, PUBLISHED_NET, need

@@ -11,7 +11,7 @@ from squeezenet.data.imagenet import MAX_IMAGE_PIXELS, ImageNetFolder, load_imag
 from squeezenet.errors import DataError
 from squeezenet.evaluation import evaluate_weights
 from squeezenet.models import create_model
-from squeezenet.preprocessing import CIFAR10, TORCHVISION_IMAGENET
+from squeezenet.preprocessing import TORCHVISION_IMAGENET
 from squeezenet.weights import save_checkpoint
 
 
