@@ -36,6 +36,7 @@ class TrainConfig:
     poly_power: float = 1.0
     warmup_epochs: float = 0.0        # linear warm-up (cosine / poly), epochs
     init: str = "xavier"              # xavier (paper: Xavier, conv10 from N(0, 0.01)) or default
+    stem_whitening: bool = False      # stem filters start as a patch-whitening basis of the images (airbench)
     preprocessing: str = "cifar10"    # caffe, torchvision or cifar10 (mean/std, sizes)
     augment: str = "cifar"            # cifar (pad-4 crop + flip) or imagenet (random-resized crop + flip)
     cutout: int = 0                   # side (pixels) of a square zeroed in each training image; 0 = off
@@ -87,6 +88,8 @@ class TrainConfig:
             bad(f"eval_translate must be an integer number of pixels in [0, 8], got {self.eval_translate!r}")
         if not isinstance(self.cutout, int) or isinstance(self.cutout, bool) or not 0 <= self.cutout <= 1024:
             bad(f"cutout must be a square's side in pixels in [0, 1024] (0 = off), got {self.cutout!r}")
+        if not isinstance(self.stem_whitening, bool):
+            bad(f"stem_whitening must be true or false, got {self.stem_whitening!r}")
         if not isinstance(self.alternating_flip, bool):
             bad(f"alternating_flip must be true or false, got {self.alternating_flip!r}")
         if not (isinstance(self.bn_bias_lr_scale, (int, float)) and 0 < self.bn_bias_lr_scale <= 1000):

@@ -153,6 +153,21 @@ class FolderBatches:
             yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
 
 
+def sample_images(batches, n: int, seed: int) -> torch.Tensor:
+    """Up to ``n`` normalised training images (a seeded subset of a tensor cache, or the first
+    batches of a DataLoader), for statistics such as the stem's whitening."""
+    if isinstance(batches, TensorBatches):
+        pick = torch.randperm(len(batches.labels), generator=torch.Generator().manual_seed(seed))[:n]
+        return batches.prep.normalize(batches.images[pick])
+    taken, count = [], 0
+    for x, _ in batches.loader:
+        taken.append(x.contiguous())
+        count += len(x)
+        if count >= n:
+            break
+    return torch.cat(taken)[:n]
+
+
 def build_data(data: str | os.PathLike, cfg: TrainConfig, d: Dist, per_rank_batch: int, log=print):
     """(train batches, eval batches, class names)."""
     from ..data.folders import decode_to_tensor, list_classes, list_samples, split_dirs

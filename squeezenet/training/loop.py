@@ -28,6 +28,41 @@ def init_xavier_(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+@torch.no_grad()
+def init_stem_whitening_(model: nn.Module, images: torch.Tensor, eps: float = 1e-2) -> int:
+    """Patch-whitening first layer (Keller Jordan's airbench): the stem's filters become the
+    eigenvectors of the covariance of its input patches, each scaled by 1/sqrt(eigenvalue + eps),
+    in +/- pairs (so a ReLU after it keeps both signs), largest eigenvalues first; filters beyond
+    twice the patch dimension keep their initialisation. Only the start changes: the filters train.
+
+    Args:
+        model: the network; its stem is the first ``Conv2d`` taking ``images``' channels.
+        images: normalised training images, (N, C, H, W).
+    Returns:
+        the number of filters set.
+    """
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1
+                 and m.in_channels == images.shape[1]), None)
+    if conv is None:
+        raise TrainingError(f"no convolution takes {images.shape[1]}-channel images: nothing to whiten")
+    dim = conv.weight[0].numel()
+    cov, count = torch.zeros(dim, dim, dtype=torch.float64), 0
+    for chunk in images.split(256):  # patches of 256 images at a time: 2,048 images' would be ~0.4 GB
+        patches = F.unfold(chunk.float(), conv.kernel_size, stride=conv.stride)  # (n, C*kh*kw, L)
+        patches = patches.transpose(1, 2).reshape(-1, dim).double()
+        cov += patches.T @ patches
+        count += len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov / count)  # ascending
+    basis = (eigenvectors / (eigenvalues.clamp(min=0) + eps).sqrt()).T.flip(0)  # rows, largest first
+    filters = torch.cat([basis, -basis])[:conv.out_channels]
+    weight = conv.weight.detach().contiguous().clone()
+    weight.view(conv.out_channels, dim)[:len(filters)] = filters.to(weight.dtype)
+    conv.weight.copy_(weight)
+    if conv.bias is not None:
+        conv.bias.zero_()
+    return len(filters)
+
+
 def bf16_pays(device: torch.device) -> bool:
     """bf16 autocast helps on CUDA and on CPUs with native bf16 math; elsewhere it is emulated
     and slower (measured 8x slower than fp32 on an AVX2-only CPU)."""

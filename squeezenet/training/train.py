@@ -43,12 +43,13 @@ from .checkpoint import (
     unwrap,
 )
 from .config import TrainConfig, TrainingError, input_size_warning, save_config
-from .data import build_data
+from .data import build_data, sample_images
 from .distributed import setup_distributed
 from .loop import (
     WeightEMA,
     bf16_pays,
     evaluate,
+    init_stem_whitening_,
     init_xavier_,
     make_optimizer,
     make_scheduler,
@@ -79,6 +80,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         model = create_model(cfg.model, num_classes=len(classes), **cfg.model_kwargs)
         if cfg.init == "xavier":
             init_xavier_(model)
+        if cfg.stem_whitening and resume is None:
+            n_set = init_stem_whitening_(model, sample_images(train_b, 2048, cfg.seed))
+            say(f"stem: {n_set} filters start as a patch-whitening basis of 2,048 training images")
     elif getattr(unwrap(model), "num_classes", len(classes)) != len(classes):
         raise TrainingError(f"model has {unwrap(model).num_classes} classes, the data {len(classes)}")
     model = model.to(d.device)

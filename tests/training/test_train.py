@@ -349,3 +349,28 @@ def test_alternating_flip_mirrors_each_image_every_other_epoch():
     coin = TensorBatches(images, torch.zeros(n, dtype=torch.long), 8, identity, True, "cifar", Dist(), 3, False)
     c0, c1 = mirrored(coin, 0), mirrored(coin, 1)
     assert any(c1[k] == c0[k] for k in c0)  # a fresh coin each epoch repeats some views
+
+
+def test_stem_whitening_decorrelates_the_stem_outputs():
+    from squeezenet.models import create_model
+    from squeezenet.training.loop import init_stem_whitening_
+    g = torch.Generator().manual_seed(0)
+    # correlated channels and smooth images: far from white patches
+    base = torch.nn.functional.avg_pool2d(torch.randn(64, 1, 18, 18, generator=g), 3, 1)
+    images = torch.cat([base, base * 0.5 + 0.1 * torch.randn(64, 1, 16, 16, generator=g),
+                        torch.randn(64, 1, 16, 16, generator=g)], 1)
+    model = create_model("squeezenet1_1", num_classes=10, small_input=True, batch_norm=True)
+    conv = model.features[0][0]
+    untouched = conv.weight[54:].clone()
+    assert init_stem_whitening_(model, images, eps=1e-6) == 54  # 27-dimensional 3x3x3 patches, +/- pairs
+    out = torch.nn.functional.conv2d(images, conv.weight).permute(1, 0, 2, 3).reshape(conv.out_channels, -1)
+    white = out[:27] @ out[:27].T / out.shape[1]
+    assert torch.allclose(white, torch.eye(27), atol=1e-3)
+    assert torch.equal(conv.weight[27:54], -conv.weight[:27]) and torch.equal(conv.weight[54:], untouched)
+    with pytest.raises(TrainingError, match="stem_whitening"):
+        load_config(None, stem_whitening="yes")
+
+
+def test_training_with_stem_whitening_says_so(tiny_data, capsys):
+    train(cfg(epochs=1, stem_whitening=True, max_steps_per_epoch=1), tiny_data)
+    assert "patch-whitening basis" in capsys.readouterr().out
