@@ -77,7 +77,7 @@ class TensorBatches:
             cols = (dx.view(n, 1) + torch.arange(w).view(1, w))
             x = padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1),
                        rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
-            flip = torch.rand(n, generator=g) < 0.5
+            flip = torch.rand(n, generator=g) < 0.5  # drawn either way: the later draws stay the same
             if self.flip_first is not None:
                 flip = self.flip_first[idx] ^ bool(self.epoch % 2)
             x[flip] = x[flip].flip(3)
