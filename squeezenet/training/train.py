@@ -81,8 +81,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         if cfg.init == "xavier":
             init_xavier_(model)
         if cfg.stem_whitening and resume is None:
-            n_set = init_stem_whitening_(model, sample_images(train_b, 2048, cfg.seed))
-            say(f"stem: {n_set} filters start as a patch-whitening basis of 2,048 training images")
+            sample = sample_images(train_b, 2048, cfg.seed)
+            n_set = init_stem_whitening_(model, sample)
+            say(f"stem: {n_set} filters start as a patch-whitening basis of {len(sample):,} training images")
     elif getattr(unwrap(model), "num_classes", len(classes)) != len(classes):
         raise TrainingError(f"model has {unwrap(model).num_classes} classes, the data {len(classes)}")
     model = model.to(d.device)
