@@ -170,7 +170,7 @@ def cmd_train(args) -> int:
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     overrides = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                  "seed": args.seed, "workers": args.workers, "max_steps_per_epoch": args.max_steps,
-                 "limit_train": args.limit_train}
+                 "limit_train": args.limit_train, "time_budget_min": args.time_budget}
     base: dict = {}
     if args.config is None and args.resume is not None:  # continue with the recipe the run started with
         from ..training.checkpoint import load_training_checkpoint
@@ -391,6 +391,10 @@ def add_commands(sub) -> None:
     s.add_argument("--epochs", type=_positive_int, default=None, help="epochs (overrides the config)")
     s.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size")
     s.add_argument("--lr", type=float, default=None, help="learning rate at the reference batch")
+    s.add_argument("--time-budget", type=_positive_float, default=None, metavar="MIN",
+                   help="finish within MIN minutes, final evaluation included: the learning-rate schedule "
+                        "follows the share of the time spent and ends at 0 when it runs out (--epochs is then "
+                        "an upper bound)")
     s.add_argument("--small-input", action="store_true", help="32x32 stem (CIFAR-10 sized images)")
     s.add_argument("--batch-norm", action="store_true",
                    help="conv -> batch norm -> ReLU (a departure from the paper; folded away for export)")

@@ -51,6 +51,9 @@ class TrainConfig:
     max_steps_per_epoch: int = 0      # 0 = whole epoch; >0 for quick runs and tests
     limit_train: int = 0              # 0 = all training images; >0 a fixed random subset
     eval_every: int = 1               # epochs between evaluations
+    time_budget_min: float = 0.0      # 0 = off; else the run (from train() on, final evaluation included)
+                                      # ends within this many minutes, its schedule driven by the share
+                                      # spent; epochs is then an upper bound
     eval_flip: bool = False           # test-time flips: average the logits of each image and its mirror
     eval_translate: int = 0           # test-time shifts (pixels): also the views shifted up-left and down-right
     ema_decay: float = 0.0            # 0 = off; else evaluate and save an exponential moving average of the
@@ -97,6 +100,9 @@ class TrainConfig:
         if not (isinstance(self.ema_decay, (int, float)) and not isinstance(self.ema_decay, bool)
                 and 0 <= self.ema_decay < 1):
             bad(f"ema_decay must be a number in [0, 1) (0 = off), got {self.ema_decay!r}")
+        if not (isinstance(self.time_budget_min, (int, float)) and not isinstance(self.time_budget_min, bool)
+                and math.isfinite(self.time_budget_min) and 0 <= self.time_budget_min <= 60 * 24 * 365):
+            bad(f"time_budget_min must be a number of minutes >= 0 (0 = off), got {self.time_budget_min!r}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
             bad("weight_decay must be >= 0, momentum and label_smoothing in [0, 1)")
 

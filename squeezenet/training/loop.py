@@ -110,6 +110,89 @@ def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def schedule_factor(cfg: TrainConfig, progress: float, step: int, warm_steps: int) -> float:
+    """The learning-rate multiplier at ``progress`` (the share of the run done, 0 to 1).
+
+    The same shapes as ``make_scheduler`` on a continuous axis: onecycle rises linearly over
+    the first 15% and falls linearly to 0; poly and cosine warm up over ``warm_steps`` steps
+    (counted in steps, as in ``make_scheduler``) and then decay to 0 at ``progress`` 1."""
+    p = min(1.0, max(0.0, progress))
+    if cfg.schedule == "onecycle":
+        return p / 0.15 if p < 0.15 else (1 - p) / 0.85
+    if step < warm_steps:
+        return (step + 1) / warm_steps
+    if cfg.schedule == "poly":
+        return (1 - p) ** cfg.poly_power
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * p))
+    return 1.0
+
+
+class TimeBudgetScheduler:
+    """A learning-rate schedule driven by the share of a time budget spent (budgeted training,
+    Li, Yumer and Ramanan, ICLR 2020: a schedule that decays to 0 exactly when the budget ends
+    beats a longer schedule cut short).
+
+    Progress is ``max(elapsed / (budget - reserve), steps / (epochs * steps_per_epoch))``, so
+    the schedule ends (``done``) when the time or the epochs run out, whichever comes first;
+    ``reserve_s`` is time kept back for the final evaluation. Under DDP every process takes the
+    largest elapsed time of all (one all-reduce a step), so all step with the same learning
+    rate. Not bit-exact across runs or resumes: the learning rate depends on the wall clock.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
+                 budget_s: float, d: Dist | None = None, started: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.optimizer, self.cfg, self.d, self.clock = optimizer, cfg, d or Dist(), clock
+        self.budget_s, self.reserve_s = float(budget_s), 0.0
+        self.total_steps = max(1, cfg.epochs * steps_per_epoch)
+        self.warm_steps = int(cfg.warmup_epochs * steps_per_epoch)
+        self.steps, self.progress = 0, 0.0
+        self.t0 = clock() if started is None else started
+        for g in optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+        self._apply()
+
+    @property
+    def done(self) -> bool:
+        return self.progress >= 1.0
+
+    def elapsed(self) -> float:
+        e = self.clock() - self.t0
+        if self.d.world > 1:  # one clock for all processes: the slowest
+            import torch.distributed as dist
+            t = torch.tensor([e], dtype=torch.float64, device=self.d.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            e = float(t.item())
+        return e
+
+    def _apply(self) -> None:
+        f = schedule_factor(self.cfg, self.progress, self.steps, self.warm_steps)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * f
+
+    def step(self) -> None:
+        self.steps += 1
+        available = max(1e-9, self.budget_s - self.reserve_s)
+        self.progress = min(1.0, max(self.elapsed() / available, self.steps / self.total_steps))
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"elapsed_s": self.clock() - self.t0, "steps": self.steps, "progress": self.progress,
+                "reserve_s": self.reserve_s, "budget_s": self.budget_s}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "elapsed_s" not in state:
+            raise TrainingError("the checkpoint's schedule counts steps, not time: resume it without time_budget_min")
+        self.t0 = self.clock() - float(state["elapsed_s"])
+        self.steps, self.progress = int(state["steps"]), float(state["progress"])
+        self.reserve_s = float(state.get("reserve_s", 0.0))
+        self._apply()
+
+
 class WeightEMA:
     """An exponential moving average of a model's weights and batch-norm statistics.
 
@@ -182,10 +265,14 @@ def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, d: Dist,
         seen += n
         bar.update(1)
         el = time.perf_counter() - start
+        if getattr(scheduler, "done", False):  # a time budget spent: stop mid-epoch
+            total = step + 1
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{seen / el:.0f}")
         if line_every and ((step + 1) % line_every == 0 or step + 1 == total):
             print(f"epoch {epoch + 1}: step {step + 1}/{total}, loss {loss_sum / seen:.3f}, acc {correct / seen:.3f}, "
                   f"{seen / el:.0f} images/s, {el:.0f} s", file=sys.stderr, flush=True)
+        if step + 1 >= total:
+            break
     bar.close()
     seconds = time.perf_counter() - start
     return {"loss": loss_sum / max(seen, 1), "top1": correct / max(seen, 1), "images": int(seen),

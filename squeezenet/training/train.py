@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -52,9 +53,19 @@ from .loop import (
     init_stem_whitening_,
     init_xavier_,
     make_optimizer,
+    TimeBudgetScheduler,
     make_scheduler,
     train_one_epoch,
 )
+
+
+def _evaluation_seconds(cfg: TrainConfig, images: int, epoch: dict, measured: float | None) -> float:
+    """Seconds to keep back for the final evaluation and checkpoint: a measured evaluation, or an
+    estimate from training speed (a forward pass costs about a third of a training step)."""
+    if measured is not None:
+        return 1.2 * measured + 5.0
+    views = (2 if cfg.eval_flip else 1) * (3 if cfg.eval_translate else 1)
+    return images * views / max(3.0 * epoch["images_per_s"], 1e-9) * 1.2 + 5.0
 
 
 def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | None = None,
@@ -66,6 +77,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
     Writes ``metrics.csv``, ``last.pt`` (every epoch) and ``best.pt`` into ``out`` on rank 0.
     """
     from ..models import create_model
+    started = time.monotonic()  # a time budget counts from here: data loading is part of the run
     cfg.validate()
     d = setup_distributed()
     if d.world > 1 and cfg.batch_size % d.world:
@@ -92,7 +104,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
     lr = cfg.lr * cfg.batch_size / cfg.lr_reference_batch
     opt = make_optimizer(model, cfg, lr)
     steps = len(train_b) if not cfg.max_steps_per_epoch else min(cfg.max_steps_per_epoch, len(train_b))
-    sched = make_scheduler(opt, cfg, steps)
+    budget = cfg.time_budget_min * 60.0
+    sched = (TimeBudgetScheduler(opt, cfg, steps, budget, d, started) if budget
+             else make_scheduler(opt, cfg, steps))
     start_epoch, best, history = 0, -1.0, []
     saved_ema = None  # a resumed checkpoint's moving average: {"raw_state_dict", "updates", "decay"}
     if resume is not None:
@@ -104,6 +118,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         attach_missing_buffers_(m, raw)  # masks and codebooks of a model being compressed
         m.load_state_dict(raw)
         opt.load_state_dict(ck["optimizer"])
+        if not budget and "elapsed_s" in ck["scheduler"]:
+            raise TrainingError(f"{resume}: this run's schedule follows a time budget; resume it with the "
+                                "recipe it started with (time_budget_min)")
         sched.load_state_dict(ck["scheduler"])
         start_epoch, best, history = int(ck["epoch"]) + 1, float(ck["best_top1"]), list(ck.get("history") or [])
         _set_rng_state(ck["rng"])
@@ -131,16 +148,25 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
     if warning:
         say(warning)
     show = (progress if progress is not None else (True if sys.stderr.isatty() else "lines")) if d.main else False
-    say(f"training {cfg.model} on {len(train_b) * per_rank * d.world:,} images x {cfg.epochs} epochs, "
+    length = (f"for {cfg.time_budget_min:g} minutes (at most {cfg.epochs} epochs)" if budget
+              else f"x {cfg.epochs} epochs")
+    say(f"training {cfg.model} on {len(train_b) * per_rank * d.world:,} images {length}, "
         f"{d.world} process(es) on {d.device}, global batch {cfg.batch_size}, lr {lr:.4g}, "
         f"bf16 {'on' if autocast else 'off'}, channels_last {cfg.channels_last}")
     metrics: dict = {}
+    eval_seconds = None
     board = _tensorboard(out) if (out and d.main) else None
     for epoch in range(start_epoch, cfg.epochs):
         tr = train_one_epoch(net, train_b, opt, sched, d=d, epoch=epoch, autocast=autocast,
                              label_smoothing=cfg.label_smoothing, max_steps=cfg.max_steps_per_epoch,
                              before_step=before_step, after_step=after_step, progress=show)
-        ev = evaluate(ema.module if ema else net, eval_b, d, autocast, cfg.eval_flip, cfg.eval_translate) if ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs) else {}
+        last = epoch + 1 == cfg.epochs or getattr(sched, "done", False)
+        if budget and not last:  # keep back time for the final evaluation: the same images x views
+            sched.reserve_s = _evaluation_seconds(cfg, len(eval_b.sampler) * d.world, tr, eval_seconds)
+        t_eval = time.perf_counter()
+        ev = evaluate(ema.module if ema else net, eval_b, d, autocast, cfg.eval_flip, cfg.eval_translate) if ((epoch + 1) % cfg.eval_every == 0 or last) else {}
+        if ev:
+            eval_seconds = time.perf_counter() - t_eval
         metrics = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_top1": tr["top1"],
                    "val_loss": ev.get("loss"), "top1": ev.get("top1"), "top5": ev.get("top5"),
                    "lr": sched.get_last_lr()[0], "seconds": tr["seconds"], "images_per_s": tr["images_per_s"]}
@@ -148,7 +174,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         improved = ev and ev["top1"] > best
         if improved:
             best = ev["top1"]
-        say(f"epoch {epoch + 1}/{cfg.epochs}: loss {tr['loss']:.4f}, train top-1 {tr['top1']:.4f}"
+        done = f", {sched.progress:.0%} of the time budget" if budget else ""
+        say(f"epoch {epoch + 1}/{cfg.epochs}{done}: loss {tr['loss']:.4f}, train top-1 {tr['top1']:.4f}"
             + (f", test top-1 {ev['top1']:.4f}, top-5 {ev['top5']:.4f}" if ev else "")
             + f", {tr['seconds']:.0f} s, {tr['images_per_s']:.0f} images/s")
         if board is not None:
@@ -161,6 +188,11 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
             save_training_checkpoint(out / "last.pt", net, opt, sched, cfg, epoch, best, classes, history, stage, ema)
             if improved:
                 save_training_checkpoint(out / "best.pt", net, opt, sched, cfg, epoch, best, classes, history, stage, ema)
+        if last:
+            if budget and epoch + 1 < cfg.epochs:
+                say(f"time budget of {cfg.time_budget_min:g} minutes spent after {epoch + 1} epochs "
+                    f"({time.monotonic() - started:.0f} s)")
+            break
     if d.world > 1:
         dist.barrier()
     result = dict(metrics)

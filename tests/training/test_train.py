@@ -374,3 +374,62 @@ def test_stem_whitening_decorrelates_the_stem_outputs():
 def test_training_with_stem_whitening_says_so(tiny_data, capsys):
     train(cfg(epochs=1, stem_whitening=True, max_steps_per_epoch=1), tiny_data)
     assert "patch-whitening basis" in capsys.readouterr().out
+
+
+def test_time_budget_schedule_follows_the_share_of_time_spent():
+    from squeezenet.training.loop import TimeBudgetScheduler
+    now = {"t": 0.0}
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    c = cfg(schedule="onecycle", epochs=100)
+    s = TimeBudgetScheduler(opt, c, steps_per_epoch=10, budget_s=100.0, clock=lambda: now["t"])
+    assert s.get_last_lr() == [0.0] and not s.done
+    for t, lr in [(7.5, 0.5), (15.0, 1.0), (57.5, 0.5)]:  # up over 15% of the time, then down to 0
+        now["t"] = t
+        s.step()
+        assert s.get_last_lr()[0] == pytest.approx(lr)
+    s.reserve_s = 50.0  # time kept back for the final evaluation shortens what training may use
+    now["t"] = 42.5
+    s.step()
+    assert s.progress == pytest.approx(0.85) and s.get_last_lr()[0] == pytest.approx(0.15 / 0.85)
+    state = s.state_dict()
+    now["t"] = 1000.0  # a resumed run continues from the elapsed time saved, not from its own start
+    s2 = TimeBudgetScheduler(opt, c, steps_per_epoch=10, budget_s=100.0, clock=lambda: now["t"])
+    s2.load_state_dict(state)
+    now["t"] = 1005.0
+    s2.step()
+    assert s2.progress == pytest.approx((42.5 + 5.0) / 50.0)
+    now["t"] = 1010.0
+    s2.step()
+    assert s2.done and s2.get_last_lr() == [0.0]
+    # the epochs bound the run too: with the clock stopped, 2 of 4 steps are half of it
+    s3 = TimeBudgetScheduler(opt, cfg(schedule="onecycle", epochs=1), steps_per_epoch=4, budget_s=100.0,
+                             clock=lambda: 0.0)
+    s3.step(), s3.step()
+    assert s3.progress == 0.5 and s3.get_last_lr()[0] == pytest.approx(0.5 / 0.85)
+    with pytest.raises(TrainingError, match="counts steps"):
+        TimeBudgetScheduler(opt, c, 10, 100.0).load_state_dict({"last_epoch": 3})
+
+
+def test_training_to_a_time_budget_ends_in_time_with_the_schedule_at_zero(tiny_data, tmp_path):
+    import time
+    lrs = []
+    start = time.monotonic()
+    result = train(cfg(schedule="onecycle", epochs=100000, time_budget_min=0.05), tiny_data, tmp_path / "run",
+                   after_step=lambda m: lrs.append(None), progress=False, log=lambda *a: None)
+    took = time.monotonic() - start
+    assert 1 < result["epoch"] < 100000 and result["top1"] is not None  # stopped early, evaluated
+    assert result["lr"] == 0.0
+    assert took < 3.0 + 30.0  # 3 s budget; slack for a loaded CI machine's first evaluation
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ck["scheduler"]["progress"] == 1.0 and ck["config"]["time_budget_min"] == 0.05
+    with pytest.raises(TrainingError, match="time budget"):  # a step-counted schedule cannot take it up
+        train(cfg(schedule="onecycle", epochs=100000), tiny_data, tmp_path / "run", resume=tmp_path / "run" / "last.pt",
+              progress=False, log=lambda *a: None)
+
+
+def test_time_budget_is_validated():
+    with pytest.raises(TrainingError, match="time_budget_min"):
+        cfg(time_budget_min=-1)
+    with pytest.raises(TrainingError, match="time_budget_min"):
+        cfg(time_budget_min=float("nan"))
