@@ -47,13 +47,13 @@ from .config import TrainConfig, TrainingError, input_size_warning, save_config
 from .data import build_data, sample_images
 from .distributed import setup_distributed
 from .loop import (
+    TimeBudgetScheduler,
     WeightEMA,
     bf16_pays,
     evaluate,
     init_stem_whitening_,
     init_xavier_,
     make_optimizer,
-    TimeBudgetScheduler,
     make_scheduler,
     train_one_epoch,
 )

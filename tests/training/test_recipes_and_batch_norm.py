@@ -166,3 +166,17 @@ def test_compression_can_fold_batch_norm_first(tmp_path):
     x = torch.randn(4, 3, 32, 32)
     assert torch.allclose(back.build_model()(x), model(x), atol=0.05)  # 8-bit sharing of the folded weights
     assert report["fp32_bytes"] == sum(4 * v.numel() if v.is_floating_point() else 8 for v in model.state_dict().values())
+
+
+def test_time_budget_flag_reaches_the_recipe(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SQUEEZENET_HOME", str(tmp_path / "home"))
+    data = make_image_folder(tmp_path / "small", classes=2, per_class=4, size=32)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "1000", "--time-budget", "0.02",
+                 "--batch-size", "4", "--workers", "0", "--json"]) == 0
+    import json
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["epoch"] < 1000 and result["lr"] == 0.0  # the clock, not the epochs, ended it
+    assert yaml.safe_load((out / "config.yaml").read_text())["time_budget_min"] == 0.02
+    with pytest.raises(SystemExit):  # a budget of no time is refused by the parser
+        main(["train", "--data", str(data), "--time-budget", "0"])
