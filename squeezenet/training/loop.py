@@ -242,8 +242,6 @@ def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, d: Dist,
     bar = tqdm(total=total, desc=f"epoch {epoch + 1}", disable=progress is not True, unit="batch", dynamic_ncols=True)
     line_every = max(1, total // 10) if progress == "lines" else 0
     for step, (x, y) in enumerate(batches):
-        if step >= total:
-            break
         x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=autocast):
             out = model(x)

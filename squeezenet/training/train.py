@@ -174,8 +174,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         improved = ev and ev["top1"] > best
         if improved:
             best = ev["top1"]
-        done = f", {sched.progress:.0%} of the time budget" if budget else ""
-        say(f"epoch {epoch + 1}/{cfg.epochs}{done}: loss {tr['loss']:.4f}, train top-1 {tr['top1']:.4f}"
+        spent = f", {sched.progress:.0%} of the time budget" if budget else ""
+        say(f"epoch {epoch + 1}/{cfg.epochs}{spent}: loss {tr['loss']:.4f}, train top-1 {tr['top1']:.4f}"
             + (f", test top-1 {ev['top1']:.4f}, top-5 {ev['top5']:.4f}" if ev else "")
             + f", {tr['seconds']:.0f} s, {tr['images_per_s']:.0f} images/s")
         if board is not None:
