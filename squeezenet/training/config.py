@@ -39,6 +39,8 @@ class TrainConfig:
     stem_whitening: bool = False      # stem filters start as a patch-whitening basis of the images (airbench)
     preprocessing: str = "cifar10"    # caffe, torchvision or cifar10 (mean/std, sizes)
     augment: str = "cifar"            # cifar (pad-4 crop + flip) or imagenet (random-resized crop + flip)
+    crop_padding: int = 4             # cifar augment: pixels padded on each side before the random crop
+    crop_padding_mode: str = "zeros"  # zeros (black border, the usual CIFAR recipe) or reflect (airbench)
     cutout: int = 0                   # side (pixels) of a square zeroed in each training image; 0 = off
     alternating_flip: bool = False    # mirror each image every other epoch (airbench) instead of by a coin
     label_smoothing: float = 0.0
@@ -89,6 +91,11 @@ class TrainConfig:
         if not isinstance(self.eval_translate, int) or isinstance(self.eval_translate, bool) or \
                 not 0 <= self.eval_translate <= 8:
             bad(f"eval_translate must be an integer number of pixels in [0, 8], got {self.eval_translate!r}")
+        if not isinstance(self.crop_padding, int) or isinstance(self.crop_padding, bool) or \
+                not 0 <= self.crop_padding <= 16:
+            bad(f"crop_padding must be an integer number of pixels in [0, 16], got {self.crop_padding!r}")
+        if self.crop_padding_mode not in ("zeros", "reflect"):
+            bad(f"crop_padding_mode must be zeros or reflect, got {self.crop_padding_mode!r}")
         if not isinstance(self.cutout, int) or isinstance(self.cutout, bool) or not 0 <= self.cutout <= 1024:
             bad(f"cutout must be a square's side in pixels in [0, 1024] (0 = off), got {self.cutout!r}")
         if not isinstance(self.stem_whitening, bool):

@@ -38,17 +38,21 @@ class TensorBatches:
     ``alternating_flip`` (airbench's): each image is mirrored in every other epoch, starting from
     a random half, instead of by a fresh coin each epoch, so consecutive epochs show both views.
     ``cutout``: side in pixels of a square zeroed in each training image (0 = off).
+    ``crop_padding`` / ``crop_padding_mode``: the cifar augment's random crop is taken from the
+    image padded by this many pixels on each side, with zeros or by reflection.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, prep: Preprocessing,
                  train: bool, augment: str, d: Dist, seed: int, channels_last: bool, *,
-                 cutout: int = 0, alternating_flip: bool = False) -> None:
+                 cutout: int = 0, alternating_flip: bool = False, crop_padding: int = 4,
+                 crop_padding_mode: str = "zeros") -> None:
         from torch.utils.data.distributed import DistributedSampler
         self.images, self.labels = images, labels
         self.batch_size = batch_size
         self.train = train
         self.augment = augment if train else "none"
         self.cutout = cutout if train else 0
+        self.crop_padding, self.crop_padding_mode = crop_padding, crop_padding_mode
         self.seed = seed
         self.epoch = 0
         self.channels_last = channels_last
@@ -70,9 +74,10 @@ class TensorBatches:
     def _augment(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self.augment == "cifar":
             n, _, h, w = x.shape
-            padded = F.pad(x, (4, 4, 4, 4))
-            dy = torch.randint(0, 9, (n,), generator=g)
-            dx = torch.randint(0, 9, (n,), generator=g)
+            p = self.crop_padding
+            padded = F.pad(x, (p, p, p, p), mode="reflect" if self.crop_padding_mode == "reflect" else "constant")
+            dy = torch.randint(0, 2 * p + 1, (n,), generator=g)
+            dx = torch.randint(0, 2 * p + 1, (n,), generator=g)
             rows = (dy.view(n, 1) + torch.arange(h).view(1, h))
             cols = (dx.view(n, 1) + torch.arange(w).view(1, w))
             x = padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1),
@@ -109,13 +114,17 @@ class FolderDataset(torch.utils.data.Dataset):
         return self.transform(load_image(p)), label
 
 
-def _folder_transform(prep: Preprocessing, train: bool, augment: str):
+def _folder_transform(prep: Preprocessing, train: bool, augment: str, crop_padding: int = 4,
+                      crop_padding_mode: str = "zeros"):
     import torchvision.transforms as T
     ops = []
     if train and augment == "imagenet":
         ops += [T.RandomResizedCrop(prep.crop), T.RandomHorizontalFlip()]
     elif train and augment == "cifar":
-        ops += [T.Resize(prep.crop), T.CenterCrop(prep.crop), T.RandomCrop(prep.crop, padding=4), T.RandomHorizontalFlip()]
+        ops += [T.Resize(prep.crop), T.CenterCrop(prep.crop), 
+                T.RandomCrop(prep.crop, padding=crop_padding,
+                             padding_mode="reflect" if crop_padding_mode == "reflect" else "constant"),
+                T.RandomHorizontalFlip()]
     else:
         ops += [T.Resize(prep.resize), T.CenterCrop(prep.crop)]
     ops += [T.PILToTensor(), prep.normalize]
@@ -126,9 +135,10 @@ class FolderBatches:
     """A DataLoader over image files with worker processes and a DistributedSampler."""
 
     def __init__(self, samples, batch_size: int, prep: Preprocessing, train: bool, augment: str, d: Dist,
-                 seed: int, workers: int, channels_last: bool, *, cutout: int = 0) -> None:
+                 seed: int, workers: int, channels_last: bool, *, cutout: int = 0, crop_padding: int = 4,
+                 crop_padding_mode: str = "zeros") -> None:
         from torch.utils.data.distributed import DistributedSampler
-        ds = FolderDataset(samples, _folder_transform(prep, train, augment))
+        ds = FolderDataset(samples, _folder_transform(prep, train, augment, crop_padding, crop_padding_mode))
         self.sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=train, seed=seed, drop_last=train)
         self.loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
                                                   drop_last=train, persistent_workers=workers > 0)
@@ -188,13 +198,15 @@ def build_data(data: str | os.PathLike, cfg: TrainConfig, d: Dist, per_rank_batc
         if skipped or skipped_e:
             log(f"skipped {skipped} training and {skipped_e} evaluation images that could not be decoded")
         train = TensorBatches(xs, ys, per_rank_batch, prep, True, cfg.augment, d, cfg.seed, cfg.channels_last,
-                              cutout=cfg.cutout, alternating_flip=cfg.alternating_flip)
+                              cutout=cfg.cutout, alternating_flip=cfg.alternating_flip,
+                              crop_padding=cfg.crop_padding, crop_padding_mode=cfg.crop_padding_mode)
         evalb = TensorBatches(xe, ye, max(per_rank_batch, 256), prep, False, "none", d, cfg.seed, cfg.channels_last)
     else:
         if cfg.alternating_flip:
             log("alternating_flip applies to the tensor cache (small images); these images flip at random")
         train = FolderBatches(train_samples, per_rank_batch, prep, True, cfg.augment, d, cfg.seed, cfg.workers,
-                              cfg.channels_last, cutout=cfg.cutout)
+                              cfg.channels_last, cutout=cfg.cutout, crop_padding=cfg.crop_padding,
+                              crop_padding_mode=cfg.crop_padding_mode)
         evalb = FolderBatches(eval_samples, per_rank_batch, prep, False, "none", d, cfg.seed, cfg.workers, cfg.channels_last)
     return train, evalb, classes
 

@@ -351,6 +351,32 @@ def test_alternating_flip_mirrors_each_image_every_other_epoch():
     assert any(c1[k] == c0[k] for k in c0)  # a fresh coin each epoch repeats some views
 
 
+@pytest.mark.parametrize("padding,mode", [(0, "zeros"), (2, "zeros"), (2, "reflect"), (4, "zeros")])
+def test_crop_padding_shifts_by_at_most_the_padding(padding, mode):
+    import torch.nn.functional as F
+    from squeezenet.preprocessing import Preprocessing
+    from squeezenet.training.data import TensorBatches
+    from squeezenet.training.distributed import Dist
+    n = 64
+    # one image, every pixel distinct and non-zero, so each view names its shift and mirror
+    image = (torch.arange(3 * 8 * 8).view(1, 3, 8, 8) % 250 + 1).to(torch.uint8)
+    identity = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize=8, crop=8, scale=255.0,
+                             channel_order="RGB")
+    batches = TensorBatches(image.expand(n, -1, -1, -1).contiguous(), torch.zeros(n, dtype=torch.long), n,
+                            identity, True, "cifar", Dist(), 0, False, crop_padding=padding, crop_padding_mode=mode)
+    (x, _), = list(batches)
+    padded = F.pad(image.float(), (padding,) * 4, mode="reflect" if mode == "reflect" else "constant")[0]
+    views = [v for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)
+             for v in (padded[:, dy:dy + 8, dx:dx + 8], padded[:, dy:dy + 8, dx:dx + 8].flip(2))]
+    seen = {next(i for i, v in enumerate(views) if torch.equal(v, img)) for img in x}  # StopIteration if not a view
+    assert len(seen) > min(len(views), 8) // 2  # the shifts and mirrors vary over the batch
+    assert ((x == 0).any() if mode == "zeros" and padding else not (x == 0).any())
+    with pytest.raises(TrainingError, match="crop_padding"):
+        load_config(None, crop_padding=17)
+    with pytest.raises(TrainingError, match="crop_padding_mode"):
+        load_config(None, crop_padding_mode="edge")
+
+
 def test_stem_whitening_decorrelates_the_stem_outputs():
     from squeezenet.models import create_model
     from squeezenet.training.loop import init_stem_whitening_
