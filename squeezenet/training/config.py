@@ -38,7 +38,7 @@ class TrainConfig:
     init: str = "xavier"              # xavier (paper: Xavier, conv10 from N(0, 0.01)) or default
     stem_whitening: bool = False      # stem filters start as a patch-whitening basis of the images (airbench)
     preprocessing: str = "cifar10"    # caffe, torchvision or cifar10 (mean/std, sizes)
-    augment: str = "cifar"            # cifar (pad-4 crop + flip) or imagenet (random-resized crop + flip)
+    augment: str = "cifar"            # cifar (padded random crop + flip) or imagenet (random-resized crop + flip)
     crop_padding: int = 4             # cifar augment: pixels padded on each side before the random crop
     crop_padding_mode: str = "zeros"  # zeros (black border, the usual CIFAR recipe) or reflect (airbench)
     cutout: int = 0                   # side (pixels) of a square zeroed in each training image; 0 = off

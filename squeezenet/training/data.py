@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..preprocessing import Preprocessing
-from .config import TrainConfig
+from .config import TrainConfig, TrainingError
 from .distributed import Dist
 
 
@@ -53,6 +53,9 @@ class TensorBatches:
         self.augment = augment if train else "none"
         self.cutout = cutout if train else 0
         self.crop_padding, self.crop_padding_mode = crop_padding, crop_padding_mode
+        if self.augment == "cifar" and crop_padding_mode == "reflect" and crop_padding >= min(images.shape[-2:]):
+            raise TrainingError(f"crop_padding {crop_padding} cannot reflect images of "
+                                f"{images.shape[-2]}x{images.shape[-1]} pixels; use fewer pixels or zeros")
         self.seed = seed
         self.epoch = 0
         self.channels_last = channels_last
@@ -121,7 +124,7 @@ def _folder_transform(prep: Preprocessing, train: bool, augment: str, crop_paddi
     if train and augment == "imagenet":
         ops += [T.RandomResizedCrop(prep.crop), T.RandomHorizontalFlip()]
     elif train and augment == "cifar":
-        ops += [T.Resize(prep.crop), T.CenterCrop(prep.crop), 
+        ops += [T.Resize(prep.crop), T.CenterCrop(prep.crop),
                 T.RandomCrop(prep.crop, padding=crop_padding,
                              padding_mode="reflect" if crop_padding_mode == "reflect" else "constant"),
                 T.RandomHorizontalFlip()]

@@ -375,6 +375,10 @@ def test_crop_padding_shifts_by_at_most_the_padding(padding, mode):
         load_config(None, crop_padding=17)
     with pytest.raises(TrainingError, match="crop_padding_mode"):
         load_config(None, crop_padding_mode="edge")
+    if mode == "reflect":  # reflection needs a border narrower than the image
+        with pytest.raises(TrainingError, match="cannot reflect"):
+            TensorBatches(image, torch.zeros(1, dtype=torch.long), 1, identity, True, "cifar", Dist(), 0, False,
+                          crop_padding=8, crop_padding_mode=mode)
 
 
 def test_stem_whitening_decorrelates_the_stem_outputs():
