@@ -58,12 +58,13 @@ def main() -> None:
         for x, y in test:
             h, w = x.shape[-2:]
             padded = F.pad(x, (2, 2, 2, 2), mode="reflect")
-            logits = {}
+            plain, logits = {}, {}
             for dy, dx in shifts:
                 v = padded[..., 2 + dy:2 + dy + h, 2 + dx:2 + dx + w]
-                logits[dy, dx] = model(v).float() + model(v.flip(-1)).float()
+                plain[dy, dx] = model(v).float()
+                logits[dy, dx] = plain[dy, dx] + model(v.flip(-1)).float()
             for name, views in SETS.items():
-                out = model(x).float() if views is None else sum(wt * logits[s] for s, wt in views.items())
+                out = plain[0, 0] if views is None else sum(wt * logits[s] for s, wt in views.items())
                 hits[name] += (out.argmax(1) == y).sum().item()
             seen += len(y)
     print(f"{run / a.weights} on {seen:,} test images ({cpu_name()}); one accuracy has a standard error "

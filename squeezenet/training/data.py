@@ -12,6 +12,9 @@ from ..preprocessing import Preprocessing
 from .config import TrainConfig, TrainingError
 from .distributed import Dist
 
+# crop_padding_mode's names -> the padding modes of F.pad and torchvision's RandomCrop
+_PADDING_MODES = {"zeros": "constant", "reflect": "reflect"}
+
 
 def cutout_(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
     """Zero one ``size`` x ``size`` square of each image in a normalised batch, in place.
@@ -78,7 +81,7 @@ class TensorBatches:
         if self.augment == "cifar":
             n, _, h, w = x.shape
             p = self.crop_padding
-            padded = F.pad(x, (p, p, p, p), mode="reflect" if self.crop_padding_mode == "reflect" else "constant")
+            padded = F.pad(x, (p, p, p, p), mode=_PADDING_MODES[self.crop_padding_mode])
             dy = torch.randint(0, 2 * p + 1, (n,), generator=g)
             dx = torch.randint(0, 2 * p + 1, (n,), generator=g)
             rows = (dy.view(n, 1) + torch.arange(h).view(1, h))
@@ -125,8 +128,7 @@ def _folder_transform(prep: Preprocessing, train: bool, augment: str, crop_paddi
         ops += [T.RandomResizedCrop(prep.crop), T.RandomHorizontalFlip()]
     elif train and augment == "cifar":
         ops += [T.Resize(prep.crop), T.CenterCrop(prep.crop),
-                T.RandomCrop(prep.crop, padding=crop_padding,
-                             padding_mode="reflect" if crop_padding_mode == "reflect" else "constant"),
+                T.RandomCrop(prep.crop, padding=crop_padding, padding_mode=_PADDING_MODES[crop_padding_mode]),
                 T.RandomHorizontalFlip()]
     else:
         ops += [T.Resize(prep.resize), T.CenterCrop(prep.crop)]
