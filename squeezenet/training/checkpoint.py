@@ -44,9 +44,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def save_training_checkpoint(path: Path, model, optimizer, scheduler, cfg: TrainConfig, epoch: int,
                              best: float, classes: list[str], history: list[dict], stage: str = "train",
-                             ema=None) -> None:
+                             ema=None, lookahead=None) -> None:
     """``state_dict`` holds the weights to use: the moving average when ``ema`` (a ``WeightEMA``) is
-    given, with the raw weights and the update count under ``ema`` for resuming."""
+    given, with the raw weights and the update count under ``ema`` for resuming; a ``Lookahead``'s
+    slow copy and step count go under ``lookahead``."""
     from ..weights import save_checkpoint
     m = unwrap(model)
     state = dict(m.state_dict())
@@ -55,6 +56,8 @@ def save_training_checkpoint(path: Path, model, optimizer, scheduler, cfg: Train
         extra["ema"] = {"raw_state_dict": {k: v.detach().cpu() for k, v in state.items()},
                         "updates": ema.updates, "decay": ema.decay}
         state = dict(ema.module.state_dict())
+    if lookahead is not None:
+        extra["lookahead"] = lookahead.state_dict()
     save_checkpoint(path, cfg.model, state, preprocessing=cfg.prep, num_classes=len(classes),
                     model_kwargs=cfg.model_kwargs, class_names=classes,
                     optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch,

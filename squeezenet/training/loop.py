@@ -224,6 +224,57 @@ class WeightEMA:
             a.copy_(c)
 
 
+class Lookahead:
+    """Lookahead (Zhang et al., NeurIPS 2019) as airbench schedules it.
+
+    Every ``every`` optimizer steps a slow copy of the floating-point state (weights and
+    batch-norm statistics) moves toward the model, ``slow = d * slow + (1 - d) * model``, and
+    the model jumps back to it. ``d = decay * progress() ** 3`` (``progress``: the share of the
+    run done, 0 to 1) rises from 0, no pull while the learning rate is high, to ``decay`` at the
+    end; ``finish`` leaves the model on the slow copy. ``steps`` and ``slow`` are the state a
+    resumed run needs.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, progress: Callable[[], float], every: int = 5) -> None:
+        self.decay, self.every, self.progress = float(decay), int(every), progress
+        self.steps = 0
+        state = unwrap(model).state_dict()
+        self.slow = {k: v.detach().clone() for k, v in state.items() if v.is_floating_point()}
+        self._pairs: tuple | None = None
+
+    def _tensors(self, model: nn.Module) -> tuple[list, list]:
+        if self._pairs is None:  # the same tensors every step: the optimizer updates them in place
+            state = unwrap(model).state_dict(keep_vars=True)
+            self._pairs = ([self.slow[k] for k in self.slow], [state[k].data for k in self.slow])
+        return self._pairs
+
+    @torch.no_grad()
+    def pull(self, model: nn.Module, d: float) -> None:
+        """``slow = d * slow + (1 - d) * model``, then the model takes the slow values."""
+        slow, current = self._tensors(model)
+        torch._foreach_lerp_(slow, current, 1.0 - d)
+        torch._foreach_copy_(current, slow)
+
+    def update(self, model: nn.Module) -> None:
+        """The ``after_step`` hook: a pull every ``every`` steps."""
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self.pull(model, self.decay * min(1.0, max(0.0, self.progress())) ** 3)
+
+    def finish(self, model: nn.Module) -> None:
+        """End of training: the model takes the slow copy."""
+        self.pull(model, 1.0)
+
+    def state_dict(self) -> dict:
+        return {"slow": {k: v.detach().cpu().clone() for k, v in self.slow.items()}, "steps": self.steps,
+                "decay": self.decay, "every": self.every}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in self.slow.items():
+            v.copy_(state["slow"][k])
+        self.steps = int(state["steps"])
+
+
 # ----------------------------------------------------------------------------- loops
 def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, d: Dist, epoch: int,
                     autocast: bool = False, label_smoothing: float = 0.0, max_steps: int = 0,

@@ -47,6 +47,7 @@ from .config import TrainConfig, TrainingError, input_size_warning, save_config
 from .data import build_data, sample_images
 from .distributed import setup_distributed
 from .loop import (
+    Lookahead,
     TimeBudgetScheduler,
     WeightEMA,
     bf16_pays,
@@ -125,8 +126,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         start_epoch, best, history = int(ck["epoch"]) + 1, float(ck["best_top1"]), list(ck.get("history") or [])
         _set_rng_state(ck["rng"])
         say(f"resumed from {resume} at epoch {start_epoch + 1}")
-    ema = None
-    if cfg.ema_decay and after_step is not None:
+    ema = lookahead = None
+    keeps_masks = after_step is not None  # compression's hook: averaging would move pruned and shared weights
+    if cfg.ema_decay and keeps_masks:
         say("ema_decay ignored: an average of the weights would leave the masks and shared values this training keeps")
     elif cfg.ema_decay:
         ema = WeightEMA(model, cfg.ema_decay)
@@ -134,6 +136,16 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
             ema.module.load_state_dict(ck["state_dict"])
             ema.updates = int(saved_ema["updates"])
         after_step = ema.update
+    if cfg.lookahead_decay and keeps_masks:
+        say("lookahead_decay ignored: pulling the weights back would leave the masks and shared values this "
+            "training keeps")
+    elif cfg.lookahead_decay:
+        total_steps = max(1, steps * cfg.epochs)
+        lookahead = Lookahead(model, cfg.lookahead_decay,
+                              (lambda: sched.progress) if budget else (lambda: sched.last_epoch / total_steps))
+        if resume is not None and isinstance(ck.get("lookahead"), dict):
+            lookahead.load_state_dict(ck["lookahead"])
+        after_step = lookahead.update
     autocast = cfg.bf16 in (True, "true") or (cfg.bf16 == "auto" and bf16_pays(d.device))
     net = model
     if d.world > 1:
@@ -161,6 +173,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
                              label_smoothing=cfg.label_smoothing, max_steps=cfg.max_steps_per_epoch,
                              before_step=before_step, after_step=after_step, progress=show)
         last = epoch + 1 == cfg.epochs or getattr(sched, "done", False)
+        if last and lookahead is not None:
+            lookahead.finish(net)
         if budget and not last:  # keep back time for the final evaluation: the same images x views
             sched.reserve_s = _evaluation_seconds(cfg, len(eval_b.sampler) * d.world, tr, eval_seconds)
         t_eval = time.perf_counter()
@@ -185,9 +199,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
             board.flush()
         if out and d.main:
             _append_csv(out / "metrics.csv", metrics)
-            save_training_checkpoint(out / "last.pt", net, opt, sched, cfg, epoch, best, classes, history, stage, ema)
-            if improved:
-                save_training_checkpoint(out / "best.pt", net, opt, sched, cfg, epoch, best, classes, history, stage, ema)
+            for name in ("last.pt", "best.pt") if improved else ("last.pt",):
+                save_training_checkpoint(out / name, net, opt, sched, cfg, epoch, best, classes, history, stage,
+                                         ema, lookahead)
         if last:
             if budget and epoch + 1 < cfg.epochs:
                 say(f"time budget of {cfg.time_budget_min:g} minutes spent after {epoch + 1} epochs "

@@ -301,6 +301,89 @@ def test_ema_is_off_when_steps_keep_masks(tiny_data, tmp_path):
     assert "ema" not in torch.load(tmp_path / "run" / "last.pt", weights_only=True)
 
 
+def test_lookahead_pulls_back_on_exact_inputs():
+    from squeezenet.training.loop import Lookahead
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(0.0)
+    progress = {"p": 1.0}
+    la = Lookahead(model, decay=0.5, progress=lambda: progress["p"], every=2)
+    with torch.no_grad():
+        model[0].weight.fill_(4.0)
+        model[1].running_mean.fill_(2.0)
+    model[1].num_batches_tracked.fill_(7)
+    la.update(model)  # step 1 of 2: no pull
+    assert model[0].weight.item() == 4.0
+    la.update(model)  # slow = 0.5 * 0 + 0.5 * 4, and the model jumps back to it
+    assert model[0].weight.item() == 2.0 and la.slow["0.weight"].item() == 2.0
+    assert model[1].running_mean.item() == 1.0  # float buffers too
+    assert model[1].num_batches_tracked.item() == 7  # integer buffers are left alone
+    progress["p"] = 0.5  # d = 0.5 * 0.5 ** 3 = 1/16
+    with torch.no_grad():
+        model[0].weight.fill_(10.0)
+    la.update(model)
+    la.update(model)
+    assert model[0].weight.item() == pytest.approx(2.0 / 16 + 10.0 * 15 / 16)
+    progress["p"] = 0.0  # d = 0 at the start of a run: the slow copy follows the model exactly
+    with torch.no_grad():
+        model[0].weight.fill_(-3.0)
+    la.update(model)
+    la.update(model)
+    assert model[0].weight.item() == -3.0 and la.slow["0.weight"].item() == -3.0
+    with torch.no_grad():
+        model[0].weight.fill_(5.0)
+    la.finish(model)  # d = 1: the model takes the slow copy
+    assert model[0].weight.item() == -3.0
+    with pytest.raises(TrainingError, match="lookahead_decay"):
+        load_config(None, lookahead_decay=1.0)
+    with pytest.raises(TrainingError, match="turn one off"):
+        load_config(None, lookahead_decay=0.5, ema_decay=0.9)
+
+
+def test_lookahead_checkpoints_resume_bit_exact(tiny_data, tmp_path, monkeypatch):
+    import importlib
+
+    from squeezenet.training.checkpoint import load_training_checkpoint
+    train_module = importlib.import_module("squeezenet.training.train")
+    fast = dict(model_kwargs={"small_input": True, "batch_norm": True}, lookahead_decay=0.9)
+    full = tmp_path / "full"
+    train(cfg(**fast), tiny_data, full, progress=False, log=lambda *a: None)
+    ck = load_training_checkpoint(full / "last.pt")
+    assert ck["lookahead"]["steps"] == 9  # 3 epochs x 3 steps: pulls at step 5, then finish
+    slow, final = ck["lookahead"]["slow"], ck["state_dict"]
+    assert all(torch.equal(slow[k], final[k]) for k in slow)  # finish left the model on the slow copy
+    plain = tmp_path / "plain"
+    train(cfg(**{**fast, "lookahead_decay": 0.0}), tiny_data, plain, progress=False, log=lambda *a: None)
+    other = load_training_checkpoint(plain / "last.pt")
+    assert "lookahead" not in other
+    assert not torch.equal(other["state_dict"]["features.0.0.weight"], final["features.0.0.weight"])
+
+    real_update = train_module.Lookahead.update
+    steps = {"n": 0}
+
+    def die_in_epoch_3(self, model):
+        real_update(self, model)
+        steps["n"] += 1
+        if steps["n"] > 7:
+            raise Interrupt()
+    cut = tmp_path / "cut"
+    monkeypatch.setattr(train_module.Lookahead, "update", die_in_epoch_3)
+    with pytest.raises(Interrupt):
+        train(cfg(**fast), tiny_data, cut, progress=False, log=lambda *a: None)
+    monkeypatch.setattr(train_module.Lookahead, "update", real_update)
+    train(cfg(**fast), tiny_data, cut, resume=cut / "last.pt", progress=False, log=lambda *a: None)
+    again = load_training_checkpoint(cut / "last.pt")
+    assert all(torch.equal(final[k], again["state_dict"][k]) for k in final)
+
+
+def test_lookahead_is_off_when_steps_keep_masks(tiny_data, tmp_path):
+    said = []
+    train(cfg(epochs=1, max_steps_per_epoch=1, lookahead_decay=0.9), tiny_data, tmp_path / "run", progress=False,
+          after_step=lambda m: None, log=said.append)
+    assert any("lookahead_decay ignored" in s for s in said)
+    assert "lookahead" not in torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+
+
 def test_cutout_zeroes_one_clipped_square_per_image():
     from squeezenet.training.data import cutout_
     x = torch.ones(64, 3, 8, 8)
