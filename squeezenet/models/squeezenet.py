@@ -106,6 +106,9 @@ class SqueezeNetConfig:
         batch_norm: batch norm after every convolution but conv10 (see ``Fire``).
         stem_pool: with ``small_input``, a 2x2 max-pool after conv1 (32x32 -> 16x16 feature
             maps: about 3x faster training on CIFAR-10 sized images).
+        final_relu: the paper's ReLU on conv10's class scores. False leaves them as plain
+            logits (a departure from the paper): a ReLU there can kill a class for good, when
+            an early overshoot pushes its score below zero everywhere and no gradient returns.
     """
     conv1_channels: int = 96
     conv1_kernel: int = 7
@@ -115,6 +118,7 @@ class SqueezeNetConfig:
     small_input: bool = False
     batch_norm: bool = False
     stem_pool: bool = False
+    final_relu: bool = True
 
 
 class SqueezeNet(nn.Module):
@@ -155,8 +159,9 @@ class SqueezeNet(nn.Module):
                 layers.append(_pool())
         self.features = nn.Sequential(*layers)
         final_conv = nn.Conv2d(channels, num_classes, kernel_size=1)
-        self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout), final_conv, nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d((1, 1)))
+        _check_bool("final_relu", config.final_relu)
+        score = nn.ReLU(inplace=True) if config.final_relu else nn.Identity()  # one slot either way: same indices
+        self.classifier = nn.Sequential(nn.Dropout(p=dropout), final_conv, score, nn.AdaptiveAvgPool2d((1, 1)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -183,14 +188,17 @@ def _check_bool(name: str, v) -> None:
         raise ConfigError(f"{name} must be True or False, got {v!r}")
 
 
-def _v1_0_config(small_input: bool, bypass: list, batch_norm: bool = False, stem_pool: bool = False) -> SqueezeNetConfig:
+def _v1_0_config(small_input: bool, bypass: list, batch_norm: bool = False, stem_pool: bool = False,
+                 final_relu: bool = True) -> SqueezeNetConfig:
     _check_bool("small_input", small_input)
-    return SqueezeNetConfig(small_input=small_input, bypass=bypass, batch_norm=batch_norm, stem_pool=stem_pool)
+    return SqueezeNetConfig(small_input=small_input, bypass=bypass, batch_norm=batch_norm, stem_pool=stem_pool,
+                            final_relu=final_relu)
 
 
 @register_model
 def squeezenet1_0(*, weights: str | None = None, num_classes: int = 1000, small_input: bool = False,
-                  dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False) -> SqueezeNet:
+                  dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False,
+                  final_relu: bool = True) -> SqueezeNet:
     """SqueezeNet v1.0 (paper Table 1): 1,248,424 parameters with 1000 classes.
 
     Args:
@@ -199,23 +207,28 @@ def squeezenet1_0(*, weights: str | None = None, num_classes: int = 1000, small_
             preprocessing, ``squeezenet.preprocessing.CAFFE_IMAGENET``) or "imagenet1k-v1"
             (torchvision's, torchvision's preprocessing).
         batch_norm: conv -> batch norm -> ReLU (a departure from the paper; see ``Fire``).
+        final_relu: False drops the ReLU on the class scores (see ``SqueezeNetConfig``).
     """
-    model = SqueezeNet(_v1_0_config(small_input, [None] * 8, batch_norm, stem_pool), num_classes, dropout)
+    config = _v1_0_config(small_input, [None] * 8, batch_norm, stem_pool, final_relu)
+    model = SqueezeNet(config, num_classes, dropout)
     return load_pretrained_(model, "squeezenet1_0", weights) if weights else model
 
 
 @register_model
 def squeezenet1_1(*, weights: str | None = None, num_classes: int = 1000, small_input: bool = False,
-                  dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False) -> SqueezeNet:
+                  dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False,
+                  final_relu: bool = True) -> SqueezeNet:
     """SqueezeNet v1.1: 3x3 conv1 with 64 filters and earlier pools (2.4x fewer MACs).
 
     Args:
         weights: None (random) or "imagenet1k-v1" (torchvision's ImageNet weights).
         batch_norm: conv -> batch norm -> ReLU (a departure from the paper; see ``Fire``).
+        final_relu: False drops the ReLU on the class scores (see ``SqueezeNetConfig``).
     """
     _check_bool("small_input", small_input)
     cfg = SqueezeNetConfig(**MACRO_ARCHITECTURES["v1.1"],
-                           small_input=small_input, batch_norm=batch_norm, stem_pool=stem_pool)
+                           small_input=small_input, batch_norm=batch_norm, stem_pool=stem_pool,
+                           final_relu=final_relu)
     model = SqueezeNet(cfg, num_classes, dropout)
     return load_pretrained_(model, "squeezenet1_1", weights) if weights else model
 
@@ -228,16 +241,20 @@ COMPLEX_BYPASS = ["complex", "simple", "complex", "simple", "complex", "simple",
 
 @register_model
 def squeezenet1_0_simple_bypass(*, num_classes: int = 1000, small_input: bool = False,
-                                dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False) -> SqueezeNet:
+                                dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False,
+                                final_relu: bool = True) -> SqueezeNet:
     """SqueezeNet v1.0 with identity bypass around fire3, fire5, fire7, fire9."""
-    return SqueezeNet(_v1_0_config(small_input, list(SIMPLE_BYPASS), batch_norm, stem_pool), num_classes, dropout)
+    config = _v1_0_config(small_input, list(SIMPLE_BYPASS), batch_norm, stem_pool, final_relu)
+    return SqueezeNet(config, num_classes, dropout)
 
 
 @register_model
 def squeezenet1_0_complex_bypass(*, num_classes: int = 1000, small_input: bool = False,
-                                 dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False) -> SqueezeNet:
+                                 dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False,
+                                 final_relu: bool = True) -> SqueezeNet:
     """Simple bypass plus 1x1-convolution bypass around fire2, fire4, fire6, fire8."""
-    return SqueezeNet(_v1_0_config(small_input, list(COMPLEX_BYPASS), batch_norm, stem_pool), num_classes, dropout)
+    config = _v1_0_config(small_input, list(COMPLEX_BYPASS), batch_norm, stem_pool, final_relu)
+    return SqueezeNet(config, num_classes, dropout)
 
 
 def fire_layout_from_metaparameters(base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5,
@@ -273,7 +290,7 @@ def squeezenet_from_metaparameters(*, num_classes: int = 1000, base_e: int = 128
                                    pct3x3: float = 0.5, freq: int = 2, sr: float = 0.125,
                                    bypass: str | None = None, small_input: bool = False,
                                    dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False,
-                                   macro: str = "v1.0") -> SqueezeNet:
+                                   macro: str = "v1.0", final_relu: bool = True) -> SqueezeNet:
     """A SqueezeNet from the paper's metaparameters (section 5).
 
     Args:
@@ -287,6 +304,7 @@ def squeezenet_from_metaparameters(*, num_classes: int = 1000, base_e: int = 128
         macro: the macro-architecture around the fire modules: "v1.0" (the paper's: 96 7x7
             conv1 filters, pools after conv1, fire4, fire8) or "v1.1" (64 3x3 conv1 filters,
             pools after conv1, fire3, fire5: 2.4x fewer MACs at the same fire layout).
+        final_relu: False drops the ReLU on the class scores (see ``SqueezeNetConfig``).
     With the defaults this is exactly ``squeezenet1_0``; with ``macro="v1.1"`` exactly
     ``squeezenet1_1``.
     """
@@ -309,5 +327,5 @@ def squeezenet_from_metaparameters(*, num_classes: int = 1000, base_e: int = 128
         if kind == "simple" and channels[i] != channels[i + 1]:
             pattern[i] = "complex"
     cfg = SqueezeNetConfig(fires=fires, bypass=pattern, small_input=small_input, batch_norm=batch_norm,
-                           stem_pool=stem_pool, **MACRO_ARCHITECTURES[macro])
+                           stem_pool=stem_pool, final_relu=final_relu, **MACRO_ARCHITECTURES[macro])
     return SqueezeNet(cfg, num_classes, dropout)

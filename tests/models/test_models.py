@@ -2,8 +2,14 @@ import pytest
 import torch
 import torchvision
 
-from squeezenet.models import (Fire, UnknownModelError, create_model, fire_layout_from_metaparameters,
-                               list_models)
+from squeezenet.errors import ConfigError
+from squeezenet.models import (
+    Fire,
+    UnknownModelError,
+    create_model,
+    fire_layout_from_metaparameters,
+    list_models,
+)
 from squeezenet.models.squeezenet import V1_0_FIRES
 
 
@@ -182,3 +188,28 @@ def test_builders_take_weights_like_torchvision(tmp_path, monkeypatch):
     model = create_model("squeezenet1_0", weights="deep-compression")
     expected = load_weights(PUBLISHED_NET).state_dict
     assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_0", "squeezenet1_1", "squeezenet1_0_simple_bypass",
+                                  "squeezenet1_0_complex_bypass", "squeezenet_from_metaparameters"])
+def test_final_relu_off_keeps_the_state_dict_and_lets_a_dead_class_recover(name):
+    torch.manual_seed(0)
+    paper = create_model(name, num_classes=3, small_input=True, batch_norm=True)
+    plain = create_model(name, num_classes=3, small_input=True, batch_norm=True, final_relu=False)
+    assert list(paper.state_dict()) == list(plain.state_dict())  # the same keys: checkpoints load both ways
+    plain.load_state_dict(paper.state_dict())
+    with torch.no_grad():  # class 0's score below zero everywhere: the paper's ReLU zeroes it
+        for m in (paper, plain):
+            m.classifier[1].bias[0] = -100.0
+    x = torch.randn(4, 3, 32, 32)
+    grads = []
+    for m in (paper, plain):
+        m.eval()
+        out = m(x)
+        assert (out[:, 0] == 0).all() if m is paper else (out[:, 0] < -50).all()
+        torch.nn.functional.cross_entropy(out, torch.zeros(4, dtype=torch.long)).backward()
+        grads.append(m.classifier[1].bias.grad[0].item())
+    assert grads[0] == 0.0  # dead for good: no gradient reaches it
+    assert grads[1] < 0  # without the ReLU the loss pulls the score back up
+    with pytest.raises(ConfigError, match="final_relu"):
+        create_model(name, final_relu="no")
