@@ -354,10 +354,12 @@ def evaluate(model: nn.Module, batches, d: Dist, autocast: bool = False, flip: b
              translate: int = 0) -> dict:
     """Top-1 / top-5 / loss over ``batches`` (every process evaluates its shard, then all-reduce).
 
-    ``flip``, ``translate``: test-time augmentation (see ``tta_logits``)."""
+    ``flip``, ``translate``: test-time augmentation (see ``tta_logits``). ``never_predicted``:
+    the classes no image was assigned to (a dead class score, see ``SqueezeNetConfig.final_relu``)."""
     model.eval()
     batches.set_epoch(0)
     s = [0.0, 0.0, 0.0, 0.0]
+    predicted = None
     for x, y in batches:
         x, y = x.to(d.device), y.to(d.device)
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -367,5 +369,10 @@ def evaluate(model: nn.Module, batches, d: Dist, autocast: bool = False, flip: b
         s[1] += hits1
         s[2] += hits5
         s[3] += len(y)
-    loss, c1, c5, n = _all_sum(s, d)
-    return {"loss": loss / max(n, 1), "top1": c1 / max(n, 1), "top5": c5 / max(n, 1), "images": int(n)}
+        counts = torch.bincount(out.argmax(1).cpu(), minlength=out.shape[1])
+        predicted = counts if predicted is None else predicted + counts
+    classes = 0 if predicted is None else len(predicted)
+    totals = _all_sum(s + ([] if predicted is None else predicted.tolist()), d)
+    loss, c1, c5, n = totals[:4]
+    return {"loss": loss / max(n, 1), "top1": c1 / max(n, 1), "top5": c5 / max(n, 1), "images": int(n),
+            "never_predicted": [i for i in range(classes) if totals[4 + i] == 0]}

@@ -181,6 +181,11 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         ev = evaluate(ema.module if ema else net, eval_b, d, autocast, cfg.eval_flip, cfg.eval_translate) if ((epoch + 1) % cfg.eval_every == 0 or last) else {}
         if ev:
             eval_seconds = time.perf_counter() - t_eval
+            if last and ev["never_predicted"]:
+                names = ", ".join(classes[i] for i in ev["never_predicted"][:10])
+                say(f"warning: {len(ev['never_predicted'])} class(es) never predicted on the test images ({names}); "
+                    "a class score stuck below zero behind the ReLU on conv10 gets no gradient: "
+                    "model_kwargs final_relu: false lets it recover")
         metrics = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_top1": tr["top1"],
                    "val_loss": ev.get("loss"), "top1": ev.get("top1"), "top5": ev.get("top5"),
                    "lr": sched.get_last_lr()[0], "seconds": tr["seconds"], "images_per_s": tr["images_per_s"]}

@@ -545,3 +545,23 @@ def test_time_budget_is_validated():
         cfg(time_budget_min=-1)
     with pytest.raises(TrainingError, match="time_budget_min"):
         cfg(time_budget_min=float("nan"))
+
+
+def test_a_dead_class_is_reported_after_training(tiny_data, tmp_path):
+    from squeezenet.models import create_model
+    from squeezenet.training.distributed import Dist
+    from squeezenet.training.loop import evaluate
+
+    class Batches(list):
+        def set_epoch(self, epoch):
+            pass
+    model = create_model("squeezenet1_1", num_classes=3, small_input=True)
+    with torch.no_grad():  # class1's score below zero everywhere: behind the paper's ReLU it stays dead
+        model.classifier[1].bias[1] = -100.0
+    x = torch.randn(6, 3, 32, 32)
+    ev = evaluate(model, Batches([(x, torch.tensor([0, 1, 2, 0, 1, 2]))]), Dist())
+    assert 1 in ev["never_predicted"] and ev["top1"] <= 4 / 6
+    said = []
+    train(cfg(epochs=1), tiny_data, tmp_path / "run", model=model, progress=False, log=said.append)
+    warning = [s for s in said if "never predicted" in s]
+    assert warning and "class1" in warning[0] and "final_relu: false" in warning[0]
