@@ -181,7 +181,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         ev = evaluate(ema.module if ema else net, eval_b, d, autocast, cfg.eval_flip, cfg.eval_translate) if ((epoch + 1) % cfg.eval_every == 0 or last) else {}
         if ev:
             eval_seconds = time.perf_counter() - t_eval
-            if last and ev["never_predicted"]:
+            # a class missing among a handful of test images can be chance; with 5 or more a class, a dead score
+            if last and ev["never_predicted"] and ev["images"] >= 5 * len(classes):
                 names = ", ".join(classes[i] for i in ev["never_predicted"][:10])
                 say(f"warning: {len(ev['never_predicted'])} class(es) never predicted on the test images ({names}); "
                     "a class score stuck below zero behind the ReLU on conv10 gets no gradient: "
