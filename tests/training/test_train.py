@@ -260,6 +260,26 @@ def test_weight_ema_averages_on_exact_inputs():
         load_config(None, ema_decay=1.0)
 
 
+def _cut_in_epoch_3_and_resume(hook_class, config, data, out, monkeypatch) -> dict:
+    """Train 3 epochs of 3 steps but die after step 7 (inside ``hook_class.update``, the
+    after_step hook), resume from last.pt, and return the final checkpoint."""
+    from squeezenet.training.checkpoint import load_training_checkpoint
+    real_update = hook_class.update
+    steps = {"n": 0}
+
+    def die_in_epoch_3(self, model):
+        real_update(self, model)
+        steps["n"] += 1
+        if steps["n"] > 7:
+            raise Interrupt()
+    monkeypatch.setattr(hook_class, "update", die_in_epoch_3)
+    with pytest.raises(Interrupt):
+        train(config, data, out, progress=False, log=lambda *a: None)
+    monkeypatch.setattr(hook_class, "update", real_update)
+    train(config, data, out, resume=out / "last.pt", progress=False, log=lambda *a: None)
+    return load_training_checkpoint(out / "last.pt")
+
+
 def test_ema_checkpoints_resume_bit_exact(tiny_data, tmp_path, monkeypatch):
     import importlib
 
@@ -274,31 +294,18 @@ def test_ema_checkpoints_resume_bit_exact(tiny_data, tmp_path, monkeypatch):
     assert not torch.equal(raw["features.0.0.weight"], averaged["features.0.0.weight"])
     assert not torch.equal(raw["features.0.1.running_mean"], averaged["features.0.1.running_mean"])
 
-    real_update = train_module.WeightEMA.update
-    steps = {"n": 0}
-
-    def die_in_epoch_3(self, model):
-        real_update(self, model)
-        steps["n"] += 1
-        if steps["n"] > 7:
-            raise Interrupt()
-    cut = tmp_path / "cut"
-    monkeypatch.setattr(train_module.WeightEMA, "update", die_in_epoch_3)
-    with pytest.raises(Interrupt):
-        train(cfg(**fast), tiny_data, cut, progress=False, log=lambda *a: None)
-    monkeypatch.setattr(train_module.WeightEMA, "update", real_update)
-    train(cfg(**fast), tiny_data, cut, resume=cut / "last.pt", progress=False, log=lambda *a: None)
-    again = load_training_checkpoint(cut / "last.pt")
+    again = _cut_in_epoch_3_and_resume(train_module.WeightEMA, cfg(**fast), tiny_data, tmp_path / "cut", monkeypatch)
     assert all(torch.equal(averaged[k], again["state_dict"][k]) for k in averaged)
     assert all(torch.equal(raw[k], again["ema"]["raw_state_dict"][k]) for k in raw)
 
 
-def test_ema_is_off_when_steps_keep_masks(tiny_data, tmp_path):
+@pytest.mark.parametrize("averaging", ["ema", "lookahead"])
+def test_weight_averaging_is_off_when_steps_keep_masks(averaging, tiny_data, tmp_path):
     said = []
-    train(cfg(epochs=1, max_steps_per_epoch=1, ema_decay=0.9), tiny_data, tmp_path / "run", progress=False,
-          after_step=lambda m: None, log=said.append)
-    assert any("ema_decay ignored" in s for s in said)
-    assert "ema" not in torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    train(cfg(epochs=1, max_steps_per_epoch=1, **{f"{averaging}_decay": 0.9}), tiny_data, tmp_path / "run",
+          progress=False, after_step=lambda m: None, log=said.append)
+    assert any(f"{averaging}_decay ignored" in s for s in said)
+    assert averaging not in torch.load(tmp_path / "run" / "last.pt", weights_only=True)
 
 
 def test_lookahead_pulls_back_on_exact_inputs():
@@ -358,30 +365,8 @@ def test_lookahead_checkpoints_resume_bit_exact(tiny_data, tmp_path, monkeypatch
     assert "lookahead" not in other
     assert not torch.equal(other["state_dict"]["features.0.0.weight"], final["features.0.0.weight"])
 
-    real_update = train_module.Lookahead.update
-    steps = {"n": 0}
-
-    def die_in_epoch_3(self, model):
-        real_update(self, model)
-        steps["n"] += 1
-        if steps["n"] > 7:
-            raise Interrupt()
-    cut = tmp_path / "cut"
-    monkeypatch.setattr(train_module.Lookahead, "update", die_in_epoch_3)
-    with pytest.raises(Interrupt):
-        train(cfg(**fast), tiny_data, cut, progress=False, log=lambda *a: None)
-    monkeypatch.setattr(train_module.Lookahead, "update", real_update)
-    train(cfg(**fast), tiny_data, cut, resume=cut / "last.pt", progress=False, log=lambda *a: None)
-    again = load_training_checkpoint(cut / "last.pt")
+    again = _cut_in_epoch_3_and_resume(train_module.Lookahead, cfg(**fast), tiny_data, tmp_path / "cut", monkeypatch)
     assert all(torch.equal(final[k], again["state_dict"][k]) for k in final)
-
-
-def test_lookahead_is_off_when_steps_keep_masks(tiny_data, tmp_path):
-    said = []
-    train(cfg(epochs=1, max_steps_per_epoch=1, lookahead_decay=0.9), tiny_data, tmp_path / "run", progress=False,
-          after_step=lambda m: None, log=said.append)
-    assert any("lookahead_decay ignored" in s for s in said)
-    assert "lookahead" not in torch.load(tmp_path / "run" / "last.pt", weights_only=True)
 
 
 def test_cutout_zeroes_one_clipped_square_per_image():
