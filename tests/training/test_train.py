@@ -515,7 +515,8 @@ def test_training_to_a_time_budget_ends_in_time_with_the_schedule_at_zero(tiny_d
     result = train(cfg(schedule="onecycle", epochs=100000, time_budget_min=0.05), tiny_data, tmp_path / "run",
                    progress=False, log=lambda *a: None)
     took = time.monotonic() - start
-    assert 1 < result["epoch"] < 100000 and result["top1"] is not None  # stopped early, evaluated
+    # stopped early and evaluated (on a loaded machine the 3 s can end inside the first epoch)
+    assert 1 <= result["epoch"] < 100000 and result["top1"] is not None
     assert result["lr"] == 0.0
     assert took < 3.0 + 30.0  # 3 s budget; slack for a loaded CI machine's first evaluation
     ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
