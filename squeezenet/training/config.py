@@ -106,12 +106,10 @@ class TrainConfig:
             bad(f"alternating_flip must be true or false, got {self.alternating_flip!r}")
         if not (isinstance(self.bn_bias_lr_scale, (int, float)) and 0 < self.bn_bias_lr_scale <= 1000):
             bad(f"bn_bias_lr_scale must be a number in (0, 1000], got {self.bn_bias_lr_scale!r}")
-        if not (isinstance(self.ema_decay, (int, float)) and not isinstance(self.ema_decay, bool)
-                and 0 <= self.ema_decay < 1):
-            bad(f"ema_decay must be a number in [0, 1) (0 = off), got {self.ema_decay!r}")
-        if not (isinstance(self.lookahead_decay, (int, float)) and not isinstance(self.lookahead_decay, bool)
-                and 0 <= self.lookahead_decay < 1):
-            bad(f"lookahead_decay must be a number in [0, 1) (0 = off), got {self.lookahead_decay!r}")
+        for name in ("ema_decay", "lookahead_decay"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1):
+                bad(f"{name} must be a number in [0, 1) (0 = off), got {v!r}")
         if self.ema_decay and self.lookahead_decay:
             bad("ema_decay and lookahead_decay are two ways of averaging the weights: turn one off")
         if not (isinstance(self.time_budget_min, (int, float)) and not isinstance(self.time_budget_min, bool)
