@@ -14,11 +14,10 @@ import argparse
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from squeezenet.cpu import cpu_name
 from squeezenet.training import Dist, build_data, load_config
-from squeezenet.training.loop import bf16_pays
+from squeezenet.training.loop import bf16_pays, shifted_view
 from squeezenet.weights.loading import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,11 +55,9 @@ def main() -> None:
     seen = 0
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16_pays(torch.device("cpu"))):
         for x, y in test:
-            h, w = x.shape[-2:]
-            padded = F.pad(x, (2, 2, 2, 2), mode="reflect")
             plain, logits = {}, {}
             for dy, dx in shifts:
-                v = padded[..., 2 + dy:2 + dy + h, 2 + dx:2 + dx + w]
+                v = shifted_view(x, dy, dx)
                 plain[dy, dx] = model(v).float()
                 logits[dy, dx] = plain[dy, dx] + model(v.flip(-1)).float()
             for name, views in SETS.items():

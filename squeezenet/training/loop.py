@@ -328,6 +328,17 @@ def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, d: Dist,
             "seconds": seconds, "images_per_s": seen / seconds if seconds else 0.0}
 
 
+def shifted_view(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``x`` (N, C, H, W) moved by ``dy``, ``dx`` pixels, the exposed edge filled by reflection:
+    pixel ``(i, j)`` of the result is pixel ``(i + dy, j + dx)`` of ``x`` reflected at the borders."""
+    t = max(abs(dy), abs(dx))
+    if t == 0:
+        return x
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (t, t, t, t), mode="reflect")
+    return padded[..., t + dy:t + dy + h, t + dx:t + dx + w]
+
+
 def tta_logits(model: nn.Module, x: torch.Tensor, flip: bool = False, translate: int = 0) -> torch.Tensor:
     """Logits averaged over test-time views of ``x`` (float32).
 
@@ -342,10 +353,7 @@ def tta_logits(model: nn.Module, x: torch.Tensor, flip: bool = False, translate:
     out = view(x)
     if translate:
         t = translate
-        h, w = x.shape[-2:]
-        padded = F.pad(x, (t, t, t, t), mode="reflect")
-        shifted = view(padded[..., :h, :w]) + view(padded[..., 2 * t:2 * t + h, 2 * t:2 * t + w])
-        out = out / 2 + shifted / 4
+        out = out / 2 + (view(shifted_view(x, -t, -t)) + view(shifted_view(x, t, t))) / 4
     return out
 
 

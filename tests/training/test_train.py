@@ -195,6 +195,17 @@ def test_evaluation_with_flips_averages_an_image_and_its_mirror():
     assert flipped["top1"] == 0.5
 
 
+def test_shifted_view_moves_the_image_and_reflects_at_the_border():
+    from squeezenet.training.loop import shifted_view
+
+    x = torch.arange(9.0).reshape(1, 1, 3, 3)
+    down = shifted_view(x, 1, 0)  # pixel (i, j) shows x(i + 1, j); row 3 reflects to row 1
+    assert torch.equal(down[0, 0], x[0, 0, [1, 2, 1]])
+    left = shifted_view(x, 0, -1)  # column -1 reflects to column 1
+    assert torch.equal(left[0, 0], x[0, 0][:, [1, 0, 1]])
+    assert shifted_view(x, 0, 0) is x
+
+
 def test_test_time_shifts_weight_the_shifted_views_a_quarter_each():
     from squeezenet.training.loop import tta_logits
 
