@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SHARED ?= ../shared/data
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench robustness clean
+.PHONY: demo test test-all bench robustness lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ test-all: $(STAMP)
 
 # Fuzzing, hostile files, bad arguments and resume (docs/robustness.md).
 robustness: $(STAMP)
-	$(PY) -m pytest -q tests/test_fuzz.py tests/compression/test_format.py tests/compression/test_caffe_net.py tests/cli tests/training/test_train.py tests/robustness
+	$(PY) -m pytest -q tests/test_fuzz.py tests/weights/test_format.py tests/weights/test_caffe_net.py tests/cli tests/training/test_train.py tests/robustness
+
+# pyflakes and pycodestyle errors, lines up to 120 (pyproject.toml [tool.ruff]); needs ruff from PyPI.
+lint: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,lint]'
+	$(PY) -m ruff check squeezenet tests bench
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py --shared $(SHARED)

@@ -87,7 +87,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", default="../shared/data")
     p.add_argument("--quick", action="store_true", help="fewer views and sizes (minutes, not an hour)")
-    p.add_argument("--smoke", action="store_true", help="one size of each kind, 2 distillation steps: checks the bench runs")
+    p.add_argument("--smoke", action="store_true",
+                   help="one size of each kind, 2 distillation steps: checks the bench runs")
     p.add_argument("--cifar-views", type=int, default=None, help="CIFAR-10 test images to add (x2 with flips)")
     p.add_argument("--no-nncodec", action="store_true", help="skip NNCodec (no venv, no rows)")
     p.add_argument("--budgets", default=None,
@@ -209,7 +210,8 @@ def main() -> int:
           f"({view_kind} views of the 250 ImageNet samples, {n_cifar} CIFAR-10 test images and mirrors).")
     print("Noise: top-1 on 250 images moves 0.4 points per image (paired difference ~ +-2.5 points);"
           " agreement over the views is far steadier.\n")
-    print("| file | bytes | agreement with 8-bit | KL (nats) | agreement, ImageNet views | top-1 | top-5 | seconds to make |")
+    print("| file | bytes | agreement with 8-bit | KL (nats) | agreement, ImageNet views | top-1 | top-5 "
+          "| seconds to make |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         sec = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
@@ -243,7 +245,8 @@ def plot(rows: list[dict], path: Path, cpu: str = "") -> None:
         ax.set_xlabel("file size (kB)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[1].text(0.02, 0.02, "one image = 0.4 points; paired noise about +-2.5", transform=axes[1].transAxes, fontsize=8)
+    axes[1].text(0.02, 0.02, "one image = 0.4 points; paired noise about +-2.5", transform=axes[1].transAxes,
+                 fontsize=8)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"SqueezeNet v1.0: our codec against NNCodec (MPEG NNC) {cpu}", fontsize=9)
     fig.tight_layout()

@@ -60,7 +60,8 @@ def build_paths(net: torch.nn.Module, batch: int, size: int, device: torch.devic
 
 
 def _cuda_graph(model, batch: int, size: int, device) -> callable:
-    static_in = torch.zeros(batch, 3, size, size, device=device, dtype=torch.float16).to(memory_format=torch.channels_last)
+    static_in = torch.zeros(batch, 3, size, size, device=device, dtype=torch.float16)
+    static_in = static_in.to(memory_format=torch.channels_last)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s), torch.inference_mode():

@@ -124,9 +124,11 @@ def main() -> None:
     print(f"{'loop':<58} {'images/s':>9} {'ratio':>6}")
     print(f"{'reference: ImageFolder + DataLoader + torchvision, fp32':<58} {ref:>9.1f} {1.0:>5.2f}x")
     print(f"{'squeezenet train, tensor cache only (contiguous NCHW)':<58} {cache_only:>9.1f} {cache_only / ref:>5.2f}x")
-    print(f"{'squeezenet train (tensor cache, channels_last' + (', bf16' if info['bf16'] else '') + ')':<58} {ours:>9.1f} {ours / ref:>5.2f}x")
+    ours_label = "squeezenet train (tensor cache, channels_last" + (", bf16" if info["bf16"] else "") + ")"
+    print(f"{ours_label:<58} {ours:>9.1f} {ours / ref:>5.2f}x")
     from squeezenet.cpu import describe
-    print(f"squeezenet1_1 32x32 stem, batch {a.batch}, {a.steps} steps, {torch.get_num_threads()} threads, {describe()}")
+    print(f"squeezenet1_1 32x32 stem, batch {a.batch}, {a.steps} steps, {torch.get_num_threads()} threads, "
+          f"{describe()}")
     summary = {"reference_images_per_s": ref, "images_per_s": ours, "ratio": ours / ref,
                "tensor_cache_only_images_per_s": cache_only, **info}
     if a.processes > 1:
@@ -141,7 +143,8 @@ def main() -> None:
         print(f"{'configs/cifar10_fast.yaml model, global batch 256':<58} {'images/s':>9} {'ratio':>6}   rounds")
         print(f"{'one process, ' + str(one[0]['threads']) + ' threads':<58} {m1:>9.1f} {1.0:>5.2f}x   "
               + ", ".join(f"{v:.0f}" for v in r1))
-        print(f"{'torchrun ' + str(a.processes) + ' processes x ' + str(many[0]['threads']) + ' thread (DDP, gloo)':<58} "
+        ddp_label = f"torchrun {a.processes} processes x {many[0]['threads']} thread (DDP, gloo)"
+        print(f"{ddp_label:<58} "
               f"{mn:>9.1f} {mn / m1:>5.2f}x   " + ", ".join(f"{v:.0f}" for v in rn))
         summary.update({"recipe_one_process_images_per_s": m1, "recipe_ddp_images_per_s": mn,
                         "recipe_ddp_ratio": mn / m1, "processes": a.processes})

@@ -125,7 +125,8 @@ def download(asset_name: str = DEFAULT_ASSET, to: str | os.PathLike | None = Non
                         bar.update(len(chunk))
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise DownloadError(f"{address}: download failed ({getattr(e, 'reason', e)}); on an offline "
-                                f"machine import a local copy (source=FILE_OR_DIR, `squeezenet download --from`)") from None
+                                f"machine import a local copy (source=FILE_OR_DIR, "
+                                f"`squeezenet download --from`)") from None
         return _install(tmp, dest, asset, address)
     finally:
         try:

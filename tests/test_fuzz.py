@@ -77,7 +77,8 @@ def net_bytes():
     sd = create_model("squeezenet1_0").state_dict()
     for k, v in sd.items():
         if k.endswith("weight"):
-            sd[k] = torch.linspace(-1, 1, 100)[torch.randint(0, 100, v.shape, generator=g)] * (torch.rand(v.shape, generator=g) < 0.05)
+            levels = torch.linspace(-1, 1, 100)[torch.randint(0, 100, v.shape, generator=g)]
+            sd[k] = levels * (torch.rand(v.shape, generator=g) < 0.05)
     return serialize_caffe_net(layers_from_state_dict(sd))
 
 
@@ -95,8 +96,8 @@ def sqz_bytes(request):
     if request.param == "state-dict":
         from squeezenet.compression import compress_, encode
         torch.manual_seed(0)
-        m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.Conv2d(16, 32, 3, groups=4),
-                                torch.nn.Flatten(), torch.nn.Linear(32, 10))
+        m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16),
+                                torch.nn.Conv2d(16, 32, 3, groups=4), torch.nn.Flatten(), torch.nn.Linear(32, 10))
         compress_(m, CompressionConfig(bits=3, density=0.5))
         return encode(m)
     # A 15,090-parameter SqueezeNet: version 2 codes a flag for every position, so a mutated

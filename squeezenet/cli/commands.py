@@ -106,7 +106,8 @@ def cmd_decompress(args) -> int:
         save_state_dict(args.out, lw.state_dict)
         if lw.has_architecture and lw.preprocessing != TORCHVISION_IMAGENET:
             p = lw.preprocessing
-            print(f"note: these weights expect {p.channel_order} inputs scaled to {p.scale:g} with mean {list(p.mean)}, "
+            print(f"note: these weights expect {p.channel_order} inputs scaled to {p.scale:g} "
+                  f"with mean {list(p.mean)}, "
                   f"which a bare state dict does not record; --format checkpoint keeps it for eval/predict/export",
                   file=sys.stderr)
     else:
@@ -151,16 +152,18 @@ def cmd_sensitivity(args) -> int:
         raise UsageError("--densities values must be in (0, 1]")
     result = sensitivity(lw.build_model(), images, bits, densities, args.metric)
     out = sys.stderr if args.json else sys.stdout
-    head = f"{'layer':<26}" + "".join(f"{f'{b} bits':>10}" for b in bits) + "".join(f"{f'd={d}':>10}" for d in densities or [])
-    print(f"sensitivity ({args.metric}: {'relative layer output error' if args.metric == 'layer' else '1 - top-1 agreement'})", file=out)
+    head = (f"{'layer':<26}" + "".join(f"{f'{b} bits':>10}" for b in bits)
+            + "".join(f"{f'd={d}':>10}" for d in densities or []))
+    measure = "relative layer output error" if args.metric == "layer" else "1 - top-1 agreement"
+    print(f"sensitivity ({args.metric}: {measure})", file=out)
     print(head, file=out)
     for layer, row in result["bits"].items():
         cells = "".join(f"{row[b]:>10.4f}" for b in bits)
         cells += "".join(f"{result['density'][layer][d]:>10.4f}" for d in densities or [])
         print(f"{layer:<26}{cells}", file=out)
     if args.json:
-        _print_json({k: ({l: {str(b): e for b, e in r.items()} for l, r in v.items()} if isinstance(v, dict) else v)
-                     for k, v in result.items()})
+        _print_json({k: ({name: {str(b): e for b, e in r.items()} for name, r in v.items()}
+                         if isinstance(v, dict) else v) for k, v in result.items()})
     return 0
 
 
@@ -203,7 +206,8 @@ def cmd_export(args) -> int:
     from ..export import export_weights
     report = export_weights(_weights(args), args.format, args.out, batch=args.batch, int8=args.int8,
                             calibration=args.calibration)
-    msg = f"wrote {report['out']} ({report['bytes']:,} bytes); max abs difference to PyTorch {report['max_abs_diff']:.2e}"
+    msg = (f"wrote {report['out']} ({report['bytes']:,} bytes); "
+           f"max abs difference to PyTorch {report['max_abs_diff']:.2e}")
     if args.int8:
         msg += (f"; int8 max abs difference {report['int8_max_abs_diff']:.3g} on a random input "
                 f"(measure its accuracy with `squeezenet eval --engine`)")
@@ -263,7 +267,8 @@ def add_commands(sub) -> None:
                                    "with labels from DIR/LOC_synset_mapping.txt. The preprocessing comes from "
                                    "the weights.")
     s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
-    s.add_argument("--data", required=True, type=_existing_path, help="ImageNet validation folder with the mapping file")
+    s.add_argument("--data", required=True, type=_existing_path,
+                   help="ImageNet validation folder with the mapping file")
     s.add_argument("--batch-size", type=_positive_int, default=50, help="images per batch (default 50)")
     s.add_argument("--workers", type=_nonneg_int, default=None, help="data loading processes (default: 2)")
     s.add_argument("--engine", choices=ENGINE_CHOICES, default="torch",
@@ -296,9 +301,11 @@ def add_commands(sub) -> None:
                                    "(default ~/.cache/squeezenet) or --to DIR, check its pinned sha256 and print "
                                    "its path. Offline: --from FILE_OR_DIR imports a local copy.")
     s.add_argument("--to", type=Path, default=None, help="destination folder (default: the cache)")
-    s.add_argument("--from", dest="from", type=_existing_path, default=None, help="import a local file or folder instead")
+    s.add_argument("--from", dest="from", type=_existing_path, default=None,
+                   help="import a local file or folder instead")
     s.add_argument("--url", default=None, help="download from this address instead of the public one (mirrors)")
-    s.add_argument("--asset", default="squeezenet1_0-deep-compression", help="what to fetch (default: the published model)")
+    s.add_argument("--asset", default="squeezenet1_0-deep-compression",
+                   help="what to fetch (default: the published model)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_download)
 
@@ -373,7 +380,8 @@ def add_commands(sub) -> None:
                        description="Bytes per layer and per component (header, codebooks, biases, code tables, "
                                    "weight codes, position codes), with ratios against fp32 SqueezeNet and AlexNet.")
     s.add_argument("file", type=_existing_path, help="compressed .sqz or published .net file")
-    s.add_argument("--plot", type=Path, default=None, help="also write a PNG: weight histograms with centroids per layer")
+    s.add_argument("--plot", type=Path, default=None,
+                   help="also write a PNG: weight histograms with centroids per layer")
     s.add_argument("--json", action="store_true", help="print one JSON object with bytes and components")
     s.set_defaults(func=cmd_size)
 
@@ -455,7 +463,8 @@ def add_commands(sub) -> None:
     s.add_argument("--seed", type=_nonneg_int, default=None, help="random seed")
     s.add_argument("--base-e", type=_positive_int, default=None,
                    help="expand filters of the first fire module, fixed for every point (default 128)")
-    s.add_argument("--incr-e", type=_nonneg_int, default=None, help="expand filters added every FREQ modules (default 128)")
+    s.add_argument("--incr-e", type=_nonneg_int, default=None,
+                   help="expand filters added every FREQ modules (default 128)")
     s.add_argument("--freq", type=_positive_int, default=None, help="fire modules per increment (default 2)")
     s.add_argument("--jobs", type=_positive_int, default=1, help="points trained in parallel processes")
     s.add_argument("--out", type=Path, default=Path("explore"), help="output folder (default ./explore)")
@@ -480,9 +489,11 @@ def add_commands(sub) -> None:
                        description="AlexNet and SqueezeNet fp32 sizes, the published 8-bit file with its accuracy, "
                                    "and our compressed files with exact bytes and measured top-1/top-5; writes "
                                    "Markdown, JSON and a size/accuracy plot into --out.")
-    s.add_argument("--data", type=Path, default=None, help="ImageNet validation folder (default ../shared/data/imagenet-samples)")
+    s.add_argument("--data", type=Path, default=None,
+                   help="ImageNet validation folder (default ../shared/data/imagenet-samples)")
     s.add_argument("--weights", type=Path, default=None, help="published .net file (default: shared copy or cache)")
-    s.add_argument("--calibration", type=Path, default=None, help="unlabelled images for fine-tuning (default: CIFAR-10 train if present)")
+    s.add_argument("--calibration", type=Path, default=None,
+                   help="unlabelled images for fine-tuning (default: CIFAR-10 train if present)")
     s.add_argument("--out", type=Path, default=Path("reproduce"), help="output folder (default ./reproduce)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_reproduce)

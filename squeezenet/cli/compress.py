@@ -72,14 +72,14 @@ def net_size_report(path) -> dict:
     layers = read_caffe_net(path)
     rows = []
     comp = {"header": 4 * len(layers), "codebooks": 0, "biases": 0, "weight_codes": 0, "position_codes": 0}
-    for l in layers:
-        n = int(np.count_nonzero(l.indices))
-        numel = int(np.prod(l.shape))
-        pos = np.flatnonzero(l.indices)
-        gaps, _ = encode_positions(pos, l.indices[pos])
+    for layer in layers:
+        n = int(np.count_nonzero(layer.indices))
+        numel = int(np.prod(layer.shape))
+        pos = np.flatnonzero(layer.indices)
+        gaps, _ = encode_positions(pos, layer.indices[pos])
         entries = gaps.size
-        row = {"layer": l.module, "weights": numel, "kept": n, "density": n / numel, "bits": 8,
-               "codebook": 4 * CODEBOOK_SIZE, "bias": 4 * l.shape[0], "code_tables": 0, "weight_codes": entries,
+        row = {"layer": layer.module, "weights": numel, "kept": n, "density": n / numel, "bits": 8,
+               "codebook": 4 * CODEBOOK_SIZE, "bias": 4 * layer.shape[0], "code_tables": 0, "weight_codes": entries,
                "position_codes": (entries + 1) // 2, "fillers": entries - n}
         row["bytes"] = row["codebook"] + row["bias"] + row["weight_codes"] + row["position_codes"]
         comp["codebooks"] += row["codebook"]
@@ -114,7 +114,8 @@ def size_of_file(path) -> dict:
 def format_size_report(rep: dict) -> str:
     head = (f"{'layer':<24} {'weights':>8} {'kept':>8} {'dens':>6} {'bits':>4} {'codebook':>8} {'bias':>6} "
             f"{'tables':>6} {'w-codes':>8} {'p-codes':>8} {'bytes':>8}")
-    lines = [f"{rep.get('format')} model {rep['model'] or '(state dict, architecture not recorded)'}", head, "-" * len(head)]
+    model = rep["model"] or "(state dict, architecture not recorded)"
+    lines = [f"{rep.get('format')} model {model}", head, "-" * len(head)]
     for r in rep["layers"]:
         lines.append(f"{r['layer']:<24} {r['weights']:>8,} {r['kept']:>8,} {r['density']:>6.1%} {r['bits']:>4} "
                      f"{r['codebook']:>8,} {r['bias']:>6,} {r['code_tables']:>6,} {r['weight_codes']:>8,} "

@@ -69,7 +69,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     name = args.model
     if name is None:
         name = "squeezenet_from_metaparameters" if kw else "squeezenet1_0"
-    elif any(k in kw for k in ("sr", "pct3x3", "base_e", "incr_e", "freq")) and name != "squeezenet_from_metaparameters":
+    elif (any(k in kw for k in ("sr", "pct3x3", "base_e", "incr_e", "freq"))
+          and name != "squeezenet_from_metaparameters"):
         raise UsageError("--sr/--pct3x3/--base-e/--incr-e/--freq apply to squeezenet_from_metaparameters only")
     model = create_model(name, num_classes=args.num_classes, **kw)
     size = args.input_size or (32 if kw.get("small_input") else (227 if name == "alexnet" else 224))

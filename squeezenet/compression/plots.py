@@ -21,13 +21,14 @@ def plot_weight_distributions(path, out, max_layers: int = 12) -> str:
     layers = []
     if compressed:
         header, state, shared = read_compressed(path)
-        for l in header["layers"]:
-            w = state[f"{l['name']}.weight"].numpy().ravel()
-            layers.append((l["name"], w[w != 0], shared[f"{l['name']}.weight_codebook"].numpy()))
+        for entry in header["layers"]:
+            name = entry["name"]
+            w = state[f"{name}.weight"].numpy().ravel()
+            layers.append((name, w[w != 0], shared[f"{name}.weight_codebook"].numpy()))
     else:
-        for l in read_caffe_net(path):
-            w = l.weight().ravel()
-            layers.append((l.module, w[w != 0], l.codebook[1:][l.codebook[1:] != 0]))
+        for layer in read_caffe_net(path):
+            w = layer.weight().ravel()
+            layers.append((layer.module, w[w != 0], layer.codebook[1:][layer.codebook[1:] != 0]))
     if len(layers) > max_layers:  # spread the chosen layers over the depth
         idx = np.linspace(0, len(layers) - 1, max_layers).round().astype(int)
         layers = [layers[i] for i in sorted(set(idx))]

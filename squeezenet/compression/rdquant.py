@@ -309,7 +309,8 @@ def install_(model: nn.Module, quants: dict[str, LayerQuant]) -> None:
         _set_buffer(m, "weight_codebook", torch.from_numpy(q.codebook.copy()).to(dev))
         _set_buffer(m, "weight_index", torch.from_numpy(q.index.astype(np.int16)).reshape(shape).to(dev))
         _set_buffer(m, "weight_mask", torch.from_numpy(q.mask.copy()).reshape(shape).to(dev))
-        _set_buffer(m, "weight_bits", torch.tensor(max(1, math.ceil(math.log2(max(q.codebook.size, 2)))), dtype=torch.int16))
+        bits = max(1, math.ceil(math.log2(max(q.codebook.size, 2))))
+        _set_buffer(m, "weight_bits", torch.tensor(bits, dtype=torch.int16))
         m.weight.copy_(torch.from_numpy(q.weight()).reshape(shape).to(m.weight.dtype))
 
 

@@ -117,7 +117,8 @@ def typical_image_side(root: str | os.PathLike, probe: int = 32) -> tuple[int, i
     classes = list_classes(train)
     files = []
     for c in classes:
-        files += sorted(p for p in (train / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:max(1, probe // len(classes))]
+        images = sorted(p for p in (train / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files += images[:max(1, probe // len(classes))]
         if len(files) >= probe:
             break
     if not files:

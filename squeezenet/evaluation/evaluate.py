@@ -120,7 +120,8 @@ def predict(weights: str | os.PathLike | LoadedWeights, images: list, *, top: in
 def preload(data: str | os.PathLike, preprocessing, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of an ImageNet validation folder as one tensor (to evaluate many models)."""
     ds = ImageNetFolder(data, preprocessing.transform())
-    loader = torch.utils.data.DataLoader(ds, batch_size=50, num_workers=min(2, os.cpu_count() or 1) if workers is None else workers)
+    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    loader = torch.utils.data.DataLoader(ds, batch_size=50, num_workers=workers)
     xs, ys = zip(*loader)
     return torch.cat(xs), torch.cat(ys)
 

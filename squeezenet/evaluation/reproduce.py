@@ -123,16 +123,19 @@ def reproduce(data=None, weights=None, out="reproduce", calibration=None, points
 
 def format_markdown(result: dict) -> str:
     lines = [f"Measured on {result['images']} images of `{result['data']}` (not the 50,000-image ImageNet "
-             f"validation set of the paper; one image is 0.4 points and the difference between two models here has about +-2.5 points of noise: the agreement column is the steadier figure).", "",
+             f"validation set of the paper; one image is 0.4 points and the difference between two models here "
+             f"has about +-2.5 points of noise: the agreement column is the steadier figure).", "",
              "| model | compression | bytes | MB | vs AlexNet fp32 | top-1 | top-5 | same top-1 as 8-bit |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         acc = (f"{r['top1']:.3f} | {r['top5']:.3f} | {r['agreement_with_8bit']:.1%}" if "top1" in r else "- | - | -")
-        lines.append(f"| {r['model']} | {r['method']} | {r['bytes']:,} | {r['mb']:.3f} | {r['ratio_vs_alexnet']:.0f}x | {acc} |")
+        lines.append(f"| {r['model']} | {r['method']} | {r['bytes']:,} | {r['mb']:.3f} "
+                     f"| {r['ratio_vs_alexnet']:.0f}x | {acc} |")
     lines += ["", "Paper, Table 2 (ImageNet validation set):", "",
               "| model | compression | weights | size | top-1 | top-5 |", "|---|---|---|---:|---:|---:|"]
     for p in result["paper"]:
-        lines.append(f"| {p['model']} | {p['method']} | {p['bits']} | {p['mb']} MB | {p['top1_pct']}% | {p['top5_pct']}% |")
+        lines.append(f"| {p['model']} | {p['method']} | {p['bits']} | {p['mb']} MB "
+                     f"| {p['top1_pct']}% | {p['top5_pct']}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -143,7 +146,8 @@ def _plot(result: dict, path: Path) -> None:
     rows = [r for r in result["rows"] if "top1" in r]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, marker in (("top1", "o"), ("top5", "s")):
-        ax.plot([r["bytes"] / 1e3 for r in rows], [100 * r[key] for r in rows], marker, label=key.replace("top", "top-"))
+        ax.plot([r["bytes"] / 1e3 for r in rows], [100 * r[key] for r in rows], marker,
+                label=key.replace("top", "top-"))
     for r in rows:
         ax.annotate(r["method"].replace("ours ", ""), (r["bytes"] / 1e3, 100 * r["top1"]), fontsize=7,
                     xytext=(3, -10), textcoords="offset points")

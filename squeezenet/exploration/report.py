@@ -93,10 +93,11 @@ def markdown(sweep: str, rows: list[dict]) -> str:
              "Measured here on CIFAR-10 (32x32 stem, short CPU budget) -- a different dataset and budget from "
              "the paper's ImageNet runs; compare trends, not values.", "",
              *_fixed_settings(rows),
-             "| point | params | fp32 MB | MACs | top-1 | top-5 | epochs | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| point | params | fp32 MB | MACs | top-1 | top-5 | epochs | seconds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['id']} | {r['params']:,} | {r['mb']:.2f} | {r['macs']:,} | {r['top1']:.4f} | {r['top5']:.4f} "
-                     f"| {r['epochs']} | {r['seconds']:.0f} |")
+        lines.append(f"| {r['id']} | {r['params']:,} | {r['mb']:.2f} | {r['macs']:,} | {r['top1']:.4f} "
+                     f"| {r['top5']:.4f} | {r['epochs']} | {r['seconds']:.0f} |")
     lines += ["", "Paper (ImageNet):", ""]
     for p in PAPER[sweep]:
         value, mb, t1, t5 = p

@@ -136,7 +136,8 @@ def run_sweep(sweep: str, data, out, values=None, jobs: int = 1, log=print, widt
             wanted = point_kwargs(sweep, v, width)
             if row.get("model_kwargs") != wanted:
                 # Mixing points of different design spaces in one report would mislead.
-                raise ConfigError(f"{p} was trained with {row.get('model_kwargs')}, not {wanted}; use another output folder")
+                raise ConfigError(f"{p} was trained with {row.get('model_kwargs')}, not {wanted}; "
+                                  f"use another output folder")
             done[point_id(sweep, v)] = row
     todo = [v for v in values if point_id(sweep, v) not in done]
     if done:
@@ -147,11 +148,13 @@ def run_sweep(sweep: str, data, out, values=None, jobs: int = 1, log=print, widt
             log(f"training {point_id(sweep, v)} ...")
             row = run_point(sweep, v, str(data), str(out), dict(overrides), threads, width)
             done[row["id"]] = row
-            log(f"  {row['id']}: {row['params']:,} params, {row['mb']:.2f} MB, top-1 {row['top1']:.4f}, top-5 {row['top5']:.4f}")
+            log(f"  {row['id']}: {row['params']:,} params, {row['mb']:.2f} MB, "
+                f"top-1 {row['top1']:.4f}, top-5 {row['top5']:.4f}")
     else:
         import multiprocessing as mp
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(run_point, sweep, v, str(data), str(out), dict(overrides), threads, width) for v in todo]
+            futures = [pool.submit(run_point, sweep, v, str(data), str(out), dict(overrides), threads, width)
+                       for v in todo]
             for f in futures:
                 row = f.result()
                 done[row["id"]] = row

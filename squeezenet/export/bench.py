@@ -97,10 +97,14 @@ def run_bench(model: str = "squeezenet1_0", batches=(1, 32), seconds: float = 3.
 
 def format_bench(result: dict) -> str:
     calib = result.get("calibration")
-    lines = [f"{result['model']} at {result['input_size']}x{result['input_size']}, {result['threads']} threads, {result['cpu']}; "
-             + (f"int8 calibrated on {calib}" if calib else "int8 calibrated on random images (speed only; auto stays fp32)"),
-             f"{'path':<46} {'batch':>5} {'images/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'vs ORT fp32':>11} {'vs fastest':>10}"]
+    size = result["input_size"]
+    calibration = (f"int8 calibrated on {calib}" if calib
+                   else "int8 calibrated on random images (speed only; auto stays fp32)")
+    lines = [f"{result['model']} at {size}x{size}, {result['threads']} threads, {result['cpu']}; {calibration}",
+             f"{'path':<46} {'batch':>5} {'images/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+             f"{'vs ORT fp32':>11} {'vs fastest':>10}"]
     for r in result["rows"]:
-        lines.append(f"{r['path']:<46} {r['batch']:>5} {r['images_per_s']:>9.1f} {r['p50_ms']:>8.1f} {r['p90_ms']:>8.1f} "
-                     f"{r['p99_ms']:>8.1f} {r['vs_onnxruntime_fp32']:>10.2f}x {r['vs_fastest']:>9.2f}x")
+        lines.append(f"{r['path']:<46} {r['batch']:>5} {r['images_per_s']:>9.1f} {r['p50_ms']:>8.1f} "
+                     f"{r['p90_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['vs_onnxruntime_fp32']:>10.2f}x "
+                     f"{r['vs_fastest']:>9.2f}x")
     return "\n".join(lines)

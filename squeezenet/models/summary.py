@@ -115,7 +115,8 @@ def summarize(model: nn.Module, input_size: int = 224) -> dict:
 
 def format_summary(summary: dict, title: str = "") -> str:
     """Render a ``summarize`` result as a fixed-width table."""
-    head = f"{'layer':<10} {'type':<22} {'output size':>15} {'s1x1':>5} {'e1x1':>5} {'e3x3':>5} {'params':>11} {'MACs':>14}"
+    head = (f"{'layer':<10} {'type':<22} {'output size':>15} {'s1x1':>5} {'e1x1':>5} {'e3x3':>5} "
+            f"{'params':>11} {'MACs':>14}")
     lines = [title] if title else []
     lines += [head, "-" * len(head)]
     for r in summary["rows"]:

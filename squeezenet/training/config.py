@@ -180,7 +180,8 @@ def recipe_for_data(data: str | os.PathLike) -> tuple[dict, str]:
     short, long = typical_image_side(data)
     if long <= SMALL_IMAGE_SIDE:
         return dict(SMALL_IMAGE_RECIPE), (f"images are about {long}x{short} px (<= {SMALL_IMAGE_SIDE}): small-image "
-                                          f"recipe (32 px stem with batch norm and a stem pool, Nesterov SGD one-cycle, "
+                                          f"recipe (32 px stem with batch norm and a stem pool, "
+                                          f"Nesterov SGD one-cycle, "
                                           f"CIFAR-10 statistics, decoded once into a tensor cache)")
     return dict(LARGE_IMAGE_RECIPE), (f"images are about {long}x{short} px: ImageNet-size recipe (torchvision "
                                       f"preprocessing, random-resized 224 px crops, a DataLoader with workers)")

@@ -144,7 +144,8 @@ class FolderBatches:
                  crop_padding_mode: str = "zeros") -> None:
         from torch.utils.data.distributed import DistributedSampler
         ds = FolderDataset(samples, _folder_transform(prep, train, augment, crop_padding, crop_padding_mode))
-        self.sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=train, seed=seed, drop_last=train)
+        self.sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=train, seed=seed,
+                                          drop_last=train)
         self.loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
                                                   drop_last=train, persistent_workers=workers > 0)
         self.channels_last = channels_last
@@ -212,7 +213,8 @@ def build_data(data: str | os.PathLike, cfg: TrainConfig, d: Dist, per_rank_batc
         train = FolderBatches(train_samples, per_rank_batch, prep, True, cfg.augment, d, cfg.seed, cfg.workers,
                               cfg.channels_last, cutout=cfg.cutout, crop_padding=cfg.crop_padding,
                               crop_padding_mode=cfg.crop_padding_mode)
-        evalb = FolderBatches(eval_samples, per_rank_batch, prep, False, "none", d, cfg.seed, cfg.workers, cfg.channels_last)
+        evalb = FolderBatches(eval_samples, per_rank_batch, prep, False, "none", d, cfg.seed, cfg.workers,
+                              cfg.channels_last)
     return train, evalb, classes
 
 

@@ -178,7 +178,9 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         if budget and not last:  # keep back time for the final evaluation: the same images x views
             sched.reserve_s = _evaluation_seconds(cfg, len(eval_b.sampler) * d.world, tr, eval_seconds)
         t_eval = time.perf_counter()
-        ev = evaluate(ema.module if ema else net, eval_b, d, autocast, cfg.eval_flip, cfg.eval_translate) if ((epoch + 1) % cfg.eval_every == 0 or last) else {}
+        ev = {}
+        if (epoch + 1) % cfg.eval_every == 0 or last:
+            ev = evaluate(ema.module if ema else net, eval_b, d, autocast, cfg.eval_flip, cfg.eval_translate)
         if ev:
             eval_seconds = time.perf_counter() - t_eval
             # a class missing among a handful of test images can be chance; with 5 or more a class, a dead score

@@ -182,7 +182,7 @@ def looks_like_caffe_net(data: bytes) -> bool:
 
 def serialize_caffe_net(layers: list[NetLayer]) -> bytes:
     """Encode layers into the ``.net`` byte layout (inverse of ``parse_caffe_net``)."""
-    if [l.caffe_name for l in layers] != [n for n, _ in LAYER_NAMES]:
+    if [layer.caffe_name for layer in layers] != [n for n, _ in LAYER_NAMES]:
         raise ConfigError("layers must be the 26 SqueezeNet v1.0 convolutions in prototxt order")
     counts, bodies = [], []
     for layer in layers:

@@ -82,7 +82,8 @@ def _probabilities(codes: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- symbols
-def layer_symbols(index: np.ndarray, mask: np.ndarray, neg: int, taps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def layer_symbols(index: np.ndarray, mask: np.ndarray, neg: int,
+                  taps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flags (taps-last, shape (rows, taps)) and the negative / non-negative magnitude ranks.
 
     Args:

@@ -73,7 +73,7 @@ def validate_table(count: list, symbols: list, alphabet_size: int | None) -> Non
         return
     # Kraft: sum 2^-l == 1 exactly for a complete prefix code (integers: scale by 2^maxlen).
     maxlen = len(count) - 1
-    kraft = sum(c << (maxlen - l) for l, c in enumerate(count))
+    kraft = sum(c << (maxlen - length) for length, c in enumerate(count))
     if kraft != 1 << maxlen:
         raise HuffmanError("code table is not a complete prefix code (Kraft sum != 1)")
 

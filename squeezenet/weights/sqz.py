@@ -275,7 +275,7 @@ def serialize(model_name: str, model_kwargs: dict, num_classes: int | None, prep
     (which stores raw float32 parameters only).
     """
     raw = raw or {}
-    kinds = {type(l) for l in layers}
+    kinds = {type(layer) for layer in layers}
     if len(kinds) > 1:
         raise ConfigError("one file holds layers of one coding")
     version = VERSION if kinds <= {RangeLayerCode} else HUFFMAN_VERSION
@@ -288,12 +288,12 @@ def serialize(model_name: str, model_kwargs: dict, num_classes: int | None, prep
     header = {"format": FORMAT_NAME, "version": version, "model": model_name, "model_kwargs": model_kwargs,
               "num_classes": None if num_classes is None else int(num_classes), "preprocessing": preprocessing,
               "class_names": _default_class_names(class_names, num_classes),
-              "layers": [l.meta for l in layers], "raw": records}
+              "layers": [layer.meta for layer in layers], "raw": records}
     if extra:
         header["extra"] = extra
     hjson = json.dumps(header, separators=(",", ":")).encode()
     hbytes = zlib.compress(hjson, 9)
-    body = b"".join(s for l in layers for s in l.sections())
+    body = b"".join(s for layer in layers for s in layer.sections())
     body += b"".join(_raw_bytes(v) for v in raw.values())
     data = _PREAMBLE.pack(MAGIC, version, FLAG_ZLIB_HEADER, len(hbytes)) + hbytes + body
     return data + struct.pack("<I", zlib.crc32(data))
@@ -332,12 +332,14 @@ def encode_model(model: nn.Module, model_name: str = "", *, model_kwargs: dict |
         cb_dtype = codebook_dtype.get(name, "f4") if isinstance(codebook_dtype, dict) else codebook_dtype
         coded.update({_key(name, "weight"), _key(name, "bias")} | {_key(name, b) for b in CODING_BUFFERS})
         if codec == "range":
-            layers.append(encode_layer_range(name, m.weight.shape, cb.detach().cpu().numpy(), m.weight_index.cpu().numpy(),
-                                             m.weight_mask.cpu().numpy(), bias, cb_dtype, bias_dtype))
+            layers.append(encode_layer_range(name, m.weight.shape, cb.detach().cpu().numpy(),
+                                             m.weight_index.cpu().numpy(), m.weight_mask.cpu().numpy(), bias,
+                                             cb_dtype, bias_dtype))
             if m.weight.dtype != torch.float32:  # decoded weights are cast back to the model's dtype
                 layers[-1].meta["dtype"] = raw_dtype_code(m.weight)
             continue
-        bits = int(m.weight_bits) if getattr(m, "weight_bits", None) is not None else max(1, math.ceil(math.log2(max(cb.numel(), 2))))
+        bits = (int(m.weight_bits) if getattr(m, "weight_bits", None) is not None
+                else max(1, math.ceil(math.log2(max(cb.numel(), 2)))))
         layers.append(encode_layer(name, m.weight.shape, cb.detach().cpu().numpy(),
                                    m.weight_index.cpu().numpy(), m.weight_mask.cpu().numpy(), bias, bits, cb_dtype))
     if codec == "huffman":  # version 1 holds the float parameters only, as it always did
@@ -386,7 +388,8 @@ def parse_header(data: bytes, path="<bytes>") -> tuple[dict, int]:
     if magic != MAGIC:
         raise _bad(path, "wrong magic bytes (not a .sqz file)")
     if version not in READ_VERSIONS:
-        raise _bad(path, f"format version {version}; this tool reads versions {READ_VERSIONS[0]} to {READ_VERSIONS[-1]}")
+        raise _bad(path, f"format version {version}; this tool reads versions "
+                         f"{READ_VERSIONS[0]} to {READ_VERSIONS[-1]}")
     if hlen > MAX_HEADER or _PREAMBLE.size + hlen + 4 > len(data):
         raise _bad(path, f"header length {hlen} is larger than the file allows")
     (crc,) = struct.unpack_from("<I", data, len(data) - 4)
@@ -469,17 +472,17 @@ def _self_described(header: dict, path) -> tuple[dict, dict]:
             raise _bad(path, f"tensor name {str(key)[:80]!r} is missing, too long or repeated")
         state[key] = (shape, dtype)
 
-    for l in layers:
-        if not isinstance(l, dict) or not isinstance(l.get("name"), str) or l["name"] in coded:
+    for layer in layers:
+        if not isinstance(layer, dict) or not isinstance(layer.get("name"), str) or layer["name"] in coded:
             raise _bad(path, "a layer record without a name of its own")
-        name = l["name"]
-        shape = _shape(l.get("shape"), 2, 5, name, path)
+        name = layer["name"]
+        shape = _shape(layer.get("shape"), 2, 5, name, path)
         if min(shape) < 1:
             raise _bad(path, f"{name}: empty weight shape {list(shape)}")
-        n_bias = _int(l.get("bias"), 0, shape[0], f"{name} bias size", path)
+        n_bias = _int(layer.get("bias"), 0, shape[0], f"{name} bias size", path)
         if n_bias not in (0, shape[0]):
             raise _bad(path, f"{name}: {n_bias} biases for {shape[0]} outputs")
-        dtype = l.get("dtype", "f4")
+        dtype = layer.get("dtype", "f4")
         if dtype not in ("f4", "f2", "bf16", "f8"):
             raise _bad(path, f"{name}: unknown weight type {dtype!r}")
         coded[name] = (shape, n_bias > 0)
@@ -516,55 +519,59 @@ def _shapes_for(key: str) -> tuple[dict, dict]:
     return coded, state
 
 
-def _check_range_layer(l: dict, numel: int, n_bias: int, path) -> int:
+def _check_range_layer(layer: dict, numel: int, n_bias: int, path) -> int:
     """Validate a version 2 layer record; returns its byte count."""
-    name = l["name"]
-    if l.get("coding") != "range":
-        raise _bad(path, f"{name}: unknown layer coding {l.get('coding')!r}")
-    k = _int(l.get("k"), 0, min(MAX_LEVELS, numel), f"{name} codebook size", path)
-    _int(l.get("neg"), 0, k, f"{name} negative levels", path)
-    nnz = _int(l.get("nnz"), 0, numel, f"{name} kept weights", path)
+    name = layer["name"]
+    if layer.get("coding") != "range":
+        raise _bad(path, f"{name}: unknown layer coding {layer.get('coding')!r}")
+    k = _int(layer.get("k"), 0, min(MAX_LEVELS, numel), f"{name} codebook size", path)
+    _int(layer.get("neg"), 0, k, f"{name} negative levels", path)
+    nnz = _int(layer.get("nnz"), 0, numel, f"{name} kept weights", path)
     if (k == 0) != (nnz == 0):
         raise _bad(path, f"{name}: {nnz} kept weights but {k} centroids")
-    if l.get("codebook_dtype") not in ("f4", "f2") or l.get("bias_dtype") not in ("f4", "f2"):
+    if layer.get("codebook_dtype") not in ("f4", "f2") or layer.get("bias_dtype") not in ("f4", "f2"):
         raise _bad(path, f"{name}: unknown codebook or bias type")
-    _int(l.get("bias"), n_bias, n_bias, f"{name} bias size", path)
-    sizes = l.get("sizes")
-    cb_width = 4 if l["codebook_dtype"] == "f4" else 2
-    bias_width = 4 if l["bias_dtype"] == "f4" else 2
+    _int(layer.get("bias"), n_bias, n_bias, f"{name} bias size", path)
+    sizes = layer.get("sizes")
+    cb_width = 4 if layer["codebook_dtype"] == "f4" else 2
+    bias_width = 4 if layer["bias_dtype"] == "f4" else 2
     # A range-coded symbol costs at most 32 bits here (probabilities are at least 2**-24 plus
     # the coder's state), so a stream longer than that is corrupt, not a model.
-    if (not isinstance(sizes, list) or len(sizes) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes)
+    if (not isinstance(sizes, list) or len(sizes) != 4
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes)
             or not (sizes[0] == 0 if k == 0 else 0 < sizes[0] <= k * cb_width + 64) or sizes[1] != bias_width * n_bias
             or sizes[2] != entropy.model_table_size(k) or not 0 <= sizes[3] <= 4 * (2 * numel + 4) or sizes[3] % 4):
         raise _bad(path, f"{name}: section sizes {sizes} do not match the header")
     return sum(sizes)
 
 
-def _decode_range_layer(l: dict, chunks: list[bytes], shape, state: dict, shared: dict, path) -> None:
-    name, numel = l["name"], math.prod(shape)
+def _decode_range_layer(layer: dict, chunks: list[bytes], shape, state: dict, shared: dict, path) -> None:
+    name, numel = layer["name"], math.prod(shape)
     cb_b, bias_b, table, stream = chunks
     try:
-        codebook = entropy.unpack_codebook(cb_b, l["k"], l["codebook_dtype"]) if l["k"] else np.zeros(0, np.float32)
+        codebook = (entropy.unpack_codebook(cb_b, layer["k"], layer["codebook_dtype"]) if layer["k"]
+                    else np.zeros(0, np.float32))
     except entropy.EntropyError as e:
         raise _bad(path, f"{name}: {e}") from None
     if not np.isfinite(codebook).all():
         raise _bad(path, f"{name}: non-finite codebook value")
     taps = math.prod(shape[2:]) if len(shape) > 2 else 1
     try:
-        index, mask, weight = entropy.decode_layer(table, stream, numel, l["neg"], l["k"], taps, l["nnz"], codebook)
+        index, mask, weight = entropy.decode_layer(table, stream, numel, layer["neg"], layer["k"], taps, layer["nnz"],
+                                                   codebook)
     except entropy.EntropyError as e:
         raise _bad(path, f"{name}: {e}") from None
     state[_key(name, "weight")] = torch.from_numpy(weight.reshape(shape))
-    if l["bias"]:
-        bias = np.frombuffer(bias_b, "<f4" if l["bias_dtype"] == "f4" else "<f2").astype(np.float32)
+    if layer["bias"]:
+        bias = np.frombuffer(bias_b, "<f4" if layer["bias_dtype"] == "f4" else "<f2").astype(np.float32)
         if not np.isfinite(bias).all():
             raise _bad(path, f"{name}: non-finite bias")
         state[_key(name, "bias")] = torch.from_numpy(bias)
     shared[_key(name, "weight_codebook")] = torch.from_numpy(codebook.copy())
     shared[_key(name, "weight_index")] = torch.from_numpy(index.reshape(shape))
     shared[_key(name, "weight_mask")] = torch.from_numpy(mask.reshape(shape))
-    shared[_key(name, "weight_bits")] = torch.tensor(max(1, math.ceil(math.log2(max(l["k"], 2)))), dtype=torch.int16)
+    bits = max(1, math.ceil(math.log2(max(layer["k"], 2))))
+    shared[_key(name, "weight_bits")] = torch.tensor(bits, dtype=torch.int16)
 
 
 def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], dict]:
@@ -580,44 +587,45 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
     if not isinstance(layers, list) or not isinstance(raws, list):
         raise _bad(path, "header lacks its layer list")
     expected, state_layout, from_arch = _layout(header, path)
-    if [l.get("name") if isinstance(l, dict) else None for l in layers] != list(expected):
+    if [layer.get("name") if isinstance(layer, dict) else None for layer in layers] != list(expected):
         raise _bad(path, f"layers do not match the architecture of {header['model']}")
     # Pass 1: validate every declared size and that they add up to the file.
     total = 0
     v2 = header["version"] in RANGE_VERSIONS
     v3 = header["version"] == VERSION
-    for l in layers:
-        name = l["name"]
+    for layer in layers:
+        name = layer["name"]
         shape, has_bias = expected[name]
-        if l.get("shape") != list(shape):
-            raise _bad(path, f"{name}: shape {l.get('shape')} does not match the architecture's {list(shape)}")
+        if layer.get("shape") != list(shape):
+            raise _bad(path, f"{name}: shape {layer.get('shape')} does not match the architecture's {list(shape)}")
         numel = math.prod(shape)
         if numel > MAX_LAYER_WEIGHTS:
             raise _bad(path, f"{name}: too many weights")
         if v2:
-            total += _check_range_layer(l, numel, shape[0] if has_bias else 0, path)
+            total += _check_range_layer(layer, numel, shape[0] if has_bias else 0, path)
             continue
-        bits = _int(l.get("bits"), 1, 8, f"{name} bits", path)
-        k = _int(l.get("k"), 0, 2 ** bits, f"{name} codebook size", path)
-        nnz = _int(l.get("nnz"), 0, numel, f"{name} kept weights", path)
+        bits = _int(layer.get("bits"), 1, 8, f"{name} bits", path)
+        k = _int(layer.get("k"), 0, 2 ** bits, f"{name} codebook size", path)
+        nnz = _int(layer.get("nnz"), 0, numel, f"{name} kept weights", path)
         if (k == 0) != (nnz == 0):
             raise _bad(path, f"{name}: {nnz} kept weights but {k} centroids")
-        if l.get("codebook_dtype") not in ("f4", "f2"):
-            raise _bad(path, f"{name}: unknown codebook type {l.get('codebook_dtype')!r}")
-        _int(l.get("bias"), shape[0] if has_bias else 0, shape[0] if has_bias else 0, f"{name} bias size", path)
-        if l.get("positions") not in ("dense", "kept", "pruned"):
-            raise _bad(path, f"{name}: unknown position coding {l.get('positions')!r}")
-        if l["positions"] == "dense":
+        if layer.get("codebook_dtype") not in ("f4", "f2"):
+            raise _bad(path, f"{name}: unknown codebook type {layer.get('codebook_dtype')!r}")
+        _int(layer.get("bias"), shape[0] if has_bias else 0, shape[0] if has_bias else 0, f"{name} bias size", path)
+        if layer.get("positions") not in ("dense", "kept", "pruned"):
+            raise _bad(path, f"{name}: unknown position coding {layer.get('positions')!r}")
+        if layer["positions"] == "dense":
             if nnz != numel:
                 raise _bad(path, f"{name}: dense coding but {nnz} of {numel} weights kept")
-        elif l.get("span") not in SPANS:
-            raise _bad(path, f"{name}: invalid span {l.get('span')!r}")
-        n_pos_sym = _int(l.get("position_symbols"), 0, 2 * numel + 1, f"{name} position symbols", path)
-        idx_bits = _int(l.get("index_bits"), 0, nnz * huffman.MAX_CODE_LENGTH, f"{name} index bits", path)
-        pos_bits = _int(l.get("position_bits"), 0, n_pos_sym * huffman.MAX_CODE_LENGTH, f"{name} position bits", path)
-        sizes = l.get("sizes")
-        cb_width = 4 if l["codebook_dtype"] == "f4" else 2
-        if (not isinstance(sizes, list) or len(sizes) != 6 or sizes[0] != k * cb_width or sizes[1] != 4 * l["bias"]
+        elif layer.get("span") not in SPANS:
+            raise _bad(path, f"{name}: invalid span {layer.get('span')!r}")
+        n_pos_sym = _int(layer.get("position_symbols"), 0, 2 * numel + 1, f"{name} position symbols", path)
+        idx_bits = _int(layer.get("index_bits"), 0, nnz * huffman.MAX_CODE_LENGTH, f"{name} index bits", path)
+        pos_bits = _int(layer.get("position_bits"), 0, n_pos_sym * huffman.MAX_CODE_LENGTH, f"{name} position bits",
+                        path)
+        sizes = layer.get("sizes")
+        cb_width = 4 if layer["codebook_dtype"] == "f4" else 2
+        if (not isinstance(sizes, list) or len(sizes) != 6 or sizes[0] != k * cb_width or sizes[1] != 4 * layer["bias"]
                 or sizes[4] != _bits_to_bytes(idx_bits) or sizes[5] != _bits_to_bytes(pos_bits)
                 or not all(isinstance(s, int) and 0 <= s <= 4 * (2 ** bits + 260) for s in sizes[2:4])):
             raise _bad(path, f"{name}: section sizes {sizes} do not match the header")
@@ -645,42 +653,44 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
     from bitarray import bitarray
     state: dict[str, torch.Tensor] = {}
     shared: dict[str, torch.Tensor] = {}
-    for l in layers:
-        name, shape, numel = l["name"], expected[l["name"]][0], math.prod(expected[l["name"]][0])
+    for layer in layers:
+        name, shape, numel = layer["name"], expected[layer["name"]][0], math.prod(expected[layer["name"]][0])
         chunks = []
-        for s in l["sizes"]:
+        for s in layer["sizes"]:
             chunks.append(data[off:off + s])
             off += s
         if v2:
-            _decode_range_layer(l, chunks, shape, state, shared, path)
+            _decode_range_layer(layer, chunks, shape, state, shared, path)
             continue
         cb_b, bias_b, it_b, pt_b, is_b, ps_b = chunks
-        codebook = np.frombuffer(cb_b, "<f4" if l["codebook_dtype"] == "f4" else "<f2").astype(np.float32)
+        codebook = np.frombuffer(cb_b, "<f4" if layer["codebook_dtype"] == "f4" else "<f2").astype(np.float32)
         if not np.isfinite(codebook).all():
             raise _bad(path, f"{name}: non-finite codebook value")
         where = f"{path}: {name}"
-        idx_table = _parse_table(it_b, 2 ** l["bits"], where + " index code table")
-        span = l.get("span") or 0
-        pos_table = _parse_table(pt_b, span + 1, where + " position code table") if l["positions"] != "dense" else None
+        idx_table = _parse_table(it_b, 2 ** layer["bits"], where + " index code table")
+        span = layer.get("span") or 0
+        pos_table = (_parse_table(pt_b, span + 1, where + " position code table")
+                     if layer["positions"] != "dense" else None)
         try:
             bits = bitarray(endian="big")
             bits.frombytes(is_b)
-            idx = huffman.decode(bits[:l["index_bits"]], idx_table, l["nnz"])
-            if l["positions"] == "dense":
+            idx = huffman.decode(bits[:layer["index_bits"]], idx_table, layer["nnz"])
+            if layer["positions"] == "dense":
                 mask = np.ones(numel, bool)
             else:
                 pbits = bitarray(endian="big")
                 pbits.frombytes(ps_b)
-                sym = huffman.decode(pbits[:l["position_bits"]], pos_table, l["position_symbols"])
+                sym = huffman.decode(pbits[:layer["position_bits"]], pos_table, layer["position_symbols"])
                 pos = positions_from_gaps(sym, span)
                 if pos.size and pos[-1] >= numel:
                     raise _bad(path, f"{name}: positions run past the layer's {numel} weights")
                 mask = np.zeros(numel, bool)
                 mask[pos] = True
-                if l["positions"] == "pruned":
+                if layer["positions"] == "pruned":
                     mask = ~mask
-                if int(mask.sum()) != l["nnz"]:
-                    raise _bad(path, f"{name}: positions give {int(mask.sum())} kept weights, header says {l['nnz']}")
+                if int(mask.sum()) != layer["nnz"]:
+                    raise _bad(path, f"{name}: positions give {int(mask.sum())} kept weights, "
+                                     f"header says {layer['nnz']}")
         except huffman.HuffmanError as e:
             raise _bad(path, f"{name}: {e}") from None
         if idx.size and idx.max() >= codebook.size:
@@ -690,7 +700,7 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
         index = np.zeros(numel, np.int16)
         index[mask] = idx
         state[_key(name, "weight")] = torch.from_numpy(weight.reshape(shape))
-        if l["bias"]:
+        if layer["bias"]:
             bias = np.frombuffer(bias_b, "<f4").astype(np.float32)
             if not np.isfinite(bias).all():
                 raise _bad(path, f"{name}: non-finite bias")
@@ -698,11 +708,11 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
         shared[_key(name, "weight_codebook")] = torch.from_numpy(codebook.copy())
         shared[_key(name, "weight_index")] = torch.from_numpy(index.reshape(shape))
         shared[_key(name, "weight_mask")] = torch.from_numpy(mask.reshape(shape))
-        shared[_key(name, "weight_bits")] = torch.tensor(l["bits"], dtype=torch.int16)
-    for l in layers:  # coded weights come back in the model's own dtype (float32 unless recorded)
-        dtype = l.get("dtype", "f4") if v3 else "f4"
+        shared[_key(name, "weight_bits")] = torch.tensor(layer["bits"], dtype=torch.int16)
+    for layer in layers:  # coded weights come back in the model's own dtype (float32 unless recorded)
+        dtype = layer.get("dtype", "f4") if v3 else "f4"
         if dtype != "f4":
-            for k in (_key(l["name"], "weight"), _key(l["name"], "bias")):
+            for k in (_key(layer["name"], "weight"), _key(layer["name"], "bias")):
                 if k in state:
                     state[k] = state[k].to(RAW_DTYPES[dtype][1])
     for r in raws:
@@ -765,40 +775,43 @@ def size_report(data: bytes, path="<bytes>") -> dict:
                   "code_tables": 0, "weight_codes": 0, "position_codes": 0, "raw_tensors": 0, "checksum": 4}
     rows = []
     fp32 = 0
-    for l in header["layers"]:
-        numel = math.prod(l["shape"])
-        fp32 += 4 * (numel + l["bias"])
+    for layer in header["layers"]:
+        numel = math.prod(layer["shape"])
+        fp32 += 4 * (numel + layer["bias"])
         if header["version"] in RANGE_VERSIONS:
-            cb, bias, table, stream = l["sizes"]
+            cb, bias, table, stream = layer["sizes"]
             # one stream holds positions, signs and magnitudes together
             it, pt, ic, pc = table, 0, stream, 0
-            bits, span, positions = max(1, math.ceil(math.log2(max(l["k"], 2)))), 0, "range"
+            bits, span, positions = max(1, math.ceil(math.log2(max(layer["k"], 2)))), 0, "range"
             idx_bits = 8 * stream
         else:
-            cb, bias, it, pt, ic, pc = l["sizes"]
-            bits, span, positions, idx_bits = l["bits"], l["span"], l["positions"], l["index_bits"]
+            cb, bias, it, pt, ic, pc = layer["sizes"]
+            bits, span, positions, idx_bits = layer["bits"], layer["span"], layer["positions"], layer["index_bits"]
         components["codebooks"] += cb
         components["biases"] += bias
         components["code_tables"] += it + pt
         components["weight_codes"] += ic
         components["position_codes"] += pc
-        rows.append({"layer": l["name"], "weights": numel, "kept": l["nnz"], "density": l["nnz"] / numel if numel else 1.0,
-                     "bits": bits, "levels": l["k"], "codebook": cb, "bias": bias, "code_tables": it + pt,
+        rows.append({"layer": layer["name"], "weights": numel, "kept": layer["nnz"],
+                     "density": layer["nnz"] / numel if numel else 1.0,
+                     "bits": bits, "levels": layer["k"], "codebook": cb, "bias": bias, "code_tables": it + pt,
                      "weight_codes": ic, "position_codes": pc, "positions": positions, "span": span,
-                     "bytes": sum(l["sizes"]), "fp32_bytes": 4 * (numel + l["bias"]),
-                     "bits_per_kept_weight": 8 * (it + pt + ic + pc) / l["nnz"] if l["nnz"] else 0.0,
-                     "index_bits_per_weight": idx_bits / l["nnz"] if l["nnz"] else 0.0,
-                     "position_bits_per_weight": l.get("position_bits", 0) / l["nnz"] if l["nnz"] else 0.0})
+                     "bytes": sum(layer["sizes"]), "fp32_bytes": 4 * (numel + layer["bias"]),
+                     "bits_per_kept_weight": 8 * (it + pt + ic + pc) / layer["nnz"] if layer["nnz"] else 0.0,
+                     "index_bits_per_weight": idx_bits / layer["nnz"] if layer["nnz"] else 0.0,
+                     "position_bits_per_weight": layer.get("position_bits", 0) / layer["nnz"] if layer["nnz"] else 0.0})
     for r in header["raw"]:
         n = math.prod(r["shape"])
         components["raw_tensors"] += np.dtype(RAW_DTYPES[r.get("dtype", "f4")][0]).itemsize * n
-        fp32 += 4 * n if r.get("dtype", "f4") in ("f4", "f2", "bf16") else np.dtype(RAW_DTYPES[r["dtype"]][0]).itemsize * n
+        fp32 += (4 * n if r.get("dtype", "f4") in ("f4", "f2", "bf16")
+                 else np.dtype(RAW_DTYPES[r["dtype"]][0]).itemsize * n)
     total = sum(components.values())
     if total != len(data):  # decode() checked this layout; a mismatch is a bug here, not a bad file
         raise RuntimeError(f"size accounting gives {total} bytes for a file of {len(data)}")
     squeezenet_fp32, alexnet_fp32 = SQUEEZENET_FP32, ALEXNET_FP32
     return {"bytes": len(data), "version": header["version"], "model": header["model"],
-            "num_classes": header["num_classes"], "fp32_bytes": fp32, "ratio": fp32 / len(data), "ratio_vs_own_fp32": fp32 / len(data),
+            "num_classes": header["num_classes"], "fp32_bytes": fp32, "ratio": fp32 / len(data),
+            "ratio_vs_own_fp32": fp32 / len(data),
             "ratio_vs_squeezenet_fp32": squeezenet_fp32 / len(data), "ratio_vs_alexnet_fp32": alexnet_fp32 / len(data),
-            "kept_weights": sum(l["nnz"] for l in header["layers"]),
+            "kept_weights": sum(layer["nnz"] for layer in header["layers"]),
             "components": components, "layers": rows}

@@ -117,7 +117,8 @@ def state_dict_file(tmp_path_factory):
 def test_cli_compress_decompress_any_state_dict(tmp_path, state_dict_file, capsys):
     src, sd = state_dict_file
     out = tmp_path / "mlp.sqz"
-    assert main(["compress", "--weights", str(src), "--out", str(out), "--bits", "6", "--density", "0.33", "--json"]) == 0
+    assert main(["compress", "--weights", str(src), "--out", str(out), "--bits", "6", "--density", "0.33",
+                 "--json"]) == 0
     rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     fp32 = sum(v.numel() * (4 if v.is_floating_point() else v.element_size()) for v in sd.values())
     assert rep["bytes"] == out.stat().st_size and rep["fp32_bytes"] == fp32
@@ -156,7 +157,8 @@ def test_cli_model_flag_names_the_architecture(tmp_path, capsys):
     assert (back.state_dict["layer4.1.conv2.weight"] == 0).float().mean() > 0.6
     assert main(["compress", "--weights", str(tmp_path / "r.pt"), "--out", str(out), "--model-kwargs", "{}"]) == 2
     assert "--model-kwargs needs --model" in capsys.readouterr().err
-    assert main(["compress", "--weights", str(tmp_path / "r.pt"), "--out", str(out), "--model", "torchvision:nope"]) == 2
+    assert main(["compress", "--weights", str(tmp_path / "r.pt"), "--out", str(out),
+                 "--model", "torchvision:nope"]) == 2
     assert "no model" in capsys.readouterr().err
 
 
@@ -193,6 +195,7 @@ def test_hostile_state_dict_headers_rejected(state_dict_file, tmp_path, edit, ma
         else:
             assert match.startswith("add up|"), "a hostile header was accepted"
     (tmp_path / "bad.sqz").write_bytes(data)
-    for args in (["size", str(tmp_path / "bad.sqz")], ["decompress", str(tmp_path / "bad.sqz"), "--out", str(tmp_path / "o.pt")]):
+    bad = str(tmp_path / "bad.sqz")
+    for args in (["size", bad], ["decompress", bad, "--out", str(tmp_path / "o.pt")]):
         code = main(args)
         assert code in (0, 2)  # a clean message or a clean result, never a traceback

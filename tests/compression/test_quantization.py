@@ -50,7 +50,8 @@ def test_share_weights_limits_distinct_values_and_keeps_zeros():
         nz = layer.weight[layer.weight_mask]
         assert torch.unique(nz).numel() <= 2 ** bits
         assert (layer.weight[~layer.weight_mask] == 0).all()
-        assert torch.equal(layer.weight[layer.weight_mask], layer.weight_codebook[layer.weight_index[layer.weight_mask].long()])
+        kept = layer.weight_mask
+        assert torch.equal(layer.weight[kept], layer.weight_codebook[layer.weight_index[kept].long()])
 
 
 def test_bits_validated():

@@ -83,7 +83,9 @@ def test_ecsq_error_bounded_by_step():
 
 
 def test_search_budget_returns_the_largest_fit():
-    sizes = lambda lam: (int(1000 / lam), lam)  # size falls as lam grows
+    def sizes(lam):  # size falls as lam grows
+        return int(1000 / lam), lam
+
     lam, size, payload = rdquant.search_budget(sizes, 0.01, 100.0, budget=500)
     assert size <= 500 and size >= 495 and payload == lam
     with pytest.raises(ValueError, match="cannot fit"):

@@ -24,7 +24,8 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=16)
     env = dict(os.environ, SQUEEZENET_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     full = tmp_path / "full"
-    subprocess.run(TRAIN + ["--data", str(data), "--out", str(full)], env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(TRAIN + ["--data", str(data), "--out", str(full)], env=env, check=True, capture_output=True,
+                   timeout=600)
     cut = tmp_path / "cut"
     p = subprocess.Popen(TRAIN + ["--data", str(data), "--out", str(cut)], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

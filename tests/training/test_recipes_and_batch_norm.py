@@ -165,7 +165,8 @@ def test_compression_can_fold_batch_norm_first(tmp_path):
     assert not any("running" in k for k in back.state_dict)
     x = torch.randn(4, 3, 32, 32)
     assert torch.allclose(back.build_model()(x), model(x), atol=0.05)  # 8-bit sharing of the folded weights
-    assert report["fp32_bytes"] == sum(4 * v.numel() if v.is_floating_point() else 8 for v in model.state_dict().values())
+    state = model.state_dict().values()
+    assert report["fp32_bytes"] == sum(4 * v.numel() if v.is_floating_point() else 8 for v in state)
 
 
 def test_time_budget_flag_reaches_the_recipe(tmp_path, monkeypatch, capsys):

@@ -164,7 +164,7 @@ def test_without_a_terminal_progress_comes_as_plain_lines(tiny_data, capsys):
     # logs (nohup, CI) get one line per tenth of the epoch instead of a bar's carriage returns
     train(cfg(epochs=1), tiny_data, None, log=lambda *a: None)
     err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if l.startswith("epoch 1: step ")]
+    lines = [line for line in err.splitlines() if line.startswith("epoch 1: step ")]
     assert lines and "\r" not in err
     last = lines[-1]
     steps, total = last.split("step ")[1].split(",")[0].split("/")

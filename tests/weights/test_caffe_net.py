@@ -59,7 +59,7 @@ def test_state_dict_with_too_many_values_rejected():
 def test_published_file_round_trips_byte_identical(tmp_path):
     path = need(PUBLISHED_NET)
     layers = read_caffe_net(path)
-    assert [l.caffe_name for l in layers] == [n for n, _ in LAYER_NAMES]
+    assert [layer.caffe_name for layer in layers] == [n for n, _ in LAYER_NAMES]
     out = tmp_path / "copy.net"
     write_caffe_net(out, layers)
     assert out.read_bytes() == path.read_bytes()

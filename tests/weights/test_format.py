@@ -213,7 +213,7 @@ def test_empty_layer_and_single_value_layer_round_trip(codec):
     header, state, _ = decode(data)
     assert (state["features.3.squeeze.weight"] == 0).all()
     assert (state["features.3.expand1x1.weight"] == 0.25).all()
-    layers = {l["name"]: l for l in header["layers"]}
+    layers = {entry["name"]: entry for entry in header["layers"]}
     assert layers["features.3.squeeze"]["nnz"] == 0 and layers["features.3.expand1x1"]["k"] == 1
     if codec == "huffman":
         assert layers["features.3.expand1x1"]["positions"] == "dense"
