@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,8 +24,10 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..models.layers import prunable_layers
+from ..models.standin import StateDictModule, module_from_state_dict
 from ..weights.sqz import encode_model, load_compressed, write_compressed
 from .config import CompressionConfig, parse_layer_spec
+from .outputs import resolve_output_kind
 from .pruning import PruneConfig, prune_
 from .quantization import place_shared_weights_, share_weights_
 
@@ -40,11 +43,45 @@ class Calibration:
     """Unlabelled inputs for a size budget and for distillation.
 
     Attributes:
-        inputs: a batch for layer sensitivities (Fisher information).
-        loader: batches of (augmented) inputs for distillation; ``None`` skips it.
+        inputs: a batch (N, ...) for layer sensitivities (Fisher information) and for measuring
+            output distortion; any shape the model takes, images or not.
+        loader: batches of (augmented) inputs for distillation; ``None``: distillation, when
+            asked for, takes ``inputs`` as given, in batches.
     """
     inputs: torch.Tensor
     loader: object = None
+
+
+def as_calibration(calibration, limit: int = 512) -> Calibration | None:
+    """A ``Calibration`` from what the user has: a ``Calibration``, a tensor of inputs (N, ...),
+    or any iterable of batches (a DataLoader; ``(inputs, labels)`` batches give their inputs),
+    of which the first ``limit`` inputs are the sensitivity batch and all are distillation's."""
+    if calibration is None or isinstance(calibration, Calibration):
+        return calibration
+    if isinstance(calibration, torch.Tensor):
+        if calibration.dim() < 1 or calibration.shape[0] == 0:
+            raise ConfigError("calibration inputs must be a non-empty batch (N, ...)")
+        return Calibration(calibration)
+    if isinstance(calibration, (str, os.PathLike)):
+        raise ConfigError("a calibration folder needs its preprocessing: use calibration_from_folder "
+                          "(or compress_weights / the CLI, which know the model's)")
+    try:
+        batches = iter(calibration)
+    except TypeError:
+        raise ConfigError(f"calibration must be a Calibration, a tensor or an iterable of batches, "
+                          f"not {type(calibration).__name__}") from None
+    parts, n = [], 0
+    for batch in batches:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(x, torch.Tensor):
+            raise ConfigError(f"calibration batches must be tensors (or (inputs, labels)), not {type(x).__name__}")
+        parts.append(x)
+        n += x.shape[0]
+        if n >= limit:
+            break
+    if not parts:
+        raise ConfigError("the calibration iterable gave no batches")
+    return Calibration(torch.cat(parts)[:limit], calibration)
 
 
 def calibration_from_folder(folder: str | os.PathLike, preprocessing, images: int = 256, steps: int = 0,
@@ -64,6 +101,59 @@ def calibration_from_folder(folder: str | os.PathLike, preprocessing, images: in
     return Calibration(x, loader)
 
 
+def load_calibration(source: str | os.PathLike, preprocessing=None, images: int = 256, steps: int = 0,
+                     limit: int = 512) -> Calibration:
+    """Calibration from what a command line names: a folder of images (``calibration_from_folder``
+    with the model's ``preprocessing``), a tensor file (``.pt``, ``.npy``, ``.npz`` holding one
+    (N, ...) batch, the first ``limit`` inputs taken), or ``package.module:function`` returning
+    a tensor or an iterable of batches."""
+    text = str(source)
+    path = Path(text)
+    if path.is_dir():
+        if preprocessing is None:
+            raise ConfigError(f"{path}: a folder of images needs the model's preprocessing")
+        return calibration_from_folder(path, preprocessing, images, steps)
+    if path.is_file():
+        return as_calibration(_tensor_file(path)[:limit], limit)
+    if ":" in text and not path.suffix:
+        import importlib
+        module, _, attr = text.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"cannot import calibration {text!r} (package.module:function): {e}") from None
+        return as_calibration(fn(), limit)
+    raise ConfigError(f"{text}: calibration must be a folder of images, a .pt/.npy/.npz file or "
+                      f"package.module:function")
+
+
+def _tensor_file(path: Path) -> torch.Tensor:
+    """The one batch a ``.pt`` / ``.npy`` / ``.npz`` file holds (never unpickled)."""
+    import numpy as np
+    try:
+        if path.suffix == ".pt":
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict) and len(obj) == 1:
+                obj = next(iter(obj.values()))
+        elif path.suffix in (".npy", ".npz"):
+            obj = np.load(path, allow_pickle=False)
+            if isinstance(obj, np.lib.npyio.NpzFile):
+                with obj:
+                    if len(obj.files) != 1:
+                        raise ConfigError(f"{path}: holds {len(obj.files)} arrays; give a file of one batch")
+                    obj = obj[obj.files[0]]
+            obj = torch.from_numpy(np.ascontiguousarray(obj))
+        else:
+            raise ConfigError(f"{path}: calibration files must be .pt, .npy or .npz")
+    except (OSError, ValueError, RuntimeError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{path}: cannot read calibration inputs: {str(e).splitlines()[0]}") from None
+    if not isinstance(obj, torch.Tensor) or obj.dim() < 1 or obj.shape[0] == 0:
+        raise ConfigError(f"{path}: must hold one non-empty (N, ...) tensor")
+    return obj.float() if obj.is_floating_point() else obj
+
+
 def overall_density(model: nn.Module) -> float:
     """Share of non-zero weights over the coded layers."""
     layers = prunable_layers(model).values()
@@ -76,7 +166,10 @@ def prune_stage_(model: nn.Module, config: CompressionConfig) -> dict[str, float
     names = list(prunable_layers(model))
     density = config.density
     if density == "auto":
-        density = "keep" if overall_density(model) < 0.6 else "profile"
+        # At a size budget the rate-distortion search zeroes weights itself, per layer, where
+        # a zero is cheaper; pruning first would impose it on models that do not tolerate it.
+        budget = config.size_budget and config.codec == "range"
+        density = "keep" if budget or overall_density(model) < 0.6 else "profile"
     if config.sensitivity is not None:
         return prune_(model, PruneConfig(sensitivity=config.sensitivity))
     if density == "keep":
@@ -152,9 +245,13 @@ def compress_(model: nn.Module, config: CompressionConfig | None = None, *, cali
 def _compress(model, config, calibration, model_name, model_kwargs, preprocessing, class_names, retrain,
               log) -> tuple[bytes, dict]:
     config = config or CompressionConfig()
-    steps = config.distill_steps
+    calibration = as_calibration(calibration)
+    steps = config.distill_steps(calibration is None or calibration.loader is not None)
     if (config.size_budget or steps) and calibration is None:
         raise ConfigError("a size budget and distillation need calibration inputs (unlabelled)")
+    if (config.size_budget or steps) and isinstance(model, StateDictModule):
+        raise ConfigError("a size budget and distillation run the model on the calibration inputs: name its "
+                          "architecture (--model package.module:function, or a checkpoint that records it)")
     if not prunable_layers(model):
         raise ConfigError("the model has no convolution or linear layer to compress")
     start = time.perf_counter()
@@ -175,19 +272,23 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
         return encode_model(m, **file_info, codebook_dtype=cb_dtype, bias_dtype=bias_dtype)
 
     if config.size_budget and config.codec == "range":
-        from .rdquant import fisher_sensitivity, layer_hessians, quantize_for_budget_
+        from .budget import fit_budget_
         bias_dtype = "f2"  # at a budget, 2 bytes a bias buy more than the rounding costs
         with torch.no_grad():  # the file will hold half-precision biases: tune with them
             for m in prunable_layers(model).values():
                 if m.bias is not None:
                     m.bias.copy_(m.bias.half().float())
-        sens = fisher_sensitivity(model, calibration.inputs)
-        log(f"sensitivity from {calibration.inputs.shape[0]} calibration inputs; fitting {config.size_budget:,} bytes")
+        n = min(calibration.inputs.shape[0], config.calibration_inputs)
+        log(f"sensitivity from {n} of {calibration.inputs.shape[0]} calibration inputs; "
+            f"fitting {config.size_budget:,} bytes")
         # Fine-tuned centroids (distilled or retrained) pack a few bytes longer or shorter: leave
         # them 16 bytes a layer.
         margin = 16 * len(names) if steps or retrain is not None else 0
-        hessians = layer_hessians(model, calibration.inputs) if config.error_feedback else None
-        info = quantize_for_budget_(model, sens, max(config.size_budget - margin, 1), serialize, hessians=hessians)
+        info = fit_budget_(model, config, calibration.inputs[:n], max(config.size_budget - margin, 1), serialize,
+                           log)
+        report.update({"output": info["output"], "quantizer": info["quantizer"], "calibration_inputs": n})
+        if "candidates" in info:
+            report["candidates"] = info["candidates"]
         cb_dtype = "f2"
         report.update({"slope": info["lam"], "levels": info["levels"], "kept_weights": info["kept_weights"]})
         log(f"quantized: {info['kept_weights']:,} weights kept, levels per layer {min(info['levels'].values())}.."
@@ -213,9 +314,11 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
     data = None
     if steps:
         from .finetune import distill_shared_
-        if calibration.loader is None:
-            raise ConfigError("distillation needs calibration batches (Calibration.loader)")
-        losses = distill_shared_(model, teacher, calibration.loader, steps, config.finetune_lr)
+        kind = report.get("output") or resolve_output_kind(config.output, model, calibration.inputs)
+        loader = calibration.loader if calibration.loader is not None else \
+            torch.utils.data.DataLoader(calibration.inputs, batch_size=16, shuffle=True,
+                                        generator=torch.Generator().manual_seed(0))
+        losses = distill_shared_(model, teacher, loader, steps, config.finetune_lr, output=kind)
         _round_to_file_precision_(model, cb_dtype, bias_dtype)
         report["finetune"] = {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}
         log(f"distillation: KL {losses[0]:.4f} -> {losses[-1]:.4f} over {steps} steps")
@@ -259,7 +362,6 @@ def model_for_compression(weights) -> nn.Module:
     stand-in holding its state dict (``models.standin``)."""
     if weights.has_architecture:
         return weights.build_model()
-    from ..models.standin import module_from_state_dict
     return module_from_state_dict(weights.state_dict)
 
 
@@ -300,7 +402,8 @@ def compress_weights(weights, config: CompressionConfig | None = None, *, calibr
     Args:
         weights: any file ``load_weights`` reads, or ``LoadedWeights``.
         config: the ``CompressionConfig``.
-        calibration: a folder of unlabelled images, for a size budget and distillation.
+        calibration: unlabelled inputs for a size budget and distillation: a folder of images, a
+            tensor file, ``package.module:function`` (``load_calibration``), a tensor or batches.
         calibration_images: how many of them to take for sensitivities.
         out: where to write the file, if anywhere.
 
@@ -316,8 +419,10 @@ def compress_weights(weights, config: CompressionConfig | None = None, *, calibr
     if config.fold_batch_norm:
         model, lw = fold_for_compression(model, lw, log)
     calib = None
-    if calibration is not None and (config.size_budget or config.distill_steps):
-        calib = calibration_from_folder(calibration, lw.preprocessing, calibration_images, config.distill_steps)
+    if isinstance(calibration, (str, os.PathLike)) and (config.size_budget or config.distill_steps()):
+        calib = load_calibration(calibration, lw.preprocessing, calibration_images, config.distill_steps())
+    elif calibration is not None:
+        calib = as_calibration(calibration)
     data, report = _compress(model, config, calib, lw.model_name, lw.model_kwargs,
                              lw.preprocessing.to_dict() if lw.has_architecture else None, lw.class_names, None, log)
     if out is not None:

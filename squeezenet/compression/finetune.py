@@ -30,36 +30,53 @@ def before_step_(model: nn.Module) -> None:
 
 
 def distill_shared_(student: nn.Module, teacher: nn.Module, loader, steps: int, lr: float = 1e-4,
-                    temperature: float = 1.0, progress: bool | None = None, bf16: bool | None = None) -> list[float]:
+                    temperature: float = 1.0, progress: bool | None = None, bf16: bool | None = None,
+                    output: str = "logits") -> list[float]:
     """Fine-tune ``student``'s centroids and biases towards ``teacher``'s outputs.
 
     Args:
-        bf16: forward and backward passes under bf16 autocast with channels-last activations
-            (the centroids, their Adam state and the loss stay float32); None: where the CPU
-            has native bf16, where it makes a step 2.5x faster (measured, SqueezeNet v1.0 on
-            AMX); emulated bf16 elsewhere would be slower than float32. The teacher's targets
-            are computed in float32 either way.
+        loader: batches of inputs, any shape (``(inputs, labels)`` batches give their inputs).
+        temperature: softens logits (``output="logits"`` only).
+        bf16: forward and backward passes under bf16 autocast (the centroids, their Adam state
+            and the loss stay float32), with channels-last activations for image batches;
+            None: where the CPU has native bf16 and the inputs are images, where it makes a step
+            2.5x faster (measured, SqueezeNet v1.0 on AMX); emulated bf16 elsewhere would be
+            slower than float32. The teacher's targets are computed in float32 either way.
+        output: the kind of the models' outputs (``outputs.py``); the loss is its distortion.
 
     Returns the loss of each step. The student stays pruned and weight-shared throughout.
     """
     from ..cpu import has_native_bf16
     if steps <= 0:
         return []
+    images = _is_image_batch(_first_batch(loader))
     if bf16 is None:
-        bf16 = has_native_bf16()
-    if bf16:  # NHWC is what oneDNN's bf16 kernels want; without it the reorders eat the gain
+        bf16 = has_native_bf16() and images
+    channels_last = bf16 and images  # NHWC is what oneDNN's bf16 kernels want
+    if channels_last:
         student.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
     try:
-        return _distill(student, teacher, loader, steps, lr, temperature, progress, bf16)
+        return _distill(student, teacher, loader, steps, lr, temperature, progress, bf16, channels_last, output)
     finally:
-        if bf16:  # both back to the usual layout; the values never changed, only their memory order
+        if channels_last:  # both back to the usual layout; the values never changed, only their memory order
             student.to(memory_format=torch.contiguous_format)
             teacher.to(memory_format=torch.contiguous_format)
 
 
-def _distill(student, teacher, loader, steps, lr, temperature, progress, bf16) -> list[float]:
+def _first_batch(loader):
+    batch = next(iter(loader))
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _is_image_batch(x) -> bool:
+    return isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] in (1, 3, 4)
+
+
+def _distill(student, teacher, loader, steps, lr, temperature, progress, bf16, channels_last, output) -> list[float]:
     from tqdm import tqdm
+
+    from .outputs import distortion, flatten_outputs
     teacher.eval()
     # Dropout off: distillation matches deterministic outputs; batch statistics are absent anyway.
     student.eval()
@@ -71,13 +88,18 @@ def _distill(student, teacher, loader, steps, lr, temperature, progress, bf16) -
     with tqdm(total=steps, desc="distill", disable=not show) as bar:
         for _ in range(steps):
             x = next(batches)
-            if bf16:
+            x = x[0] if isinstance(x, (tuple, list)) else x
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
-                target = F.softmax(teacher(x) / temperature, dim=1)
+                target = flatten_outputs(teacher(x))
             with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                out = student(x).float()
-            loss = F.kl_div(F.log_softmax(out / temperature, dim=1), target, reduction="batchmean") * temperature ** 2
+                out = flatten_outputs(student(x)).float()
+            if output == "logits":
+                loss = F.kl_div(F.log_softmax(out / temperature, dim=1), F.softmax(target / temperature, dim=1),
+                                reduction="batchmean") * temperature ** 2
+            else:
+                loss = distortion(target, out, output)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             before_step_(student)
@@ -85,5 +107,5 @@ def _distill(student, teacher, loader, steps, lr, temperature, progress, bf16) -
             after_step_(student)
             losses.append(loss.item())
             bar.update(1)
-            bar.set_postfix(kl=f"{losses[-1]:.4f}")
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
     return losses

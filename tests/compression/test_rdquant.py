@@ -67,9 +67,10 @@ def test_layer_hessians_are_the_second_moment_of_each_layers_inputs():
     x = torch.randn(10, 2, 4, 4)  # the 4x4 conv has one output position: its unfolded input is x itself
     h = rdquant.layer_hessians(model, x, batch_size=3)
     flat = x.reshape(10, -1).double()
-    assert np.allclose(h["0"], (flat.T @ flat / 10).numpy())
+    assert [(s, e) for s, e, _ in h["0"]] == [(0, 32)]
+    assert np.allclose(h["0"][0][2], (flat.T @ flat / 10).numpy())
     mid = model[1](model[0](x)).detach().double()
-    assert np.allclose(h["2"], (mid.T @ mid / 10).numpy())
+    assert np.allclose(h["2"][0][2], (mid.T @ mid / 10).numpy())
 
 
 def test_ecsq_error_bounded_by_step():
@@ -180,7 +181,8 @@ def test_compress_weights_with_budget_and_calibration(tmp_path):
     from squeezenet.weights import load_weights
     calib, lw = _random_calibration_and_tiny_weights(tmp_path, images=12, seed=0)
     out = tmp_path / "m.sqz"
-    data, _, rep = compress_weights(lw, CompressionConfig(size_budget=150_000, finetune_steps=2), calibration=calib,
+    data, _, rep = compress_weights(lw, CompressionConfig(size_budget=150_000, finetune_steps=2, quantizer="fisher"),
+                                    calibration=calib,
                                     calibration_images=8, out=out)
     assert len(data) == rep["bytes"] == out.stat().st_size <= 150_000
     assert rep["finetune"]["steps"] == 2 and rep["codec"] == "range"
@@ -201,7 +203,7 @@ def test_error_feedback_at_a_budget_is_plumbed_through_and_stays_within_it(tmp_p
     calib, lw = _random_calibration_and_tiny_weights(tmp_path, images=8, seed=1)
     files = {}
     for feedback in (False, True):
-        data, _, _ = compress_weights(lw, CompressionConfig(size_budget=60_000, finetune_steps=0,
+        data, _, _ = compress_weights(lw, CompressionConfig(size_budget=60_000, finetune_steps=0, quantizer="fisher",
                                                             error_feedback=feedback), calibration=calib,
                                       calibration_images=8)
         assert 50_000 < len(data) <= 60_000

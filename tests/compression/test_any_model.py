@@ -1,0 +1,155 @@
+"""The size-budget path on models that are not image classifiers: calibration of any kind,
+output-space distortion, bounded error feedback, the choice of quantizer, distillation."""
+import copy
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from squeezenet.compression import CompressionConfig, compress_
+from squeezenet.compression.api import Calibration, as_calibration, encode, load_calibration
+from squeezenet.compression.budget import model_outputs
+from squeezenet.compression.finetune import distill_shared_
+from squeezenet.compression.outputs import detect_output_kind, distortion, resolve_output_kind
+from squeezenet.compression.quantization import place_shared_weights_, share_weights_
+from squeezenet.compression import rdquant
+from squeezenet.errors import ConfigError
+from squeezenet.preprocessing import TORCHVISION_IMAGENET
+from squeezenet.weights.sqz import decode
+
+
+def _trained_regressor(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """A small MLP trained (a few hundred Adam steps) to a smooth regression target: real
+    trained weights, in a second."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1024, 16, generator=g)
+    y = torch.stack([torch.sin(x[:, :4].sum(1)), (x[:, 4:8] ** 2).mean(1), x[:, 8:].tanh().sum(1)], 1)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(16, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(300):
+        i = torch.randint(0, 1024, (64,), generator=g)
+        loss = ((model(x[i]) - y[i]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), x
+
+
+def test_calibration_from_a_tensor_a_loader_and_a_folder_reach_the_same_inputs(tmp_path):
+    x = torch.randn(40, 3, 8, 8)
+    from_tensor = as_calibration(x)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(40)), batch_size=16)
+    from_loader = as_calibration(loader)
+    assert torch.equal(from_tensor.inputs, x) and torch.equal(from_loader.inputs, x)
+    assert from_tensor.loader is None and from_loader.loader is loader
+    np.save(tmp_path / "x.npy", x.numpy())
+    torch.save(x, tmp_path / "x.pt")
+    for name in ("x.npy", "x.pt"):
+        assert torch.equal(load_calibration(tmp_path / name).inputs, x)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    from_folder = load_calibration(folder, TORCHVISION_IMAGENET, images=3)
+    assert isinstance(from_folder, Calibration) and from_folder.inputs.shape == (3, 3, 224, 224)
+    with pytest.raises(ConfigError):
+        as_calibration(42)
+    with pytest.raises(ConfigError):
+        load_calibration(tmp_path / "nothing.txt")
+
+
+def test_output_kinds_are_read_off_the_outputs():
+    x = torch.randn(8, 5)
+    assert detect_output_kind(torch.softmax(x, 1)) == "probs"
+    assert detect_output_kind(torch.sigmoid(x)) == "sigmoid"
+    assert detect_output_kind(x) == "logits"
+    assert detect_output_kind(x[:, :1]) == "mse"
+    sigmoid_model = nn.Sequential(nn.Linear(4, 6), nn.Sigmoid())
+    assert resolve_output_kind("auto", sigmoid_model, torch.randn(8, 4)) == "sigmoid"
+    regression = nn.Linear(4, 1)
+    assert resolve_output_kind("auto", regression, torch.randn(8, 4)) == "mse"
+    assert resolve_output_kind("logits", regression, torch.randn(8, 4)) == "logits"
+
+
+def test_distortions_are_zero_at_the_reference_and_grow_with_the_error():
+    ref = torch.randn(16, 7)
+    for kind, f in (("logits", lambda t: t), ("probs", lambda t: torch.softmax(t, 1)),
+                    ("sigmoid", torch.sigmoid), ("mse", lambda t: t)):
+        r = f(ref)
+        near, far = f(ref + 0.1 * torch.randn(16, 7)), f(ref + 1.0 * torch.randn(16, 7))
+        assert float(distortion(r, r, kind)) == pytest.approx(0.0, abs=1e-6)
+        assert 0 < float(distortion(r, near, kind)) < float(distortion(r, far, kind))
+
+
+def test_sigmoid_and_regression_models_get_their_output_space_distortion():
+    model, x = _trained_regressor()
+    # three unbounded outputs read as logits: a regression names its distortion
+    report = compress_(model, CompressionConfig(size_budget=30_000, output="mse"), calibration=x[:256])
+    assert report["output"] == "mse" and report["bytes"] <= 30_000
+    sig = nn.Sequential(*list(_trained_regressor(1)[0]), nn.Sigmoid()).eval()
+    report = compress_(sig, CompressionConfig(size_budget=30_000, quantizer="uniform"), calibration=x[:256])
+    assert report["output"] == "sigmoid" and report["quantizer"] == "uniform"
+
+
+def test_the_kept_quantizer_is_never_worse_than_the_uniform_one_on_calibration():
+    reference, x = _trained_regressor()
+    for budget in (12_000, 20_000, 40_000):
+        model, _ = _trained_regressor()
+        report = compress_(model, CompressionConfig(size_budget=budget, output="mse"), calibration=x[:256])
+        cands = report["candidates"]
+        assert set(cands) == {"fisher", "middle", "uniform"}
+        assert all(c["bytes"] <= budget for c in cands.values())
+        kept = cands[report["quantizer"]]["distortion"]
+        assert kept <= cands["uniform"]["distortion"]
+        # and the file holds what was measured: the decoded model's distortion is the kept one
+        decoded, _ = _trained_regressor()
+        decoded.load_state_dict(decode(encode(model))[1])
+        d = float(distortion(model_outputs(reference, x[:128]), model_outputs(decoded, x[:128]), "mse"))
+        assert d == pytest.approx(kept, rel=1e-3, abs=1e-7)
+
+
+def test_a_65536_column_layer_compresses_with_error_feedback_in_bounded_memory():
+    # 1,024 input channels, 64 taps: the full second moment would be 65,536^2 float64 (34 GB)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1024, 2, 64), nn.Flatten(), nn.Linear(2, 3)).eval()
+    x = torch.randn(6, 1024, 64)
+    assert rdquant.feedback_memory(model) < 600 * 2**20
+    tracemalloc.start()
+    try:
+        report = compress_(model, CompressionConfig(size_budget=20_000, quantizer="fisher"),
+                           calibration=x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report["bytes"] <= 20_000
+    assert peak < 2 * 2**30
+    blocks = rdquant.layer_hessians(model, x)["0"]
+    assert len(blocks) == 64 and all(e - s == 1024 for s, e, _ in blocks)
+
+
+@pytest.mark.parametrize("shape,layer", [((4, 6), nn.Linear(6, 5)), ((4, 3, 10), nn.Conv1d(3, 5, 3)),
+                                         ((4, 2, 4, 5, 5), nn.Conv3d(2, 5, 3))])
+def test_distillation_takes_inputs_of_any_rank(shape, layer):
+    torch.manual_seed(0)
+    teacher = nn.Sequential(layer, nn.Flatten()).eval()
+    student = copy.deepcopy(teacher)
+    share_weights_(student, 2)
+    with torch.no_grad():  # centroids moved off their best: something for distillation to recover
+        student[0].weight_codebook += 0.1
+        place_shared_weights_(student[0])
+    loader = torch.utils.data.DataLoader(torch.randn(16, *shape[1:]), batch_size=16)  # one batch: losses compare
+    losses = distill_shared_(student, teacher, loader, steps=40, lr=3e-3, progress=False, output="mse")
+    assert len(losses) == 40 and losses[-1] < 0.7 * losses[0]
+    w = student[0].weight
+    assert torch.unique(w).numel() <= 4 + 1  # still shared: 4 levels and the pruned zero
+
+
+def test_bad_output_and_quantizer_names_are_refused():
+    with pytest.raises(ConfigError):
+        CompressionConfig(output="softmax")
+    with pytest.raises(ConfigError):
+        CompressionConfig(quantizer="nnc")
