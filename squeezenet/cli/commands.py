@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..compression.config import OUTPUT_KINDS, QUANTIZERS
+
 from .main import UsageError, _positive_int, _print_json, bounded_int
 
 _nonneg_int = bounded_int(0, what="value")
@@ -38,6 +40,13 @@ def _add_model_args(s) -> None:
                    help="the architecture of a bare state dict: a registered name, torchvision:NAME (e.g. "
                         "torchvision:resnet18) or package.module:function; files that name theirs need none")
     s.add_argument("--model-kwargs", default=None, help="JSON arguments of --model, e.g. '{\"num_classes\": 10}'")
+
+
+def _calibration_source(text: str) -> str:
+    """A calibration folder or file that exists, or ``package.module:function``."""
+    if Path(text).exists() or (":" in text and not Path(text).suffix):
+        return text
+    raise argparse.ArgumentTypeError(f"{text}: no such file or folder (nor package.module:function)")
 
 
 def _existing_path(text: str) -> Path:
@@ -102,7 +111,12 @@ def cmd_decompress(args) -> int:
     lw = load_weights(args.file)
     if lw.kind not in ("compressed", "caffe-net"):
         raise UsageError(f"{args.file}: not a compressed file (.sqz or the published .net); it is a {lw.kind}")
-    if args.format == "state-dict":
+    if args.format is None:
+        args.format = "safetensors" if Path(args.out).suffix == ".safetensors" else "state-dict"
+    if args.format == "safetensors":
+        from ..weights import save_safetensors
+        save_safetensors(args.out, lw.state_dict)
+    elif args.format == "state-dict":
         save_state_dict(args.out, lw.state_dict)
         if lw.has_architecture and lw.preprocessing != TORCHVISION_IMAGENET:
             p = lw.preprocessing
@@ -331,8 +345,18 @@ def add_commands(sub) -> None:
                         "per-layer Fisher sensitivity, then distillation (needs --calibration; with --data, "
                         "retraining with labels instead)")
     s.add_argument("--density", default="auto", help="'auto', 'profile', 'keep', a fraction in (0,1] or a spec")
-    s.add_argument("--calibration", type=_existing_path, default=None,
-                   help="folder of unlabelled images for sensitivity analysis and distillation fine-tuning")
+    s.add_argument("--calibration", type=_calibration_source, default=None,
+                   help="unlabelled inputs for sensitivities and distillation: a folder of images, a tensor "
+                        "file (.pt/.npy/.npz holding one (N, ...) batch) or package.module:function returning "
+                        "a tensor or batches")
+    s.add_argument("--output", choices=list(OUTPUT_KINDS), default="auto",
+                   help="what the model outputs, for the distortion that the size budget and distillation "
+                        "minimise: logits and probs (KL), sigmoid (Bernoulli KL), mse (regression, embeddings); "
+                        "auto reads it off the outputs (default)")
+    s.add_argument("--quantizer", choices=list(QUANTIZERS), default="auto",
+                   help="with --size-budget: fisher (steps weighted by layer sensitivity), uniform (one step "
+                        "for all layers, as MPEG NNC) or auto: both and their middle, keeping the one closest "
+                        "to the original model on the calibration inputs (default)")
     s.add_argument("--codec", choices=["range", "huffman"], default="range",
                    help="range: context-modelled range coding, format version 3 (default); huffman: the "
                         "paper's k-means + Huffman coding, format version 1")
@@ -371,8 +395,9 @@ def add_commands(sub) -> None:
                                    "preprocessing and class names for eval/predict/export.")
     s.add_argument("file", type=_existing_path, help="compressed file: .sqz or the published .net")
     s.add_argument("--out", required=True, type=Path, help="output file")
-    s.add_argument("--format", choices=["state-dict", "checkpoint"], default="state-dict",
-                   help="state-dict (default): tensors only; checkpoint: with architecture and preprocessing")
+    s.add_argument("--format", choices=["state-dict", "safetensors", "checkpoint"], default=None,
+                   help="state-dict (default): tensors only, a torch file; safetensors (the default when --out "
+                        "ends in .safetensors): tensors only; checkpoint: with architecture and preprocessing")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_decompress)
 

@@ -42,6 +42,10 @@ def compress_command(args) -> dict:
     bits = args.bits if args.bits is not None else args.bits_per_layer
     lw = weights_with_model(args.weights, args.model, args.model_kwargs)
     if args.data is not None:
+        given = [f for f, v, default in (("--output", args.output, "auto"), ("--quantizer", args.quantizer, "auto"))
+                 if v != default]
+        if given:
+            raise ConfigError(f"{', '.join(given)} work with --calibration, not with --data (retraining with labels)")
         bits = 8 if bits is None else bits
         from ..compression.retrain import compress_with_retraining
         report = compress_with_retraining(lw, args.data, args.out, bits=bits,
@@ -54,11 +58,12 @@ def compress_command(args) -> dict:
             f"top-1 {report['top1']:.4f} ({report['top1_lost'] * 100:+.2f} points lost)")
         return report
     if (args.size_budget or args.finetune_steps) and args.calibration is None:
-        raise ConfigError("--size-budget and --finetune-steps need --calibration (a folder of unlabelled images)")
+        raise ConfigError("--size-budget and --finetune-steps need --calibration (a folder of unlabelled images, "
+                          "a .pt/.npy/.npz file of inputs, or package.module:function)")
     config = CompressionConfig(density=args.density, bits=8 if bits is None else bits, size_budget=args.size_budget,
                                codebook_dtype=args.codebook_dtype, codec=args.codec,
                                finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,
-                               fold_batch_norm=args.fold_batch_norm,
+                               fold_batch_norm=args.fold_batch_norm, output=args.output, quantizer=args.quantizer,
                                error_feedback=args.error_feedback is not False)
     _, _, report = compress_weights(lw, config, calibration=args.calibration, out=args.out, log=log)
     log(f"wrote {args.out}: {report['bytes']:,} bytes, {report['ratio']:.1f}x smaller than the model's fp32 "

@@ -6,8 +6,8 @@
   coders, ``positions`` the relative position coding it shares with ``caffe_net``.
 - ``caffe_net``: the published Deep Compression ``.net`` file.
 """
-from .loading import LoadedWeights, load_weights, save_checkpoint, save_state_dict
+from .loading import LoadedWeights, load_weights, save_checkpoint, save_safetensors, save_state_dict
 from .sqz import decode, read_compressed, size_report, write_compressed
 
-__all__ = ["LoadedWeights", "load_weights", "save_checkpoint", "save_state_dict", "decode", "read_compressed",
+__all__ = ["LoadedWeights", "load_weights", "save_checkpoint", "save_safetensors", "save_state_dict", "decode", "read_compressed",
            "size_report", "write_compressed"]

@@ -1,8 +1,9 @@
 """Load any weights file the tool understands, detected by content, never by extension.
 
 Kinds: the published Deep Compression ``.net`` file, our checkpoints (``torch.save`` zip of
-plain tensors and metadata, read with ``weights_only=True``), bare torchvision state dicts,
-and our compressed format (``squeezenet.weights.sqz``). Each carries its preprocessing.
+plain tensors and metadata, read with ``weights_only=True``), bare state dicts (torch files or
+``.safetensors``), and our compressed format (``squeezenet.weights.sqz``). Each carries its
+preprocessing.
 """
 from __future__ import annotations
 
@@ -112,6 +113,34 @@ def save_checkpoint(path: str | os.PathLike, model_name: str, state_dict: dict, 
     _save_atomically(path, payload)
 
 
+def save_safetensors(path: str | os.PathLike, state_dict: dict) -> None:
+    """Write a plain state dict as ``.safetensors`` (the ``safetensors`` package), atomically."""
+    from safetensors.torch import save
+
+    from ..utils import atomic_write_bytes
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}))
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file: a little-endian u64 header length, then that many bytes of JSON."""
+    return len(head) >= 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8
+
+
+def _load_safetensors(path: Path) -> LoadedWeights:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        sd = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FormatError(f"{path}: a damaged safetensors file: {e}") from None
+    arch = _infer_torchvision_arch(sd)
+    if arch:
+        return LoadedWeights(model_name=arch[0], state_dict=sd, preprocessing=TORCHVISION_IMAGENET,
+                             num_classes=arch[1], kind="torchvision-state-dict", path=str(path))
+    return LoadedWeights(model_name="", state_dict=sd, preprocessing=TORCHVISION_IMAGENET,
+                         num_classes=_last_rows(sd), kind="state-dict", path=str(path))
+
+
 def save_state_dict(path: str | os.PathLike, state_dict: dict) -> None:
     """Write a plain state dict (tensors only) atomically: what ``load_state_dict(torch.load(path,
     weights_only=True), strict=True)`` takes."""
@@ -204,11 +233,13 @@ def load_weights(path: str | os.PathLike) -> LoadedWeights:
     if size > MAX_CHECKPOINT_BYTES:
         raise FormatError(f"{path}: {size} bytes is larger than any weights file this tool reads")
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(9)
     if head.startswith(b"PK\x03\x04"):  # checked first: a checkpoint needs PyTorch alone, not bitarray
         if not _is_zip(path):
             raise FormatError(f"{path}: a damaged zip archive, not a readable checkpoint")
         return _load_torch_file(path)
+    if _is_safetensors(head, size):
+        return _load_safetensors(path)
     from .sqz import MAGIC, load_compressed
     if head.startswith(MAGIC):
         return load_compressed(path)

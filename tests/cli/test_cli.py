@@ -97,3 +97,46 @@ def test_decompress_sqz_and_published_net_into_plain_checkpoints(tmp_path, capsy
     # a dense checkpoint is not a compressed file: refused in one line
     assert main(["decompress", str(dense), "--out", str(tmp_path / "x.pt")]) != 0
     assert "not a compressed file" in capsys.readouterr().err
+
+
+def small_mlp(num_classes=None):
+    """A builder for ``--model tests.cli.test_cli:small_mlp``."""
+    import torch
+    return torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+
+
+def test_safetensors_in_and_out_with_a_tensor_file_as_calibration(tmp_path, capsys):
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file
+    torch.manual_seed(0)
+    model = small_mlp()
+    src = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(src))
+    np.save(tmp_path / "inputs.npy", torch.randn(64, 12).numpy())
+    sqz = tmp_path / "m.sqz"
+    budget = ["--size-budget", "900", "--calibration", str(tmp_path / "inputs.npy")]
+    assert main(["compress", "--weights", str(src), "--out", str(sqz), *budget]) != 0  # no architecture to run
+    assert "--model" in capsys.readouterr().err
+    assert main(["compress", "--weights", str(src), "--model", "tests.cli.test_cli:small_mlp", "--out", str(sqz),
+                 "--size-budget", "900",
+                 "--calibration", str(tmp_path / "inputs.npy"), "--quantizer", "uniform", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["bytes"] <= 900 and report["quantizer"] == "uniform" and report["output"] == "logits"
+    out = tmp_path / "back.safetensors"
+    assert main(["decompress", str(sqz), "--out", str(out)]) == 0
+    back = load_file(str(out))
+    assert set(back) == set(model.state_dict())
+    for k, v in model.state_dict().items():
+        assert back[k].shape == v.shape
+    assert not torch.equal(back["0.weight"], model.state_dict()["0.weight"])  # quantized, not copied
+    assert (back["0.weight"] - model.state_dict()["0.weight"]).abs().max() < 0.2
+
+
+def test_output_and_quantizer_flags_are_refused_with_data(tmp_path, capsys):
+    import torch
+    src = tmp_path / "m.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), src)
+    assert main(["compress", "--weights", str(src), "--out", str(tmp_path / "o.sqz"), "--data", str(tmp_path),
+                 "--quantizer", "uniform"]) != 0
+    assert "--quantizer" in capsys.readouterr().err
