@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_codecs.py", "bench_compression.py", "bench_inference.py", "bench_int8_accuracy.py", "bench_train.py"]
+BENCHES = ["bench_codecs.py", "bench_models.py", "bench_compression.py", "bench_inference.py", "bench_int8_accuracy.py",
+           "bench_train.py"]
 
 
 def main() -> int:
