@@ -9,5 +9,5 @@
 from .loading import LoadedWeights, load_weights, save_checkpoint, save_safetensors, save_state_dict
 from .sqz import decode, read_compressed, size_report, write_compressed
 
-__all__ = ["LoadedWeights", "load_weights", "save_checkpoint", "save_safetensors", "save_state_dict", "decode", "read_compressed",
-           "size_report", "write_compressed"]
+__all__ = ["LoadedWeights", "load_weights", "save_checkpoint", "save_safetensors", "save_state_dict", "decode",
+           "read_compressed", "size_report", "write_compressed"]

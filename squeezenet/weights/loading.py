@@ -133,6 +133,12 @@ def _load_safetensors(path: Path) -> LoadedWeights:
         sd = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise FormatError(f"{path}: a damaged safetensors file: {e}") from None
+    return _bare_state_dict(sd, path)
+
+
+def _bare_state_dict(sd: dict, path: Path) -> LoadedWeights:
+    """A state dict without metadata: torchvision's squeezenets are recognised; any other model's
+    is compressible as it is, and building it needs its architecture."""
     arch = _infer_torchvision_arch(sd)
     if arch:
         return LoadedWeights(model_name=arch[0], state_dict=sd, preprocessing=TORCHVISION_IMAGENET,
@@ -192,13 +198,7 @@ def _load_torch_file(path: Path) -> LoadedWeights:
     # A bare state dict, e.g. torchvision's published squeezenet weights.
     sd = obj.get("state_dict", obj) if isinstance(obj.get("state_dict", None), dict) else obj
     if sd and all(isinstance(v, torch.Tensor) for v in sd.values()):
-        arch = _infer_torchvision_arch(sd)
-        if arch:
-            return LoadedWeights(model_name=arch[0], state_dict=sd, preprocessing=TORCHVISION_IMAGENET,
-                                 num_classes=arch[1], kind="torchvision-state-dict", path=str(path))
-        # Any other model's state dict: compressible as it is; building it needs its architecture.
-        return LoadedWeights(model_name="", state_dict=sd, preprocessing=TORCHVISION_IMAGENET,
-                             num_classes=_last_rows(sd), kind="state-dict", path=str(path))
+        return _bare_state_dict(sd, path)
     raise FormatError(f"{path}: a torch file, but not a state dict (a dict of tensors) nor our checkpoint")
 
 

@@ -153,3 +153,17 @@ def test_bad_output_and_quantizer_names_are_refused():
         CompressionConfig(output="softmax")
     with pytest.raises(ConfigError):
         CompressionConfig(quantizer="nnc")
+
+
+def test_output_space_fisher_matches_its_closed_form_on_a_linear_model():
+    # y = W x with the mse distortion 0.5 |dy|^2: the Fisher diagonal of W[i, j] is E[x_j^2]
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 3, bias=False)
+    x = torch.randn(4000, 4) * torch.tensor([0.5, 1.0, 2.0, 3.0])
+    s = rdquant.fisher_sensitivity(layer, x, batch_size=1, output="mse")[""]
+    assert s == pytest.approx(float((x ** 2).mean()), rel=0.05)
+    # sigmoid outputs: Bernoulli Fisher of the logits is p(1 - p), times x_j^2 for W[i, j]
+    sig = nn.Sequential(layer, nn.Sigmoid())
+    p = torch.sigmoid(layer(x)).detach()
+    expected = float(((p * (1 - p)).mean(1, keepdim=True) * x ** 2).mean())
+    assert rdquant.fisher_sensitivity(sig, x, batch_size=1, output="sigmoid")["0"] == pytest.approx(expected, rel=0.1)
