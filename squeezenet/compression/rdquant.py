@@ -578,9 +578,10 @@ def _search_slope(size_of, sensitivity: dict[str, float], budget: float):
 def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: int, log, tries: int = 6):
     """Search on the estimate for a target, size the slope found exactly, rescale the target by
     how far the estimate was off, and repeat: the largest exact fit within 0.5% of ``budget``
-    (or the largest of ``tries``)."""
-    target, best = float(budget), None
-    for _ in range(tries):
+    (or the largest of ``tries``). Where every try overshoots, the slope is raised 10% at a
+    time on exact sizes until the file fits (coarser always fits sooner or later)."""
+    target, best, lam, size = float(budget), None, None, None
+    for attempt in range(tries):
         lam, _, _ = _search_slope(estimate, sensitivity, target)
         size, quants = size_of(lam)
         if log:
@@ -589,7 +590,13 @@ def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: 
             best = (lam, size, quants)
         if best is not None and best[1] >= 0.995 * budget:
             break
-        target *= (budget * (0.999 if size > budget else 1.0)) / size
+        # overshooting: aim lower by a margin that grows with each miss
+        target *= budget * (1.0 if size <= budget else 0.998 ** (attempt + 1)) / size
+    while best is None and lam < 1e6 * max(sensitivity.values()):
+        lam *= 1.1
+        size, quants = size_of(lam)
+        if size <= budget:
+            best = (lam, size, quants)
     if best is None:
-        raise ConfigError(f"cannot fit {budget:,} bytes: the estimate kept overshooting (last {size:,} bytes)")
+        raise ConfigError(f"cannot fit {budget:,} bytes: the coarsest slope tried gives {size:,} bytes")
     return best

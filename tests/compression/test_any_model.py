@@ -167,3 +167,19 @@ def test_output_space_fisher_matches_its_closed_form_on_a_linear_model():
     p = torch.sigmoid(layer(x)).detach()
     expected = float(((p * (1 - p)).mean(1, keepdim=True) * x ** 2).mean())
     assert rdquant.fisher_sensitivity(sig, x, batch_size=1, output="sigmoid")["0"] == pytest.approx(expected, rel=0.1)
+
+
+def test_corrected_search_falls_back_to_exact_steps_when_the_estimate_keeps_overshooting():
+    # an estimate 1% optimistic in a way rescaling cannot fix: every try lands just over
+    sens = {"a": 1.0}
+
+    def size_of(lam):
+        return int(1_000_000 / (1 + lam)), None
+
+    def estimate(lam):
+        return 0.5 * 1_000_000 / (1 + lam), None
+
+    calls = []
+    lam, size, _ = rdquant._corrected_search(lambda lam: calls.append(lam) or size_of(lam), estimate, sens,
+                                             budget=600_000, log=None, tries=2)
+    assert size <= 600_000 and len(calls) >= 2
