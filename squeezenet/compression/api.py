@@ -214,7 +214,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, **overrides) -> i
     return write_compressed(path, encode(model, **overrides))
 
 
-def compress_(model: nn.Module, config: CompressionConfig | None = None, *, calibration: Calibration | None = None,
+def compress_(model: nn.Module, config: CompressionConfig | None = None, *, calibration=None,
               model_name: str = "", model_kwargs: dict | None = None, preprocessing: dict | None = None,
               class_names: list | None = None, retrain: Callable[[nn.Module, str], None] | None = None,
               log: Callable[..., None] = _quiet) -> dict:
@@ -224,7 +224,8 @@ def compress_(model: nn.Module, config: CompressionConfig | None = None, *, cali
     Args:
         model: any module; its conv and linear layers are coded, everything else kept exactly.
         config: what to do (``CompressionConfig``).
-        calibration: unlabelled inputs, needed by a size budget and by distillation.
+        calibration: unlabelled inputs, needed by a size budget and by distillation: a
+            ``Calibration``, a tensor (N, ...) or an iterable of batches (``as_calibration``).
         model_name, model_kwargs, preprocessing, class_names: what the file records, so that
             ``load_compressed`` can rebuild the model (``model_name``: a registered name,
             ``torchvision:NAME`` or ``package.module:function``; "" for none).
