@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..compression.config import OUTPUT_KINDS, QUANTIZERS
+from ..weights.codecs import codec_names
 
 from .main import UsageError, _positive_int, _print_json, bounded_int
 
@@ -357,7 +358,7 @@ def add_commands(sub) -> None:
                    help="with --size-budget: fisher (steps weighted by layer sensitivity), uniform (one step "
                         "for all layers, as MPEG NNC) or auto: both and their middle, keeping the one closest "
                         "to the original model on the calibration inputs (default)")
-    s.add_argument("--codec", choices=["range", "huffman"], default="range",
+    s.add_argument("--codec", choices=codec_names(), default="range",
                    help="range: context-modelled range coding, format version 3 (default); huffman: the "
                         "paper's k-means + Huffman coding, format version 1")
     s.add_argument("--finetune-steps", type=_nonneg_int, default=None,

@@ -168,7 +168,7 @@ def prune_stage_(model: nn.Module, config: CompressionConfig) -> dict[str, float
     if density == "auto":
         # At a size budget the rate-distortion search zeroes weights itself, per layer, where
         # a zero is cheaper; pruning first would impose it on models that do not tolerate it.
-        budget = config.size_budget and config.codec == "range"
+        budget = config.size_budget and config.any_levels
         density = "keep" if budget or overall_density(model) < 0.6 else "profile"
     if config.sensitivity is not None:
         return prune_(model, PruneConfig(sensitivity=config.sensitivity))
@@ -272,7 +272,7 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
     def serialize(m, cb_dtype="f2"):
         return encode_model(m, **file_info, codebook_dtype=cb_dtype, bias_dtype=bias_dtype)
 
-    if config.size_budget and config.codec == "range":
+    if config.size_budget and config.any_levels:
         from .budget import fit_budget_
         bias_dtype = "f2"  # at a budget, 2 bytes a bias buy more than the rounding costs
         with torch.no_grad():  # the file will hold half-precision biases: tune with them

@@ -5,6 +5,7 @@ import fnmatch
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..weights.codecs import get_codec
 
 
 def parse_layer_spec(spec: str | float | int | dict | None, layers: list[str], what: str,
@@ -61,8 +62,8 @@ class CompressionConfig:
             (its error dwarfs half-precision rounding).
         kmeans_iters: Lloyd iterations.
         sensitivity: prune by |w| > sensitivity * std(w) instead of by density.
-        codec: "range" (context-modelled range coding, file version 3) or "huffman" (the
-            paper's coding, version 1).
+        codec: a layer codec of ``weights.codecs``: "range" (context-modelled range coding,
+            file version 3) or "huffman" (the paper's coding, version 1).
         size_budget: if set, the file's hard limit in bytes; bits then come from a
             rate-distortion search (range codec) or a bit allocation (Huffman) and need
             calibration images.
@@ -112,8 +113,7 @@ class CompressionConfig:
             raise ConfigError(f"output must be one of {', '.join(OUTPUT_KINDS)}, got {self.output!r}")
         if self.quantizer not in QUANTIZERS:
             raise ConfigError(f"quantizer must be one of {', '.join(QUANTIZERS)}, got {self.quantizer!r}")
-        if self.codec not in ("range", "huffman"):
-            raise ConfigError(f"codec must be 'range' or 'huffman', got {self.codec!r}")
+        get_codec(self.codec)  # raises ConfigError naming the known codecs
         if self.codebook_dtype not in ("auto", "f4", "f2"):
             raise ConfigError(f"codebook dtype must be auto, f4 or f2, got {self.codebook_dtype!r}")
         if self.size_budget is not None and not 0 < self.size_budget <= 512 << 20:
@@ -130,7 +130,13 @@ class CompressionConfig:
         else none (a tensor of inputs: the time a model's distillation takes is unknown)."""
         if self.finetune_steps is not None:
             return self.finetune_steps
-        return 150 if self.size_budget and self.codec == "range" and batches else 0
+        return 150 if self.size_budget and self.any_levels and batches else 0
+
+    @property
+    def any_levels(self) -> bool:
+        """Whether the codec takes codebooks of any size, which a size budget's
+        rate-distortion search needs (else the budget is met by a bit allocation)."""
+        return get_codec(self.codec).any_levels
 
     def layer_bits(self, layers: list[str]) -> dict[str, int]:
         bits = parse_layer_spec(self.bits, layers, "bits", int)

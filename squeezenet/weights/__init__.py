@@ -2,8 +2,9 @@
 
 - ``loading``: ``LoadedWeights`` (a state dict with its architecture, preprocessing and class
   names) and ``load_weights`` for any file below; our checkpoints (``save_checkpoint``).
-- ``sqz``: our compressed format (``.sqz``), versions 1-3; ``entropy`` and ``huffman`` are its
-  coders, ``positions`` the relative position coding it shares with ``caffe_net``.
+- ``sqz``: the container of our compressed format (``.sqz``), versions 1-3; ``codecs`` its layer
+  codings by name (``range`` over ``entropy``, ``huffman`` over ``huffman``), ``positions`` the
+  relative position coding the Huffman layers share with ``caffe_net``.
 - ``caffe_net``: the published Deep Compression ``.net`` file.
 """
 from .loading import LoadedWeights, load_weights, save_checkpoint, save_safetensors, save_state_dict

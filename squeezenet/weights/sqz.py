@@ -3,21 +3,19 @@
 Layout (little-endian; full description in ``docs/compressed-format.md``)::
 
     magic   8 bytes  b"SQZDC\\x00\\r\\n"
-    version uint16   2 (range-coded layers, ``entropy.py``) or 1 (Huffman, the paper's coding)
+    version uint16   3 (range-coded layers, any state dict), 2 (range-coded layers of a
+                     registered architecture, float32 parameters) or 1 (Huffman, the paper's coding)
     flags   uint16   bit 0: the header is zlib-compressed
     hlen    uint32   length of the (stored) header
-    header  hlen bytes of UTF-8 JSON: model, arguments, classes, preprocessing, per-layer
-            shape / bits / density / coding choices and the byte size of every section
-    body    version 1, per layer: codebook, bias, index code table, position code table,
-            index bit stream, position bit stream; version 2, per layer: codebook, bias,
-            model table, range-coder stream; then raw tensors
+    header  hlen bytes of UTF-8 JSON: model, arguments, classes, preprocessing, one record per
+            coded layer (its ``coding`` and the byte size of each of its sections) and one per
+            raw tensor
+    body    each coded layer's sections, then the raw tensors
     crc32   uint32 of everything before it
 
-Positions of the kept weights are coded as relative gaps (Deep Compression, sec. 4) over an
-alphabet of ``span`` gap values plus one SKIP symbol that advances ``span`` positions with no
-entry (the paper's filler entries, without spending a weight index on them); a layer may
-instead code its pruned positions when those are fewer, or nothing when it is dense. Gap
-and index streams are canonical-Huffman coded (``huffman.py``).
+This module is the container; how a layer's sections code its weights is the business of the
+layer codecs in ``codecs/`` (``range``: context-modelled range coding, ``huffman``: Deep
+Compression's), which it reaches through ``codecs.get_codec`` only.
 """
 from __future__ import annotations
 
@@ -27,7 +25,6 @@ import math
 import os
 import struct
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,195 +33,22 @@ import torch.nn as nn
 
 from ..errors import ConfigError, FormatError
 from ..models.layers import prunable_layers
-from . import entropy, huffman
-from .positions import absolute_positions, relative_gaps
+from .codecs import CODECS, LayerError, LayerInput, LayerRecord, get_codec
 
 MAGIC = b"SQZDC\x00\r\n"
-VERSION = 3             # what ``serialize`` writes for range-coded layers
-RANGE_VERSIONS = (2, 3)  # 2: registered architectures only, float32 parameters; 3: any state dict
-HUFFMAN_VERSION = 1     # the paper's Huffman coding (``--codec huffman``), still written and read
+VERSION = 3             # the whole state dict: coded layers plus every other entry, any dtype
+HUFFMAN_VERSION = 1     # float32 parameters only (buffers are rebuilt by the architecture)
 READ_VERSIONS = (1, 2, 3)
-MAX_LEVELS = 1 << 12    # codebook entries per layer in version 2
 FORMAT_NAME = "squeezenet-compressed"
 MAX_HEADER = 1 << 20
 MAX_FILE = 512 << 20
 MAX_LAYER_WEIGHTS = 1 << 28
-SPANS = [2, 4, 8, 16, 32, 64, 128, 256]
 _PREAMBLE = struct.Struct("<8sHHI")
 FLAG_ZLIB_HEADER = 1
 MAX_HEADER_JSON = 4 << 20
 # fp32 sizes of the paper's Table 2 comparisons: SqueezeNet v1.0 and AlexNet, 1000 classes
 SQUEEZENET_FP32 = 4 * 1_248_424
 ALEXNET_FP32 = 4 * 60_965_224
-
-
-def _bits_to_bytes(bits: int) -> int:
-    return (bits + 7) // 8
-
-
-def _table_bytes(table: huffman.HuffmanTable, alphabet: int) -> bytes:
-    if not table.symbols:
-        return b"\x00"
-    counts = np.asarray(table.count[1:], "<u2")
-    sym_dtype = "<u1" if alphabet <= 256 else "<u2"
-    return bytes([len(counts)]) + counts.tobytes() + np.asarray(table.symbols, sym_dtype).tobytes()
-
-
-def _parse_table(data: bytes, alphabet: int, where: str) -> huffman.HuffmanTable:
-    if len(data) < 1:
-        raise FormatError(f"{where}: empty code table")
-    n_len = data[0]
-    if n_len == 0:
-        if len(data) != 1:
-            raise FormatError(f"{where}: code table has trailing bytes")
-        return huffman.HuffmanTable([], [])
-    if n_len > huffman.MAX_CODE_LENGTH:
-        raise FormatError(f"{where}: code lengths up to {n_len} bits are not a valid Huffman code")
-    end = 1 + 2 * n_len
-    if len(data) < end:
-        raise FormatError(f"{where}: code table is truncated")
-    counts = [0] + np.frombuffer(data, "<u2", n_len, 1).astype(int).tolist()
-    width = 1 if alphabet <= 256 else 2
-    n_sym = sum(counts)
-    if n_sym > alphabet or len(data) != end + width * n_sym:
-        raise FormatError(f"{where}: code table size does not match its counts")
-    symbols = np.frombuffer(data, "<u1" if width == 1 else "<u2", n_sym, end).astype(int).tolist()
-    try:
-        huffman.validate_table(counts, symbols, alphabet)
-    except huffman.HuffmanError as e:
-        raise FormatError(f"{where}: {e}") from None
-    return huffman.HuffmanTable(counts, symbols)
-
-
-# ----------------------------------------------------------------------------- positions
-def gap_symbols(positions: np.ndarray, span: int) -> np.ndarray:
-    """Relative gaps of sorted positions over alphabet 0..span-1 plus SKIP (= span)."""
-    return relative_gaps(positions, span, filler=span)[0]
-
-
-def positions_from_gaps(symbols: np.ndarray, span: int) -> np.ndarray:
-    """Inverse of ``gap_symbols``."""
-    pos, real = absolute_positions(symbols, span, filler=span)
-    return pos[real]
-
-
-def _choose_position_coding(mask: np.ndarray) -> tuple[str, int, np.ndarray, huffman.HuffmanTable]:
-    """Cheapest coding of a mask: dense (no stream), else gaps between the kept or the pruned
-    positions (whichever are fewer) over the gap alphabet size that minimises stream + table."""
-    n_keep = int(mask.sum())
-    if n_keep == mask.size:
-        return "dense", 0, np.zeros(0, np.int64), huffman.HuffmanTable([], [])
-    # Code the minority: gaps between the rarer kind of position are the cheaper stream.
-    mode, pos = ("kept", np.flatnonzero(mask)) if 2 * n_keep <= mask.size else ("pruned", np.flatnonzero(~mask))
-    best = None
-    for span in SPANS:
-        sym = gap_symbols(pos, span)
-        table = huffman.build_table(sym)
-        cost = _bits_to_bytes(huffman.encoded_bits(sym, table)) + len(_table_bytes(table, span + 1))
-        if best is None or cost < best[0]:
-            best = (cost, span, sym, table)
-    _, span, sym, table = best
-    return mode, span, sym, table
-
-
-# ----------------------------------------------------------------------------- writing
-@dataclass
-class LayerCode:
-    """What one layer contributes to the file, for writing and for the size report."""
-    name: str
-    shape: list
-    bits: int
-    nnz: int
-    codebook: bytes
-    bias: bytes
-    index_table: bytes
-    position_table: bytes
-    index_stream: bytes
-    position_stream: bytes
-    meta: dict = field(default_factory=dict)
-
-    def sections(self) -> list[bytes]:
-        return [self.codebook, self.bias, self.index_table, self.position_table,
-                self.index_stream, self.position_stream]
-
-
-def encode_layer(name: str, weight_shape, codebook: np.ndarray, index: np.ndarray, mask: np.ndarray,
-                 bias: np.ndarray | None, bits: int, codebook_dtype: str = "f4") -> LayerCode:
-    """Encode one layer: ``index`` (flat, cluster per weight) is read where ``mask`` is true."""
-    mask = np.asarray(mask, bool).reshape(-1)
-    index = np.asarray(index).reshape(-1)
-    k = int(codebook.size)
-    if k > 2 ** bits:
-        raise ConfigError(f"{name}: {k} centroids do not fit in {bits} bits")
-    kept = index[mask].astype(np.int64)
-    if kept.size and (kept.min() < 0 or kept.max() >= max(k, 1)):
-        raise ConfigError(f"{name}: cluster index out of range")
-    idx_table = huffman.build_table(kept)
-    idx_bits = huffman.encode(kept, idx_table)
-    mode, span, pos_sym, pos_table = _choose_position_coding(mask)
-    pos_bits = huffman.encode(pos_sym, pos_table)
-    cb = np.asarray(codebook, "<f4" if codebook_dtype == "f4" else "<f2")
-    meta = {"name": name, "shape": [int(s) for s in weight_shape], "bits": int(bits), "k": k,
-            "nnz": int(mask.sum()), "density": round(float(mask.mean()), 6) if mask.size else 1.0,
-            "codebook_dtype": codebook_dtype, "bias": 0 if bias is None else int(np.asarray(bias).size),
-            "positions": mode, "span": span, "position_symbols": int(pos_sym.size),
-            "index_bits": len(idx_bits), "position_bits": len(pos_bits)}
-    code = LayerCode(name, meta["shape"], bits, meta["nnz"], cb.tobytes(),
-                     b"" if bias is None else np.asarray(bias, "<f4").tobytes(),
-                     _table_bytes(idx_table, 2 ** bits), _table_bytes(pos_table, span + 1),
-                     idx_bits.tobytes(), pos_bits.tobytes(), meta)
-    meta["sizes"] = [len(s) for s in code.sections()]
-    return code
-
-
-def encode_layer_range(name: str, weight_shape, codebook: np.ndarray, index: np.ndarray, mask: np.ndarray,
-                       bias: np.ndarray | None, codebook_dtype: str = "f4", bias_dtype: str = "f4") -> LayerCode:
-    """Encode one layer for version 2: sorted codebook, bias, model table, range-coder stream.
-
-    The codebook may come in any order (centroid fine-tuning can reorder it); it is sorted here
-    and the indices remapped, which leaves every weight unchanged.
-    """
-    mask = np.asarray(mask, bool).reshape(-1)
-    index = np.asarray(index, np.int64).reshape(-1)
-    cb = np.asarray(codebook, np.float32).reshape(-1)
-    if cb.size > MAX_LEVELS:
-        raise ConfigError(f"{name}: {cb.size} levels; version 2 files hold at most {MAX_LEVELS}")
-    kept = index[mask]
-    if kept.size and (kept.min() < 0 or kept.max() >= cb.size):
-        raise ConfigError(f"{name}: cluster index out of range")
-    if codebook_dtype == "f2":
-        cb = cb.astype(np.float16).astype(np.float32)
-    cb = cb + np.float32(0.0)  # -0.0 -> 0.0: equal weights, and one order for the packed keys
-    used = np.unique(kept)  # unused levels cost bytes and nothing else: drop them
-    order = used[np.argsort(cb[used], kind="stable")]
-    remap = np.zeros(max(cb.size, 1), np.int64)
-    remap[order] = np.arange(order.size)
-    cb = cb[order]
-    index = np.where(mask, remap[np.where(mask, index, 0)], 0)
-    neg = int((cb < 0).sum())
-    taps = int(math.prod(weight_shape[2:])) if len(weight_shape) > 2 else 1
-    table, stream = entropy.encode_layer(index, mask, neg, int(cb.size), taps)
-    cb_bytes = entropy.pack_codebook(cb, codebook_dtype) if cb.size else b""
-    bias_bytes = b"" if bias is None else np.asarray(bias, "<f4" if bias_dtype == "f4" else "<f2").tobytes()
-    meta = {"name": name, "shape": [int(s) for s in weight_shape], "coding": "range", "k": int(cb.size),
-            "neg": neg, "nnz": int(mask.sum()), "density": round(float(mask.mean()), 6) if mask.size else 1.0,
-            "codebook_dtype": codebook_dtype, "bias": 0 if bias is None else int(np.asarray(bias).size),
-            "bias_dtype": bias_dtype, "sizes": [len(cb_bytes), len(bias_bytes), len(table), len(stream)]}
-    return RangeLayerCode(name, cb_bytes, bias_bytes, table, stream, meta)
-
-
-@dataclass
-class RangeLayerCode:
-    """A version 2 layer: codebook, bias, model table, stream (shape and counts are in ``meta``)."""
-    name: str
-    codebook: bytes
-    bias: bytes
-    table: bytes
-    stream: bytes
-    meta: dict = field(default_factory=dict)
-
-    def sections(self) -> list[bytes]:
-        return [self.codebook, self.bias, self.table, self.stream]
 
 
 def _default_class_names(names, num_classes):
@@ -266,19 +90,25 @@ def _raw_bytes(t: torch.Tensor) -> bytes:
     return t.numpy().astype(RAW_DTYPES[code][0], copy=False).tobytes()
 
 
-def serialize(model_name: str, model_kwargs: dict, num_classes: int | None, preprocessing: dict | None,
-              layers: list, raw: dict[str, torch.Tensor] | None = None,
-              class_names: list | None = None, extra: dict | None = None) -> bytes:
-    """Assemble a complete file from encoded layers and raw (exactly stored) tensors.
+def file_version(layers: list[LayerRecord]) -> int:
+    """The version a file of these layers is written as: the one their codecs write (all alike)."""
+    versions = {CODECS[layer.meta["coding"]].versions[0] for layer in layers}
+    if len(versions) > 1:
+        raise ConfigError("one file holds layers of one file version: "
+                          + ", ".join(sorted({layer.meta["coding"] for layer in layers})) + " do not mix")
+    return versions.pop() if versions else VERSION
 
-    Range-coded layers (``RangeLayerCode``) make a version 3 file, Huffman ones version 1
-    (which stores raw float32 parameters only).
+
+def serialize(model_name: str, model_kwargs: dict, num_classes: int | None, preprocessing: dict | None,
+              layers: list[LayerRecord], raw: dict[str, torch.Tensor] | None = None,
+              class_names: list | None = None, extra: dict | None = None) -> bytes:
+    """Assemble a complete file from coded layers and raw (exactly stored) tensors.
+
+    The layers' codec sets the version: range-coded layers make a version 3 file, Huffman ones
+    version 1 (which stores raw float32 parameters only).
     """
     raw = raw or {}
-    kinds = {type(layer) for layer in layers}
-    if len(kinds) > 1:
-        raise ConfigError("one file holds layers of one coding")
-    version = VERSION if kinds <= {RangeLayerCode} else HUFFMAN_VERSION
+    version = file_version(layers)
     if version == HUFFMAN_VERSION:
         records = [{"name": k, "shape": list(v.shape)} for k, v in raw.items()]
         if any(v.dtype != torch.float32 for v in raw.values()):
@@ -293,7 +123,7 @@ def serialize(model_name: str, model_kwargs: dict, num_classes: int | None, prep
         header["extra"] = extra
     hjson = json.dumps(header, separators=(",", ":")).encode()
     hbytes = zlib.compress(hjson, 9)
-    body = b"".join(s for layer in layers for s in layer.sections())
+    body = b"".join(s for layer in layers for s in layer.sections)
     body += b"".join(_raw_bytes(v) for v in raw.values())
     data = _PREAMBLE.pack(MAGIC, version, FLAG_ZLIB_HEADER, len(hbytes)) + hbytes + body
     return data + struct.pack("<I", zlib.crc32(data))
@@ -301,6 +131,18 @@ def serialize(model_name: str, model_kwargs: dict, num_classes: int | None, prep
 
 # Buffers that compression keeps on coded modules: coding state, not part of the model's weights.
 CODING_BUFFERS = ("weight_mask", "weight_codebook", "weight_index", "weight_bits")
+
+
+def layer_input(name: str, m: nn.Module, codebook_dtype: str = "f4", bias_dtype: str = "f4") -> LayerInput:
+    """A coded module's buffers (``compression.share_weights_``) as a codec's input."""
+    cb = getattr(m, "weight_codebook", None)
+    if cb is None:
+        raise ConfigError(f"{name or 'the model'} has no codebook; run share_weights_ (or compress_) first")
+    bits = getattr(m, "weight_bits", None)
+    bias = m.bias.detach().cpu().float().numpy() if m.bias is not None else None
+    return LayerInput(name, tuple(m.weight.shape), cb.detach().cpu().float().numpy(), m.weight_index.cpu().numpy(),
+                      m.weight_mask.cpu().numpy(), bias, int(bits) if bits is not None else None, codebook_dtype,
+                      bias_dtype)
 
 
 def encode_model(model: nn.Module, model_name: str = "", *, model_kwargs: dict | None = None,
@@ -315,34 +157,20 @@ def encode_model(model: nn.Module, model_name: str = "", *, model_kwargs: dict |
         model_name: a registered name, ``torchvision:NAME``, ``package.module:function``, or ""
             when the architecture is unknown (the file then describes every tensor itself).
         codebook_dtype: "f4", "f2" or a dict layer -> dtype.
-        codec: "range" (version 3, the default) or "huffman" (version 1, the paper's coding).
+        codec: a name in ``codecs.CODECS``: "range" (version 3, the default) or "huffman"
+            (version 1, the paper's coding).
         bias_dtype: "f4" or "f2" (range codec only) for the biases of coded layers.
     """
-    if codec not in ("range", "huffman"):
-        raise ConfigError(f"codec must be 'range' or 'huffman', got {codec!r}")
-    if codec == "huffman" and bias_dtype != "f4":
-        raise ConfigError("the Huffman (version 1) format stores biases as float32")
+    layer_codec = get_codec(codec)
     layers = []
     coded = set()
     for name, m in prunable_layers(model).items():
-        cb = getattr(m, "weight_codebook", None)
-        if cb is None:
-            raise ConfigError(f"{name or 'the model'} has no codebook; run share_weights_ (or compress_) first")
-        bias = m.bias.detach().cpu().float().numpy() if m.bias is not None else None
         cb_dtype = codebook_dtype.get(name, "f4") if isinstance(codebook_dtype, dict) else codebook_dtype
+        layers.append(layer_codec.encode(layer_input(name, m, cb_dtype, bias_dtype)))
+        if m.weight.dtype != torch.float32 and layer_codec.versions[0] != HUFFMAN_VERSION:
+            layers[-1].meta["dtype"] = raw_dtype_code(m.weight)  # decoded weights come back in it
         coded.update({_key(name, "weight"), _key(name, "bias")} | {_key(name, b) for b in CODING_BUFFERS})
-        if codec == "range":
-            layers.append(encode_layer_range(name, m.weight.shape, cb.detach().cpu().numpy(),
-                                             m.weight_index.cpu().numpy(), m.weight_mask.cpu().numpy(), bias,
-                                             cb_dtype, bias_dtype))
-            if m.weight.dtype != torch.float32:  # decoded weights are cast back to the model's dtype
-                layers[-1].meta["dtype"] = raw_dtype_code(m.weight)
-            continue
-        bits = (int(m.weight_bits) if getattr(m, "weight_bits", None) is not None
-                else max(1, math.ceil(math.log2(max(cb.numel(), 2)))))
-        layers.append(encode_layer(name, m.weight.shape, cb.detach().cpu().numpy(),
-                                   m.weight_index.cpu().numpy(), m.weight_mask.cpu().numpy(), bias, bits, cb_dtype))
-    if codec == "huffman":  # version 1 holds the float parameters only, as it always did
+    if file_version(layers) == HUFFMAN_VERSION:  # version 1 holds the float parameters only, as it always did
         params = dict(model.named_parameters())
         raw = {k: v.detach().cpu().float() for k, v in params.items() if k not in coded}
         if any(k not in coded and k not in params for k in model.state_dict()):
@@ -519,81 +347,20 @@ def _shapes_for(key: str) -> tuple[dict, dict]:
     return coded, state
 
 
-def _check_range_layer(layer: dict, numel: int, n_bias: int, path) -> int:
-    """Validate a version 2 layer record; returns its byte count."""
-    name = layer["name"]
-    if layer.get("coding") != "range":
-        raise _bad(path, f"{name}: unknown layer coding {layer.get('coding')!r}")
-    k = _int(layer.get("k"), 0, min(MAX_LEVELS, numel), f"{name} codebook size", path)
-    _int(layer.get("neg"), 0, k, f"{name} negative levels", path)
-    nnz = _int(layer.get("nnz"), 0, numel, f"{name} kept weights", path)
-    if (k == 0) != (nnz == 0):
-        raise _bad(path, f"{name}: {nnz} kept weights but {k} centroids")
-    if layer.get("codebook_dtype") not in ("f4", "f2") or layer.get("bias_dtype") not in ("f4", "f2"):
-        raise _bad(path, f"{name}: unknown codebook or bias type")
-    _int(layer.get("bias"), n_bias, n_bias, f"{name} bias size", path)
-    sizes = layer.get("sizes")
-    cb_width = 4 if layer["codebook_dtype"] == "f4" else 2
-    bias_width = 4 if layer["bias_dtype"] == "f4" else 2
-    # A range-coded symbol costs at most 32 bits here (probabilities are at least 2**-24 plus
-    # the coder's state), so a stream longer than that is corrupt, not a model.
-    if (not isinstance(sizes, list) or len(sizes) != 4
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes)
-            or not (sizes[0] == 0 if k == 0 else 0 < sizes[0] <= k * cb_width + 64) or sizes[1] != bias_width * n_bias
-            or sizes[2] != entropy.model_table_size(k) or not 0 <= sizes[3] <= 4 * (2 * numel + 4) or sizes[3] % 4):
-        raise _bad(path, f"{name}: section sizes {sizes} do not match the header")
-    return sum(sizes)
+def _layer_codec(layer: dict, version: int, path):
+    """The codec of a layer record (version 1 records predate the ``coding`` field)."""
+    coding = layer.get("coding", "huffman" if version == HUFFMAN_VERSION else None)
+    codec = CODECS.get(coding) if isinstance(coding, str) else None
+    if codec is None or version not in codec.versions:
+        raise _bad(path, f"{layer['name']}: unknown layer coding {coding!r} in a version {version} file")
+    return codec
 
 
-def _decode_range_layer(layer: dict, chunks: list[bytes], shape, state: dict, shared: dict, path) -> None:
-    name, numel = layer["name"], math.prod(shape)
-    cb_b, bias_b, table, stream = chunks
-    try:
-        codebook = (entropy.unpack_codebook(cb_b, layer["k"], layer["codebook_dtype"]) if layer["k"]
-                    else np.zeros(0, np.float32))
-    except entropy.EntropyError as e:
-        raise _bad(path, f"{name}: {e}") from None
-    if not np.isfinite(codebook).all():
-        raise _bad(path, f"{name}: non-finite codebook value")
-    taps = math.prod(shape[2:]) if len(shape) > 2 else 1
-    try:
-        index, mask, weight = entropy.decode_layer(table, stream, numel, layer["neg"], layer["k"], taps, layer["nnz"],
-                                                   codebook)
-    except entropy.EntropyError as e:
-        raise _bad(path, f"{name}: {e}") from None
-    state[_key(name, "weight")] = torch.from_numpy(weight.reshape(shape))
-    if layer["bias"]:
-        bias = np.frombuffer(bias_b, "<f4" if layer["bias_dtype"] == "f4" else "<f2").astype(np.float32)
-        if not np.isfinite(bias).all():
-            raise _bad(path, f"{name}: non-finite bias")
-        state[_key(name, "bias")] = torch.from_numpy(bias)
-    shared[_key(name, "weight_codebook")] = torch.from_numpy(codebook.copy())
-    shared[_key(name, "weight_index")] = torch.from_numpy(index.reshape(shape))
-    shared[_key(name, "weight_mask")] = torch.from_numpy(mask.reshape(shape))
-    bits = max(1, math.ceil(math.log2(max(layer["k"], 2))))
-    shared[_key(name, "weight_bits")] = torch.tensor(bits, dtype=torch.int16)
-
-
-def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """Decode a file into (header, state_dict, shared_state).
-
-    ``shared_state`` maps ``<layer>.weight_codebook`` / ``.weight_index`` / ``.weight_mask`` to
-    tensors, so compression can continue (e.g. centroid fine-tuning) from a decoded file.
-    Every size is checked against the header and the declared architecture before allocating.
-    """
-    header, off = parse_header(data, path)
-    layers = header.get("layers")
-    raws = header.get("raw")
-    if not isinstance(layers, list) or not isinstance(raws, list):
-        raise _bad(path, "header lacks its layer list")
-    expected, state_layout, from_arch = _layout(header, path)
-    if [layer.get("name") if isinstance(layer, dict) else None for layer in layers] != list(expected):
-        raise _bad(path, f"layers do not match the architecture of {header['model']}")
-    # Pass 1: validate every declared size and that they add up to the file.
+def _check_layers(header: dict, expected: dict, path) -> int:
+    """Pass 1 over the coded layers: every record against the architecture and its codec's
+    bounds, before anything is allocated. Returns the bytes their sections take."""
     total = 0
-    v2 = header["version"] in RANGE_VERSIONS
-    v3 = header["version"] == VERSION
-    for layer in layers:
+    for layer in header["layers"]:
         name = layer["name"]
         shape, has_bias = expected[name]
         if layer.get("shape") != list(shape):
@@ -601,37 +368,20 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
         numel = math.prod(shape)
         if numel > MAX_LAYER_WEIGHTS:
             raise _bad(path, f"{name}: too many weights")
-        if v2:
-            total += _check_range_layer(layer, numel, shape[0] if has_bias else 0, path)
-            continue
-        bits = _int(layer.get("bits"), 1, 8, f"{name} bits", path)
-        k = _int(layer.get("k"), 0, 2 ** bits, f"{name} codebook size", path)
-        nnz = _int(layer.get("nnz"), 0, numel, f"{name} kept weights", path)
-        if (k == 0) != (nnz == 0):
-            raise _bad(path, f"{name}: {nnz} kept weights but {k} centroids")
-        if layer.get("codebook_dtype") not in ("f4", "f2"):
-            raise _bad(path, f"{name}: unknown codebook type {layer.get('codebook_dtype')!r}")
-        _int(layer.get("bias"), shape[0] if has_bias else 0, shape[0] if has_bias else 0, f"{name} bias size", path)
-        if layer.get("positions") not in ("dense", "kept", "pruned"):
-            raise _bad(path, f"{name}: unknown position coding {layer.get('positions')!r}")
-        if layer["positions"] == "dense":
-            if nnz != numel:
-                raise _bad(path, f"{name}: dense coding but {nnz} of {numel} weights kept")
-        elif layer.get("span") not in SPANS:
-            raise _bad(path, f"{name}: invalid span {layer.get('span')!r}")
-        n_pos_sym = _int(layer.get("position_symbols"), 0, 2 * numel + 1, f"{name} position symbols", path)
-        idx_bits = _int(layer.get("index_bits"), 0, nnz * huffman.MAX_CODE_LENGTH, f"{name} index bits", path)
-        pos_bits = _int(layer.get("position_bits"), 0, n_pos_sym * huffman.MAX_CODE_LENGTH, f"{name} position bits",
-                        path)
-        sizes = layer.get("sizes")
-        cb_width = 4 if layer["codebook_dtype"] == "f4" else 2
-        if (not isinstance(sizes, list) or len(sizes) != 6 or sizes[0] != k * cb_width or sizes[1] != 4 * layer["bias"]
-                or sizes[4] != _bits_to_bytes(idx_bits) or sizes[5] != _bits_to_bytes(pos_bits)
-                or not all(isinstance(s, int) and 0 <= s <= 4 * (2 ** bits + 260) for s in sizes[2:4])):
-            raise _bad(path, f"{name}: section sizes {sizes} do not match the header")
-        total += sum(sizes)
-    raw_names = []
-    for r in raws:
+        codec = _layer_codec(layer, header["version"], path)
+        try:
+            total += sum(codec.check(layer, numel, shape[0] if has_bias else 0))
+        except LayerError as e:
+            raise _bad(path, f"{name}: {e}") from None
+    return total
+
+
+def _check_raws(header: dict, expected: dict, state_layout: dict, from_arch: bool, path) -> int:
+    """Pass 1 over the raw tensors: each belongs to the model, once; version 3 files hold the
+    whole state dict. Returns the bytes they take."""
+    v3 = header["version"] == VERSION
+    total, raw_names = 0, []
+    for r in header["raw"]:
         dtype = r.get("dtype") if isinstance(r, dict) and v3 else "f4"
         if (not isinstance(r, dict) or r.get("name") not in state_layout or not isinstance(r.get("shape"), list)
                 or tuple(r["shape"]) != state_layout[r["name"]][0] or dtype not in RAW_DTYPES
@@ -646,86 +396,67 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
         if held != set(state_layout) or len(held) != len(raw_names) + sum(1 + b for _, b in expected.values()):
             missing = sorted(set(state_layout) - held)[:3]
             raise _bad(path, f"the tensors stored do not make the model's state dict (missing e.g. {missing})")
-    if off + total + 4 != len(data):
-        raise _bad(path, f"sections add up to {off + total + 4} bytes but the file has {len(data)}"
-                   + (" (truncated)" if off + total + 4 > len(data) else " (trailing bytes)"))
-    # Pass 2: decode.
-    from bitarray import bitarray
+    return total
+
+
+def _decode_layers(data: bytes, off: int, header: dict, expected: dict, path) -> tuple[dict, dict, int]:
+    """Pass 2 over the coded layers: (state, shared state, offset after their sections)."""
     state: dict[str, torch.Tensor] = {}
     shared: dict[str, torch.Tensor] = {}
-    for layer in layers:
-        name, shape, numel = layer["name"], expected[layer["name"]][0], math.prod(expected[layer["name"]][0])
-        chunks = []
-        for s in layer["sizes"]:
-            chunks.append(data[off:off + s])
-            off += s
-        if v2:
-            _decode_range_layer(layer, chunks, shape, state, shared, path)
-            continue
-        cb_b, bias_b, it_b, pt_b, is_b, ps_b = chunks
-        codebook = np.frombuffer(cb_b, "<f4" if layer["codebook_dtype"] == "f4" else "<f2").astype(np.float32)
-        if not np.isfinite(codebook).all():
-            raise _bad(path, f"{name}: non-finite codebook value")
-        where = f"{path}: {name}"
-        idx_table = _parse_table(it_b, 2 ** layer["bits"], where + " index code table")
-        span = layer.get("span") or 0
-        pos_table = (_parse_table(pt_b, span + 1, where + " position code table")
-                     if layer["positions"] != "dense" else None)
+    for layer in header["layers"]:
+        name, shape = layer["name"], expected[layer["name"]][0]
+        sections = []
+        for size in layer["sizes"]:
+            sections.append(data[off:off + size])
+            off += size
         try:
-            bits = bitarray(endian="big")
-            bits.frombytes(is_b)
-            idx = huffman.decode(bits[:layer["index_bits"]], idx_table, layer["nnz"])
-            if layer["positions"] == "dense":
-                mask = np.ones(numel, bool)
-            else:
-                pbits = bitarray(endian="big")
-                pbits.frombytes(ps_b)
-                sym = huffman.decode(pbits[:layer["position_bits"]], pos_table, layer["position_symbols"])
-                pos = positions_from_gaps(sym, span)
-                if pos.size and pos[-1] >= numel:
-                    raise _bad(path, f"{name}: positions run past the layer's {numel} weights")
-                mask = np.zeros(numel, bool)
-                mask[pos] = True
-                if layer["positions"] == "pruned":
-                    mask = ~mask
-                if int(mask.sum()) != layer["nnz"]:
-                    raise _bad(path, f"{name}: positions give {int(mask.sum())} kept weights, "
-                                     f"header says {layer['nnz']}")
-        except huffman.HuffmanError as e:
+            out = _layer_codec(layer, header["version"], path).decode(layer, sections, math.prod(shape))
+        except LayerError as e:
             raise _bad(path, f"{name}: {e}") from None
-        if idx.size and idx.max() >= codebook.size:
-            raise _bad(path, f"{name}: codebook index {int(idx.max())} out of range (codebook has {codebook.size})")
-        weight = np.zeros(numel, np.float32)
-        weight[mask] = codebook[idx] if codebook.size else 0.0
-        index = np.zeros(numel, np.int16)
-        index[mask] = idx
-        state[_key(name, "weight")] = torch.from_numpy(weight.reshape(shape))
-        if layer["bias"]:
-            bias = np.frombuffer(bias_b, "<f4").astype(np.float32)
-            if not np.isfinite(bias).all():
-                raise _bad(path, f"{name}: non-finite bias")
-            state[_key(name, "bias")] = torch.from_numpy(bias)
-        shared[_key(name, "weight_codebook")] = torch.from_numpy(codebook.copy())
-        shared[_key(name, "weight_index")] = torch.from_numpy(index.reshape(shape))
-        shared[_key(name, "weight_mask")] = torch.from_numpy(mask.reshape(shape))
-        shared[_key(name, "weight_bits")] = torch.tensor(layer["bits"], dtype=torch.int16)
-    for layer in layers:  # coded weights come back in the model's own dtype (float32 unless recorded)
-        dtype = layer.get("dtype", "f4") if v3 else "f4"
-        if dtype != "f4":
-            for k in (_key(layer["name"], "weight"), _key(layer["name"], "bias")):
-                if k in state:
-                    state[k] = state[k].to(RAW_DTYPES[dtype][1])
-    for r in raws:
+        dtype = RAW_DTYPES[layer.get("dtype", "f4") if header["version"] == VERSION else "f4"][1]
+        state[_key(name, "weight")] = torch.from_numpy(out.weight.reshape(shape)).to(dtype)
+        if out.bias is not None:
+            state[_key(name, "bias")] = torch.from_numpy(out.bias).to(dtype)
+        shared[_key(name, "weight_codebook")] = torch.from_numpy(out.codebook)
+        shared[_key(name, "weight_index")] = torch.from_numpy(out.index.reshape(shape))
+        shared[_key(name, "weight_mask")] = torch.from_numpy(out.mask.reshape(shape))
+        shared[_key(name, "weight_bits")] = torch.tensor(out.bits, dtype=torch.int16)
+    return state, shared, off
+
+
+def _decode_raws(data: bytes, off: int, header: dict, state_layout: dict, state: dict, path) -> None:
+    for r in header["raw"]:
         shape = state_layout[r["name"]][0]
-        code = r["dtype"] if v3 else "f4"
-        n = math.prod(shape)
-        array = np.frombuffer(data, RAW_DTYPES[code][0], n, off).copy()
+        code = r["dtype"] if header["version"] == VERSION else "f4"
+        array = np.frombuffer(data, RAW_DTYPES[code][0], math.prod(shape), off).copy()
         off += array.nbytes
         if code == "b1" and (array > 1).any():
             raise _bad(path, f"{r['name']}: a boolean tensor holds values other than 0 and 1")
         t = torch.from_numpy(array).reshape(shape)
         state[r["name"]] = t.view(torch.bfloat16) if code == "bf16" else t.to(torch.bool) if code == "b1" else t
-    if v3:  # the state dict in the order the model lists it
+
+
+def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """Decode a file into (header, state_dict, shared_state).
+
+    ``shared_state`` maps ``<layer>.weight_codebook`` / ``.weight_index`` / ``.weight_mask`` to
+    tensors, so compression can continue (e.g. centroid fine-tuning) from a decoded file.
+    Every size is checked against the header and the declared architecture before allocating.
+    """
+    header, off = parse_header(data, path)
+    layers = header.get("layers")
+    if not isinstance(layers, list) or not isinstance(header.get("raw"), list):
+        raise _bad(path, "header lacks its layer list")
+    expected, state_layout, from_arch = _layout(header, path)
+    if [layer.get("name") if isinstance(layer, dict) else None for layer in layers] != list(expected):
+        raise _bad(path, f"layers do not match the architecture of {header['model']}")
+    total = _check_layers(header, expected, path) + _check_raws(header, expected, state_layout, from_arch, path)
+    if off + total + 4 != len(data):
+        raise _bad(path, f"sections add up to {off + total + 4} bytes but the file has {len(data)}"
+                   + (" (truncated)" if off + total + 4 > len(data) else " (trailing bytes)"))
+    state, shared, off = _decode_layers(data, off, header, expected, path)
+    _decode_raws(data, off, header, state_layout, state, path)
+    if header["version"] == VERSION:  # the state dict in the order the model lists it
         state = {k: state[k] for k in state_layout}
     return header, state, shared
 
@@ -778,28 +509,21 @@ def size_report(data: bytes, path="<bytes>") -> dict:
     for layer in header["layers"]:
         numel = math.prod(layer["shape"])
         fp32 += 4 * (numel + layer["bias"])
-        if header["version"] in RANGE_VERSIONS:
-            cb, bias, table, stream = layer["sizes"]
-            # one stream holds positions, signs and magnitudes together
-            it, pt, ic, pc = table, 0, stream, 0
-            bits, span, positions = max(1, math.ceil(math.log2(max(layer["k"], 2)))), 0, "range"
-            idx_bits = 8 * stream
-        else:
-            cb, bias, it, pt, ic, pc = layer["sizes"]
-            bits, span, positions, idx_bits = layer["bits"], layer["span"], layer["positions"], layer["index_bits"]
-        components["codebooks"] += cb
-        components["biases"] += bias
-        components["code_tables"] += it + pt
-        components["weight_codes"] += ic
-        components["position_codes"] += pc
-        rows.append({"layer": layer["name"], "weights": numel, "kept": layer["nnz"],
-                     "density": layer["nnz"] / numel if numel else 1.0,
-                     "bits": bits, "levels": layer["k"], "codebook": cb, "bias": bias, "code_tables": it + pt,
-                     "weight_codes": ic, "position_codes": pc, "positions": positions, "span": span,
+        row = _layer_codec(layer, header["version"], path).size_row(layer)
+        for part, key in (("codebook", "codebooks"), ("bias", "biases"), ("code_tables", "code_tables"),
+                          ("weight_codes", "weight_codes"), ("position_codes", "position_codes")):
+            components[key] += row[part]
+        nnz = layer["nnz"]
+        coded = row["code_tables"] + row["weight_codes"] + row["position_codes"]
+        rows.append({"layer": layer["name"], "weights": numel, "kept": nnz, "density": nnz / numel if numel else 1.0,
+                     "bits": row["bits"], "levels": layer["k"], "codebook": row["codebook"], "bias": row["bias"],
+                     "code_tables": row["code_tables"], "weight_codes": row["weight_codes"],
+                     "position_codes": row["position_codes"], "positions": row["positions"], "span": row["span"],
+                     "coding": layer.get("coding", "huffman"),
                      "bytes": sum(layer["sizes"]), "fp32_bytes": 4 * (numel + layer["bias"]),
-                     "bits_per_kept_weight": 8 * (it + pt + ic + pc) / layer["nnz"] if layer["nnz"] else 0.0,
-                     "index_bits_per_weight": idx_bits / layer["nnz"] if layer["nnz"] else 0.0,
-                     "position_bits_per_weight": layer.get("position_bits", 0) / layer["nnz"] if layer["nnz"] else 0.0})
+                     "bits_per_kept_weight": 8 * coded / nnz if nnz else 0.0,
+                     "index_bits_per_weight": row["index_bits"] / nnz if nnz else 0.0,
+                     "position_bits_per_weight": row["position_bits"] / nnz if nnz else 0.0})
     for r in header["raw"]:
         n = math.prod(r["shape"])
         components["raw_tensors"] += np.dtype(RAW_DTYPES[r.get("dtype", "f4")][0]).itemsize * n

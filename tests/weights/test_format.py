@@ -8,7 +8,8 @@ import torch
 
 from squeezenet.compression import CompressionConfig, compress_weights
 from squeezenet.weights import decode, size_report
-from squeezenet.weights.sqz import MAGIC, gap_symbols, positions_from_gaps
+from squeezenet.weights.codecs.huffman import gap_symbols, positions_from_gaps
+from squeezenet.weights.sqz import MAGIC
 from squeezenet.errors import FormatError
 from squeezenet.models import create_model, list_models
 from squeezenet.preprocessing import CIFAR10
