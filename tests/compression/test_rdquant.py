@@ -1,5 +1,7 @@
 """Entropy-constrained quantization and the size-budget search on small exact inputs."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -135,7 +137,13 @@ def test_error_feedback_takes_a_coarser_grid_by_default(monkeypatch):
     hessians = rdquant.layer_hessians(model, torch.randn(4, 3, 32, 32))
     seen = []
     real = rdquant.quantize_layers
-    monkeypatch.setattr(rdquant, "quantize_layers", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    signature = inspect.signature(real)
+
+    def spy(*a, **k):
+        seen.append(signature.bind(*a, **k).arguments["step_scale"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(rdquant, "quantize_layers", spy)
     size = len(encode_model(_shared_copy(model), "squeezenet_from_metaparameters", model_kwargs=TINY))
 
     def serialize(m):

@@ -70,8 +70,12 @@ def test_bad_config_rejected(tmp_path):
 
 def test_shipped_configs_load():
     root = Path(__file__).resolve().parents[2] / "configs"
-    for path in root.glob("*.yaml"):
-        load_config(path)
+    paths = sorted(root.glob("*.yaml"))
+    assert len(paths) >= 5, f"no training recipes found in {root}"
+    for path in paths:
+        config = load_config(path)
+        assert config.epochs >= 1 and config.lr > 0, path.name
+        assert config != load_config(), f"{path.name} sets nothing the defaults do not"
 
 
 DDP_SCRIPT = """

@@ -9,7 +9,8 @@ import torch
 from squeezenet.compression import CompressionConfig, compress_weights
 from squeezenet.weights import decode, size_report
 from squeezenet.weights.codecs.huffman import gap_symbols, positions_from_gaps
-from squeezenet.weights.sqz import MAGIC
+from squeezenet.weights.sqz import CODING_BUFFERS, MAGIC
+from squeezenet.models.layers import prunable_layers
 from squeezenet.errors import FormatError
 from squeezenet.models import create_model, list_models
 from squeezenet.preprocessing import CIFAR10
@@ -35,9 +36,11 @@ def test_every_squeezenet_round_trips(name):
     kw = {"small_input": True}
     data, model, info = compress_weights(loaded(name, **kw), CompressionConfig(bits=4, density="profile"))
     header, state, shared = decode(data)
-    for k, v in model.state_dict().items():
-        if k in state:
-            assert torch.equal(state[k], v), k
+    model_state = model.state_dict()
+    # every entry of the model's state dict but the coding buffers, and each one exactly
+    assert state.keys() == {k for k in model_state if not k.endswith(CODING_BUFFERS)}
+    assert all(torch.equal(state[k], model_state[k]) for k in state)
+    assert {k.rsplit(".", 1)[0] for k in shared} == set(prunable_layers(model))
     assert header["model"] == name and header["model_kwargs"] == kw
     rep = size_report(data)
     assert rep["bytes"] == len(data) == sum(rep["components"].values())
@@ -46,7 +49,9 @@ def test_every_squeezenet_round_trips(name):
 def test_alexnet_round_trips():
     data, model, _ = compress_weights(loaded("alexnet"), CompressionConfig(bits=3, density="profile", kmeans_iters=5))
     _, state, _ = decode(data)
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items() if k in state)
+    model_state = model.state_dict()
+    assert state.keys() == {k for k in model_state if not k.endswith(CODING_BUFFERS)}
+    assert all(torch.equal(state[k], model_state[k]) for k in state)
     assert len(data) < 0.08 * 4 * sum(p.numel() for p in model.parameters())
 
 
@@ -169,21 +174,30 @@ def test_version_1_and_2_decode_to_the_same_weights(small_file, small_file_v2):
     assert len(small_file_v2) < len(small_file)
 
 
-def test_v2_stream_garbage_rejected(small_file_v2):
-    # Scramble the first layer's stream bytes with a fixed-up checksum: the decoder must notice.
+@pytest.mark.parametrize("seed", range(4))
+def test_v2_stream_garbage_rejected(small_file_v2, seed):
+    # Scramble the first layer's stream bytes with a fixed-up checksum. A range-coded stream has no
+    # redundancy to check, so garbage may decode to *some* layer; the decoder must then still keep
+    # its promises: exactly the declared number of kept weights, every one a codebook level.
     h, off = __import__("squeezenet.weights.sqz", fromlist=["parse_header"]).parse_header(small_file_v2)
-    sizes = h["layers"][0]["sizes"]
+    layer = h["layers"][0]
+    sizes = layer["sizes"]
     start = off + sum(sizes[:3])
     body = bytearray(small_file_v2[:-4])
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     body[start:start + sizes[3]] = rng.integers(0, 256, sizes[3], dtype=np.uint8).tobytes()
     bad = bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
     try:
-        _, state, _ = decode(bad)
+        _, state, shared = decode(bad)
     except FormatError:
         return
-    # A garbage stream can decode to *some* valid layer; then it must still have the declared shape.
-    assert state["features.0.weight"].shape == (64, 3, 3, 3)
+    _, clean, _ = decode(small_file_v2)
+    name = layer["name"]
+    weight, mask = state[f"{name}.weight"], shared[f"{name}.weight_mask"]
+    assert not torch.equal(weight, clean[f"{name}.weight"])  # the garbage was read, not skipped
+    assert int(mask.sum()) == layer["nnz"]
+    codebook = shared[f"{name}.weight_codebook"]
+    assert torch.isin(weight[mask], codebook).all() and (weight[~mask] == 0).all()
 
 
 def test_codebook_index_out_of_range_rejected(small_file):
