@@ -183,3 +183,21 @@ def test_corrected_search_falls_back_to_exact_steps_when_the_estimate_keeps_over
     lam, size, _ = rdquant._corrected_search(lambda lam: calls.append(lam) or size_of(lam), estimate, sens,
                                              budget=600_000, log=None, tries=2)
     assert size <= 600_000 and len(calls) >= 2
+
+
+def test_corrected_search_refines_a_fit_far_under_the_budget():
+    # the estimate's curve is flatter than the exact one: rescaling alternates between a fit well
+    # under (506 kB) and an overshoot, and exact bisection between the two closes in
+    sens = {"a": 1.0}
+
+    def size_of(lam):
+        return int(1_000_000 / (1 + lam) ** 2), None
+
+    def estimate(lam):
+        return 1_000_000 / (1 + lam) ** 1.5, None
+
+    args = dict(budget=600_000, log=None, tries=2)
+    _, unrefined, _ = rdquant._corrected_search(size_of, estimate, sens, refine=0, **args)
+    _, size, _ = rdquant._corrected_search(size_of, estimate, sens, **args)
+    assert unrefined < 0.9 * 600_000
+    assert 0.98 * 600_000 < size <= 600_000
