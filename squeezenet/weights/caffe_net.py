@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, FormatError
+from ..models import create_model
+from ..utils import atomic_write_bytes
 from .positions import absolute_positions, relative_gaps
 
 CODEBOOK_SIZE = 256
@@ -59,7 +61,6 @@ class NetLayer:
 @functools.lru_cache(maxsize=8)
 def squeezenet1_0_shapes(num_classes: int = 1000) -> list[tuple[int, ...]]:
     """Weight shapes of the 26 convolutions in prototxt order (built on the meta device)."""
-    from ..models import create_model
     with torch.device("meta"):
         sd = create_model("squeezenet1_0", num_classes=num_classes).state_dict()
     return [tuple(sd[f"{module}.weight"].shape) for _, module in LAYER_NAMES]
@@ -204,7 +205,6 @@ def serialize_caffe_net(layers: list[NetLayer]) -> bytes:
 
 def write_caffe_net(path: str | os.PathLike, layers: list[NetLayer]) -> int:
     """Write layers as a ``.net`` file atomically; returns the byte count."""
-    from ..utils import atomic_write_bytes
     data = serialize_caffe_net(layers)
     atomic_write_bytes(path, data)
     return len(data)

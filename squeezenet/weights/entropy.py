@@ -22,6 +22,9 @@ number of levels be used (not only 2**bits).
 """
 from __future__ import annotations
 
+import zlib
+
+import constriction
 import numpy as np
 
 FIRST_TAP = 3          # context of tap 0 (no previous tap)
@@ -34,7 +37,6 @@ class EntropyError(ValueError):
 
 
 def _constriction():
-    import constriction
     return constriction.stream.model.Categorical, constriction.stream.queue
 
 
@@ -257,7 +259,6 @@ def pack_codebook(values: np.ndarray, dtype: str) -> bytes:
     Sorted k-means or grid centroids lie close together, so their deltas need about half the
     bytes of the raw floats; the high byte planes are almost all zero and compress away.
     """
-    import zlib
     uint, le, width = _WIDTH[dtype]
     keys = order_keys(values, dtype)
     if keys.size > 1 and (np.diff(keys.astype(np.int64)) < 0).any():
@@ -273,7 +274,6 @@ def unpack_codebook(data: bytes, k: int, dtype: str) -> np.ndarray:
     Raises:
         EntropyError: on data that does not unpack to ``k`` sorted values.
     """
-    import zlib
     uint, le, width = _WIDTH[dtype]
     try:
         d = zlib.decompressobj()

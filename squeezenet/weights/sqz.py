@@ -30,10 +30,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from torchvision.models import SqueezeNet1_0_Weights
 
 from ..errors import ConfigError, FormatError
+from ..models import create_model
 from ..models.layers import prunable_layers
+from ..models.registry import UnknownModelError, is_registered
+from ..preprocessing import TORCHVISION_IMAGENET, Preprocessing
+from ..utils import atomic_write_bytes
 from .codecs import CODECS, LayerError, LayerInput, LayerRecord, get_codec
+from .loaded import LoadedWeights
 
 MAGIC = b"SQZDC\x00\r\n"
 VERSION = 3             # the whole state dict: coded layers plus every other entry, any dtype
@@ -55,7 +61,6 @@ def _default_class_names(names, num_classes):
     if not names:
         return None
     if num_classes == 1000:
-        from torchvision.models import SqueezeNet1_0_Weights
         if list(names) == list(SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"]):
             return "imagenet1k"
     return list(names)
@@ -190,7 +195,6 @@ def encode_model(model: nn.Module, model_name: str = "", *, model_kwargs: dict |
 
 def write_compressed(path: str | os.PathLike, data: bytes) -> int:
     """Write a compressed file's bytes atomically; returns its size."""
-    from ..utils import atomic_write_bytes
     atomic_write_bytes(path, data)
     return len(data)
 
@@ -248,7 +252,6 @@ def parse_header(data: bytes, path="<bytes>") -> tuple[dict, int]:
 def _from_architecture(name: str) -> bool:
     """Whether a header's model can be built to check the file against (registered names and
     torchvision's builders; ``package.module:function`` is never imported just to read a file)."""
-    from ..models.registry import is_registered
     return is_registered(name) or name.startswith("torchvision:")
 
 
@@ -330,8 +333,6 @@ def _self_described(header: dict, path) -> tuple[dict, dict]:
 
 @functools.lru_cache(maxsize=32)
 def _shapes_for(key: str) -> tuple[dict, dict]:
-    from ..models import create_model
-    from ..models.registry import UnknownModelError
     name, kwargs, num_classes = json.loads(key)
     try:
         with torch.device("meta"):
@@ -474,8 +475,6 @@ def read_compressed(path: str | os.PathLike) -> tuple[dict, dict, dict]:
 def load_compressed(path: str | os.PathLike):
     """A compressed file as ``LoadedWeights``: its ``state_dict`` (strict-loadable into the
     model it came from) and, where the file names the architecture, ``build_model()``."""
-    from ..preprocessing import TORCHVISION_IMAGENET, Preprocessing
-    from .loading import LoadedWeights
     header, state, shared = read_compressed(path)
     try:  # a model compressed without its preprocessing gets torchvision's, as a bare state dict does
         prep = (TORCHVISION_IMAGENET if header.get("preprocessing") is None
@@ -484,7 +483,6 @@ def load_compressed(path: str | os.PathLike):
         raise _bad(path, f"bad preprocessing record: {e}") from None
     names = header.get("class_names")
     if names == "imagenet1k":
-        from torchvision.models import SqueezeNet1_0_Weights
         names = list(SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"])
     elif names is not None and (not isinstance(names, list) or len(names) != header["num_classes"]):
         raise _bad(path, "class name list does not match the class count")

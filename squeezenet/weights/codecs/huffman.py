@@ -11,6 +11,7 @@ Huffman codes (``weights/huffman.py``).
 from __future__ import annotations
 
 import numpy as np
+from bitarray import bitarray
 
 from ...errors import ConfigError
 from .. import huffman
@@ -196,7 +197,6 @@ class HuffmanCodec:
 
 
 def _bit_array(data: bytes):
-    from bitarray import bitarray
     bits = bitarray(endian="big")
     bits.frombytes(data)
     return bits
