@@ -53,3 +53,52 @@ def test_no_module_imports_from_a_layer_above():
 def test_every_unit_has_a_tier():
     units = {_unit(p) for p in ROOT.rglob("*.py")}
     assert units <= set(TIER), sorted(units - set(TIER))
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> package modules it imports, at module level or inside functions. ``from pkg
+    import name`` depends on ``pkg.name`` where that is a module, else on ``pkg``."""
+    modules = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    graph = {m: set() for m in modules}
+    for name, path in modules.items():
+        pkg = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(pkg[:len(pkg) - node.level + 1] + (node.module.split(".") if node.module else [])) \
+                    if node.level else node.module or ""
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t not in modules and "." in t:
+                    t = t.rsplit(".", 1)[0]
+                if t in modules and t != name:
+                    graph[name].add(t)
+    return graph
+
+
+def test_no_import_cycles_between_modules():
+    graph = _module_graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(m, path):
+        state[m] = 1
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                cycles.append(" -> ".join(path[path.index(t):] + [t]))
+            elif t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)

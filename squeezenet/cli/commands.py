@@ -8,7 +8,7 @@ from pathlib import Path
 from ..compression.config import OUTPUT_KINDS, QUANTIZERS
 from ..weights.codecs import codec_names
 
-from .main import UsageError, _positive_int, _print_json, bounded_int
+from .args import UsageError, _positive_int, _print_json, bounded_int
 
 _nonneg_int = bounded_int(0, what="value")
 _bits = bounded_int(1, 8, what="bits")

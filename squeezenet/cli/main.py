@@ -5,39 +5,11 @@ Commands that report figures take ``--json``: one JSON object on the last line o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..errors import SqueezeNetError
-
-
-class UsageError(SqueezeNetError):
-    """Bad command-line values."""
-
-
-def bounded_int(low: int, high: int | None = None, what: str = "an integer"):
-    """An argparse type accepting integers in [low, high] with a one-line message otherwise."""
-    if high is not None:
-        span = f"an integer in {low}..{high}"
-    else:
-        span = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            v = None
-        if v is None or v < low or (high is not None and v > high):
-            raise argparse.ArgumentTypeError(f"{what} must be {span}, got {text!r}")
-        return v
-    return parse
-
-
-_positive_int = bounded_int(1, what="value")
-
-
-def _print_json(obj: dict) -> None:
-    print(json.dumps(obj, separators=(",", ":")))
+from . import commands
+from .args import UsageError, _positive_int, _print_json
 
 
 # ---------------------------------------------------------------- list / summary
@@ -117,7 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object (table goes to stderr)")
     s.set_defaults(func=cmd_summary)
 
-    from . import commands
     commands.add_commands(sub)
     return p
 

@@ -5,7 +5,7 @@ import csv
 import json
 from pathlib import Path
 
-from .sweep import PAPER, WIDTH_KEYS
+from .paper import PAPER, WIDTH_KEYS
 
 
 def paper_width() -> dict:

@@ -9,11 +9,8 @@ speed with the fp32 ones. Without calibration images int8 is never chosen.
 """
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,8 @@ import torch
 
 from ..errors import ConfigError
 from ..weights import LoadedWeights
+from .exporting import export_weights
+from .openvino_runtime import compile_openvino
 from .timing import time_interleaved
 
 ENGINES = ("auto", "torch", "torch-channels-last", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16",
@@ -87,50 +86,6 @@ class OpenVinoEngine(Engine):
         return torch.from_numpy(np.array(next(iter(out.values()))))
 
 
-def compile_openvino(path: str | os.PathLike, config: dict):
-    """``openvino.Core().compile_model`` on the CPU; every OpenVINO compile of ours goes through
-    here, because the compile can leave a soon-freed signal stack on the main thread."""
-    import openvino as ov
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
-    reset_main_thread_alt_stack()
-    return compiled
-
-
-class _StackT(ctypes.Structure):
-    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
-
-
-_ALT_STACK: ctypes.Array | None = None
-
-
-def reset_main_thread_alt_stack() -> int | None:
-    """Give the main thread an alternate signal stack that is never freed; returns its address.
-
-    OpenVINO's CPU plugin installs its own alternate stack on the calling thread while it
-    compiles a model and, when those calls nest, leaves one on it that it later unmaps; the next
-    signal handled on that stack (SIGCHLD when a child process exits) killed the process with
-    SIGSEGV (docs/robustness.md). Called by ``compile_openvino``. Linux, main thread only.
-    """
-    global _ALT_STACK
-    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
-        return None
-    if _ALT_STACK is None:
-        _ALT_STACK = ctypes.create_string_buffer(64 * 1024)
-    stack = _StackT(ctypes.addressof(_ALT_STACK), 0, ctypes.sizeof(_ALT_STACK))
-    if ctypes.CDLL(None, use_errno=True).sigaltstack(ctypes.byref(stack), None) != 0:
-        return None
-    return stack.ss_sp
-
-
-def current_alt_stack() -> int | None:
-    """Address of this thread's alternate signal stack (None if disabled or not Linux)."""
-    if sys.platform != "linux":
-        return None
-    old = _StackT()
-    ctypes.CDLL(None).sigaltstack(None, ctypes.byref(old))
-    return None if old.ss_flags & 2 else old.ss_sp  # 2 = SS_DISABLE
-
-
 def _export_openvino_int8(lw: LoadedWeights, calibration, images: int = 64) -> Path:
     from .int8 import quantize_openvino_int8
     fp32 = _export_tmp(lw, False, None)
@@ -140,7 +95,6 @@ def _export_openvino_int8(lw: LoadedWeights, calibration, images: int = 64) -> P
 
 
 def _export_tmp(lw: LoadedWeights, int8: bool, calibration, calibration_images: int = 64) -> Path:
-    from .exporting import export_weights
     folder = Path(tempfile.mkdtemp(prefix="squeezenet-engine-"))
     out = folder / ("model.int8.onnx" if int8 else "model.onnx")
     export_weights(lw, "onnx", out, int8=int8, calibration=calibration, calibration_images=calibration_images)

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import ConfigError, SqueezeNetError
 from ..weights import LoadedWeights, load_weights
+from .openvino_runtime import compile_openvino
 
 FORMATS = ("onnx", "torchscript", "exported-program", "openvino")
 
@@ -122,7 +123,6 @@ def export_weights(weights, fmt: str, out: str | os.PathLike, *, batch="dynamic"
                 ir.set_rt_info(value, key.split("."))
             ov.save_model(ir, str(out), compress_to_fp16=False)
         fp32.unlink()
-        from .engine import compile_openvino
         compiled = compile_openvino(out, {"INFERENCE_PRECISION_HINT": "f32"})
         got = np.array(next(iter(compiled({0: check.numpy()}).values())))
         report["int8_max_abs_diff" if int8 else "max_abs_diff"] = float(np.abs(got - ref.numpy()).max())

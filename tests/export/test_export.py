@@ -184,8 +184,9 @@ def test_after_openvino_compiles_the_main_thread_keeps_a_signal_stack_we_own(tmp
     pytest.importorskip("openvino")
     import ctypes
 
-    from squeezenet.export import engine as engine_mod
-    from squeezenet.export.engine import OpenVinoEngine, current_alt_stack
+    from squeezenet.export import openvino_runtime as engine_mod
+    from squeezenet.export.engine import OpenVinoEngine
+    from squeezenet.export.openvino_runtime import current_alt_stack
     from squeezenet.preprocessing import TORCHVISION_IMAGENET
     lw = LoadedWeights("squeezenet1_1", create_model("squeezenet1_1", num_classes=4).state_dict(),
                        TORCHVISION_IMAGENET, num_classes=4)
