@@ -286,7 +286,7 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
         # them 16 bytes a layer.
         margin = 16 * len(names) if steps or retrain is not None else 0
         info = fit_budget_(model, config, calibration.inputs[:n], max(config.size_budget - margin, 1), serialize,
-                           log)
+                           tuned_after=bool(steps or retrain is not None), log=log)
         report.update({"output": info["output"], "quantizer": info["quantizer"], "calibration_inputs": n})
         if "candidates" in info:
             report["candidates"] = info["candidates"]
@@ -324,6 +324,7 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
         report["finetune"] = {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}
         log(f"distillation: KL {losses[0]:.4f} -> {losses[-1]:.4f} over {steps} steps")
     if fitted is not None:
+        _keep_trellis_levels_(model, fitted)
         data = serialize(model, cb_dtype)
         if len(data) > config.size_budget:
             _restore_codebooks_(model, fitted)
@@ -337,6 +338,17 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
     report["bytes"] = len(data)
     report["seconds"] = time.perf_counter() - start
     return data, report
+
+
+@torch.no_grad()
+def _keep_trellis_levels_(model: nn.Module, codebooks: dict) -> None:
+    """Layers on the trellis (``weight_step``) take back their levels after centroid tuning (the
+    trellis codec holds multiples of the step only); their tuned biases stay."""
+    for name, m in prunable_layers(model).items():
+        if getattr(m, "weight_step", None) is not None:
+            m.weight_codebook.copy_(codebooks[name])
+            levels = m.weight_codebook[m.weight_index.long()].to(m.weight.dtype)
+            m.weight.copy_(torch.where(m.weight_mask, levels, torch.zeros_like(levels)))
 
 
 @torch.no_grad()

@@ -3,11 +3,12 @@
 One global slope spreads the bytes over layers (``rdquant``); how each layer's step follows
 the slope is the quantizer: ``fisher`` weighs it by the layer's sensitivity (the high-rate
 optimum when the sensitivities are right), ``uniform`` gives every layer the same step (MPEG
-NNC's recipe, safe when they are not). Sensitivities measured on a few hundred inputs can be
-off by orders of magnitude on models they do not describe well (a layer pruned to 2% of its
-weights destroyed a pitch tracker at 2 MB), so by default every candidate is fitted to the
-budget and the one whose outputs on the calibration inputs stay closest to the original
-model's is kept: never worse, on those inputs, than the uniform quantizer at the same size.
+NNC's recipe, safe when they are not), ``trellis`` the same on NNC's dependent quantizer
+(``trellis.py``). Sensitivities measured on a few hundred inputs can be off by orders of
+magnitude on models they do not describe well (a layer pruned to 2% of its weights destroyed a
+pitch tracker at 2 MB), so by default every candidate is fitted to the budget and the one whose
+outputs on the calibration inputs stay closest to the original model's is kept: never worse,
+on those inputs, than the uniform quantizer at the same size.
 """
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from .config import CompressionConfig
 from .outputs import distortion, flatten_outputs, resolve_output_kind
 from .rdquant import feedback_memory, fisher_sensitivity, layer_hessians, quantize_for_budget_
 
-# Sensitivity exponent of each quantizer: a layer's slope is lam / s**exponent.
-QUANTIZER_EXPONENT = {"fisher": 1.0, "middle": 0.5, "uniform": 0.0}
+# Sensitivity exponent of each quantizer: a layer's slope is lam / s**exponent. "trellis" is
+# "uniform" on the trellis codec's dependent quantizer, without error feedback (MPEG NNC's DQ).
+QUANTIZER_EXPONENT = {"fisher": 1.0, "middle": 0.5, "uniform": 0.0, "trellis": 0.0}
+TRELLIS = "trellis"
 # Inputs whose outputs judge the candidates (a forward pass each).
 JUDGE_INPUTS = 128
-_LAYER_BUFFERS = ("weight_mask", "weight_codebook", "weight_index", "weight_bits")
+_LAYER_BUFFERS = ("weight_mask", "weight_codebook", "weight_index", "weight_bits", "weight_step")
 
 
 @torch.no_grad()
@@ -39,11 +42,14 @@ def model_outputs(model: nn.Module, inputs: torch.Tensor, batch_size: int = 16) 
 
 
 def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tensor, budget: int, serialize,
-                log=print) -> dict:
+                log=print, tuned_after: bool = False) -> dict:
     """Quantize ``model`` in place to fit ``budget`` bytes (``serialize`` gives the exact file).
 
     Args:
         inputs: calibration inputs (at most ``config.calibration_inputs`` of them).
+        tuned_after: centroids are fine-tuned afterwards (distillation, retraining). "auto" then
+            leaves the trellis out: its levels stay on the trellis grid, so tuning gives it
+            nothing, and candidates are compared before tuning.
 
     Returns:
         ``quantize_for_budget_``'s report plus ``output`` (the distortion's kind), ``quantizer``
@@ -51,21 +57,27 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
     """
     kind = resolve_output_kind(config.output, model, inputs)
     sens = fisher_sensitivity(model, inputs, output=kind)
+    names = ([config.quantizer] if config.quantizer != "auto"
+             else [n for n in QUANTIZER_EXPONENT if not (tuned_after and n == TRELLIS)])
     hessians = None
-    if config.error_feedback:
+    if config.error_feedback and names != [TRELLIS]:
         log(f"error feedback: {feedback_memory(model) / 2**20:,.0f} MiB of input second moments")
         hessians = layer_hessians(model, inputs)
-    names = [config.quantizer] if config.quantizer != "auto" else list(QUANTIZER_EXPONENT)
+
+    def fit(name):
+        trellis = name == TRELLIS
+        return quantize_for_budget_(model, _weighted(sens, name), budget, serialize,
+                                    hessians=None if trellis else hessians, trellis=trellis)
+
     if len(names) == 1:
-        info = quantize_for_budget_(model, _weighted(sens, names[0]), budget, serialize, hessians=hessians)
-        return {**info, "output": kind, "quantizer": names[0]}
+        return {**fit(names[0]), "output": kind, "quantizer": names[0]}
     judge = inputs[:JUDGE_INPUTS]
     reference = model_outputs(model, judge)
     original = _snapshot(model)
     best, candidates = None, {}
     for name in names:
         _restore(model, original)
-        info = quantize_for_budget_(model, _weighted(sens, name), budget, serialize, hessians=hessians)
+        info = fit(name)
         d = float(distortion(reference, model_outputs(model, judge), kind))
         candidates[name] = {"bytes": info["bytes"], "distortion": d}
         log(f"quantizer {name}: {info['bytes']:,} bytes, {kind} distortion {d:.4g} on {judge.shape[0]} inputs")
@@ -92,6 +104,9 @@ def _snapshot(model: nn.Module) -> dict:
 def _restore(model: nn.Module, state: dict) -> None:
     from .quantization import _set_buffer
     for n, m in prunable_layers(model).items():
+        for k in _LAYER_BUFFERS:  # a buffer the state lacks goes (a trellis step on a plain layer)
+            if k not in state[n] and k in m._buffers:
+                del m._buffers[k]
         for k, v in state[n].items():
             if k == "weight":
                 m.weight.copy_(v)

@@ -44,7 +44,7 @@ def parse_layer_spec(spec: str | float | int | dict | None, layers: list[str], w
     return out
 
 
-QUANTIZERS = ("auto", "fisher", "uniform")
+QUANTIZERS = ("auto", "fisher", "uniform", "trellis")
 # what a model outputs, for the distortion compression measures (``outputs.py``)
 OUTPUT_KINDS = ("auto", "logits", "probs", "sigmoid", "mse")
 
@@ -85,9 +85,11 @@ class CompressionConfig:
             "logits", "probs", "sigmoid" or "mse".
         quantizer: with a size budget, how the bytes are spread over layers: "fisher" (steps
             weighted by each layer's Fisher sensitivity), "uniform" (one step for every layer,
-            the MPEG NNC recipe), or "auto": both and their geometric middle, each fitted to the
-            budget, keeping the one whose outputs on the calibration inputs are closest to
-            the original model's.
+            the MPEG NNC recipe), "trellis" (one step, on a four-state trellis of two
+            quantizers, coded by the trellis codec: NNC's dependent quantization; no error
+            feedback), or "auto": all of them and the geometric middle of the first two, each
+            fitted to the budget, keeping the one whose outputs on the calibration inputs are
+            closest to the original model's (without "trellis" when centroids are tuned after).
         calibration_inputs: at most this many calibration inputs go into sensitivities and
             error feedback (a forward and backward pass each; 256 images are what the published
             SqueezeNet's figures were measured with; a 22M-parameter audio model takes about

@@ -14,7 +14,6 @@ by bisection on ``lam`` with exact encoded sizes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,27 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .levels import LayerQuant, layer_step
 from .pruning import get_mask, prunable_layers
-
-LN2 = math.log(2.0)
-
-
-@dataclass
-class LayerQuant:
-    """A quantized layer: sorted nonzero levels, an index per position, and the kept mask."""
-    codebook: np.ndarray   # float32[k], ascending
-    index: np.ndarray      # int64[numel], index into codebook where mask
-    mask: np.ndarray       # bool[numel]
-
-    @property
-    def neg(self) -> int:
-        return int((self.codebook < 0).sum())
-
-    def weight(self) -> np.ndarray:
-        out = np.zeros(self.mask.size, np.float32)
-        out[self.mask] = self.codebook[self.index[self.mask]]
-        return out
-
+from .trellis import estimated_bytes_trellis, quantize_layers_trellis
 
 def ecsq(values: np.ndarray, mask: np.ndarray, delta: float, lam: float, iters: int = 4,
          codebook_dtype: str = "f2", bins: "ValueBins | None" = None) -> LayerQuant:
@@ -374,15 +355,6 @@ def fisher_sensitivity(model: nn.Module, images: torch.Tensor, batch_size: int =
     return out
 
 
-def _layer_step(w: np.ndarray, mask: np.ndarray, lam_l: float, step_scale: float) -> float:
-    """Grid step of a layer at its own slope ``lam_l`` (high-rate theory), bounded below."""
-    delta = step_scale * math.sqrt(6.0 * lam_l / LN2)
-    kept = np.abs(w[mask])
-    if kept.size:  # at most ~2,000 levels a side: finer than any budget needs, and a bounded file
-        delta = max(delta, float(kept.max()) / 2000.0)
-    return delta
-
-
 def quantize_layers(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], sensitivity: dict[str, float],
                     lam: float, step_scale: float = 1.0, codebook_dtype: str = "f2",
                     factors: dict[str, tuple] | None = None,
@@ -396,7 +368,7 @@ def quantize_layers(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]
     factors, bins = factors or {}, bins or {}
     for n, w in weights.items():
         lam_l = lam / sensitivity[n]
-        delta = _layer_step(w, masks[n], lam_l, step_scale)
+        delta = layer_step(w, masks[n], lam_l, step_scale)
         f = factors.get(n)
         cols = f[0][-1][1] if f is not None else 0  # the end of the last block: the layer's columns
         if f is not None and w.size % cols == 0:
@@ -421,7 +393,7 @@ def estimated_bytes(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]
     for n, w in weights.items():
         lam_l = lam / sensitivity[n]
         mask = masks[n]
-        delta = _layer_step(w, mask, lam_l, step_scale)
+        delta = layer_step(w, mask, lam_l, step_scale)
         b = bins.get(n)
         if b is None:
             q, _, qmin, _ = _ecsq_grid(w[mask], int(mask.size - mask.sum()), delta, lam_l, 4)
@@ -492,6 +464,10 @@ def install_(model: nn.Module, quants: dict[str, LayerQuant]) -> None:
         _set_buffer(m, "weight_mask", torch.from_numpy(q.mask.copy()).reshape(shape).to(dev))
         bits = max(1, math.ceil(math.log2(max(q.codebook.size, 2))))
         _set_buffer(m, "weight_bits", torch.tensor(bits, dtype=torch.int16))
+        if q.step is not None:  # the file codes this layer on the trellis (``weights/codecs/trellis.py``)
+            _set_buffer(m, "weight_step", torch.tensor(q.step, dtype=torch.float32))
+        elif "weight_step" in m._buffers:
+            del m._buffers["weight_step"]
         m.weight.copy_(torch.from_numpy(q.weight()).reshape(shape).to(m.weight.dtype))
 
 
@@ -501,6 +477,9 @@ def install_(model: nn.Module, quants: dict[str, LayerQuant]) -> None:
 # times to correct it (a 22M-weight model: 7 s per exact size, milliseconds per estimate; error
 # feedback costs about 20 us a column).
 EXACT_SEARCH_WEIGHTS = 4_000_000
+# The trellis quantizer's step relative to the high-rate step of its slope: its slope is
+# ln 2 / (6 * 1.7**2) = 0.04 step**2 a bit.
+TRELLIS_STEP_SCALE = 1.7
 EXACT_SEARCH_COLUMNS = 8192
 # Where sizes are estimated, layers with more kept weights than this decide per value bin
 # (``ValueBins``).
@@ -509,7 +488,7 @@ BINNED_LAYER = 1 << 16
 
 def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget: int, serialize,
                          step_scale: float | None = None, log=None,
-                         hessians: dict[str, list] | None = None) -> dict:
+                         hessians: dict[str, list] | None = None, trellis: bool = False) -> dict:
     """ECSQ every layer of ``model`` in place at the slope whose file fits ``budget`` bytes.
 
     Args:
@@ -520,12 +499,17 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
         step_scale: grid step relative to the high-rate optimum. Default: 0.6 for plain ECSQ,
             1.7 with error feedback (``hessians``), each measured best on SqueezeNet v1.0:
             fed-back errors make a coarser grid with fewer coded levels pay (350 kB, 2-fold
-            ImageNet agreement: 83-84% at 0.6, 87.0% at 1.0, 88.3-88.4% at 1.7, 87.0% at 2.2).
+            ImageNet agreement: 83-84% at 0.6, 87.0% at 1.0, 88.3-88.4% at 1.7, 87.0% at 2.2);
+            ``TRELLIS_STEP_SCALE`` on the trellis.
+        trellis: quantize on the trellis codec's four-state trellis (``trellis.py``; no error
+            feedback) instead of ECSQ.
     Returns:
         ``{"lam", "bytes", "levels", "kept_weights"}``.
     """
+    if trellis and hessians:
+        raise ConfigError("the trellis quantizer does not take error feedback")
     if step_scale is None:
-        step_scale = 1.7 if hessians else 0.6
+        step_scale = TRELLIS_STEP_SCALE if trellis else 1.7 if hessians else 0.6
     weights, masks = model_weights_and_masks(model)
     reference = {n: torch.from_numpy(w.astype(np.float32)) for n, w in weights.items()}
     # factored once, not at every slope of the search
@@ -535,8 +519,13 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
     bins = {} if exact else {n: ValueBins(w[masks[n]]) for n, w in weights.items() if masks[n].sum() > BINNED_LAYER}
     layers = prunable_layers(model)
 
+    shapes = {n: tuple(m.weight.shape) for n, m in layers.items()}
+
     def size_of(lam):
-        quants = quantize_layers(weights, masks, sensitivity, lam, step_scale, factors=factors, bins=bins)
+        if trellis:
+            quants = quantize_layers_trellis(weights, masks, sensitivity, lam, step_scale, shapes)
+        else:
+            quants = quantize_layers(weights, masks, sensitivity, lam, step_scale, factors=factors, bins=bins)
         install_(model, quants)
         size = len(serialize(model))
         if log:
@@ -544,6 +533,8 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
         return size, quants
 
     def estimate(lam):
+        if trellis:
+            return estimated_bytes_trellis(weights, masks, sensitivity, lam, step_scale, shapes), None
         return estimated_bytes(weights, masks, sensitivity, lam, step_scale, bins), None
 
     try:

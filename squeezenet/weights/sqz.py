@@ -44,7 +44,7 @@ from .loaded import LoadedWeights
 MAGIC = b"SQZDC\x00\r\n"
 VERSION = 3             # the whole state dict: coded layers plus every other entry, any dtype
 HUFFMAN_VERSION = 1     # float32 parameters only (buffers are rebuilt by the architecture)
-READ_VERSIONS = (1, 2, 3)
+READ_VERSIONS = (1, 2, 3, 4)
 FORMAT_NAME = "squeezenet-compressed"
 MAX_HEADER = 1 << 20
 MAX_FILE = 512 << 20
@@ -96,12 +96,12 @@ def _raw_bytes(t: torch.Tensor) -> bytes:
 
 
 def file_version(layers: list[LayerRecord]) -> int:
-    """The version a file of these layers is written as: the one their codecs write (all alike)."""
-    versions = {CODECS[layer.meta["coding"]].versions[0] for layer in layers}
-    if len(versions) > 1:
-        raise ConfigError("one file holds layers of one file version: "
-                          + ", ".join(sorted({layer.meta["coding"] for layer in layers})) + " do not mix")
-    return versions.pop() if versions else VERSION
+    """The version a file of these layers is written as: the lowest that holds all their codings."""
+    codecs = {CODECS[layer.meta["coding"]] for layer in layers}
+    version = max((c.versions[0] for c in codecs), default=VERSION)
+    if any(version not in c.versions for c in codecs):
+        raise ConfigError("no file version holds layers of " + " and ".join(sorted(c.name for c in codecs)))
+    return version
 
 
 def serialize(model_name: str, model_kwargs: dict, num_classes: int | None, preprocessing: dict | None,
@@ -135,7 +135,7 @@ def serialize(model_name: str, model_kwargs: dict, num_classes: int | None, prep
 
 
 # Buffers that compression keeps on coded modules: coding state, not part of the model's weights.
-CODING_BUFFERS = ("weight_mask", "weight_codebook", "weight_index", "weight_bits")
+CODING_BUFFERS = ("weight_mask", "weight_codebook", "weight_index", "weight_bits", "weight_step")
 
 
 def layer_input(name: str, m: nn.Module, codebook_dtype: str = "f4", bias_dtype: str = "f4") -> LayerInput:
@@ -144,10 +144,11 @@ def layer_input(name: str, m: nn.Module, codebook_dtype: str = "f4", bias_dtype:
     if cb is None:
         raise ConfigError(f"{name or 'the model'} has no codebook; run share_weights_ (or compress_) first")
     bits = getattr(m, "weight_bits", None)
+    step = getattr(m, "weight_step", None)
     bias = m.bias.detach().cpu().float().numpy() if m.bias is not None else None
     return LayerInput(name, tuple(m.weight.shape), cb.detach().cpu().float().numpy(), m.weight_index.cpu().numpy(),
                       m.weight_mask.cpu().numpy(), bias, int(bits) if bits is not None else None, codebook_dtype,
-                      bias_dtype)
+                      bias_dtype, float(step) if step is not None else None)
 
 
 def encode_model(model: nn.Module, model_name: str = "", *, model_kwargs: dict | None = None,
@@ -163,7 +164,8 @@ def encode_model(model: nn.Module, model_name: str = "", *, model_kwargs: dict |
             when the architecture is unknown (the file then describes every tensor itself).
         codebook_dtype: "f4", "f2" or a dict layer -> dtype.
         codec: a name in ``codecs.CODECS``: "range" (version 3, the default) or "huffman"
-            (version 1, the paper's coding).
+            (version 1, the paper's coding). Layers that the trellis quantizer made (they carry
+            a ``weight_step`` buffer) are trellis-coded (version 4) unless the codec is "huffman".
         bias_dtype: "f4" or "f2" (range codec only) for the biases of coded layers.
     """
     layer_codec = get_codec(codec)
@@ -171,7 +173,10 @@ def encode_model(model: nn.Module, model_name: str = "", *, model_kwargs: dict |
     coded = set()
     for name, m in prunable_layers(model).items():
         cb_dtype = codebook_dtype.get(name, "f4") if isinstance(codebook_dtype, dict) else codebook_dtype
-        layers.append(layer_codec.encode(layer_input(name, m, cb_dtype, bias_dtype)))
+        # a layer the trellis quantizer made (it carries its step) only keeps its bits on the trellis
+        on_trellis = getattr(m, "weight_step", None) is not None and layer_codec.any_levels
+        codec_l = CODECS["trellis"] if on_trellis else layer_codec
+        layers.append(codec_l.encode(layer_input(name, m, cb_dtype, bias_dtype)))
         if m.weight.dtype != torch.float32 and layer_codec.versions[0] != HUFFMAN_VERSION:
             layers[-1].meta["dtype"] = raw_dtype_code(m.weight)  # decoded weights come back in it
         coded.update({_key(name, "weight"), _key(name, "bias")} | {_key(name, b) for b in CODING_BUFFERS})
@@ -267,7 +272,7 @@ def _layout(header: dict, path) -> tuple[dict, dict, bool]:
     num_classes = header.get("num_classes")
     if not isinstance(name, str) or not isinstance(kwargs, dict):
         raise _bad(path, "header lacks the model name or arguments")
-    if header["version"] != VERSION or _from_architecture(name):
+    if not _whole_state(header["version"]) or _from_architecture(name):
         _int(num_classes, 1, 1_000_000, "num_classes", path)
         try:
             key = json.dumps([name, kwargs, num_classes], sort_keys=True)
@@ -348,6 +353,11 @@ def _shapes_for(key: str) -> tuple[dict, dict]:
     return coded, state
 
 
+def _whole_state(version: int) -> bool:
+    """Whether a file of this version holds the whole state dict (every entry, any dtype)."""
+    return version >= VERSION
+
+
 def _layer_codec(layer: dict, version: int, path):
     """The codec of a layer record (version 1 records predate the ``coding`` field)."""
     coding = layer.get("coding", "huffman" if version == HUFFMAN_VERSION else None)
@@ -380,7 +390,7 @@ def _check_layers(header: dict, expected: dict, path) -> int:
 def _check_raws(header: dict, expected: dict, state_layout: dict, from_arch: bool, path) -> int:
     """Pass 1 over the raw tensors: each belongs to the model, once; version 3 files hold the
     whole state dict. Returns the bytes they take."""
-    v3 = header["version"] == VERSION
+    v3 = _whole_state(header["version"])
     total, raw_names = 0, []
     for r in header["raw"]:
         dtype = r.get("dtype") if isinstance(r, dict) and v3 else "f4"
@@ -414,7 +424,7 @@ def _decode_layers(data: bytes, off: int, header: dict, expected: dict, path) ->
             out = _layer_codec(layer, header["version"], path).decode(layer, sections, math.prod(shape))
         except LayerError as e:
             raise _bad(path, f"{name}: {e}") from None
-        dtype = RAW_DTYPES[layer.get("dtype", "f4") if header["version"] == VERSION else "f4"][1]
+        dtype = RAW_DTYPES[layer.get("dtype", "f4") if _whole_state(header["version"]) else "f4"][1]
         state[_key(name, "weight")] = torch.from_numpy(out.weight.reshape(shape)).to(dtype)
         if out.bias is not None:
             state[_key(name, "bias")] = torch.from_numpy(out.bias).to(dtype)
@@ -428,7 +438,7 @@ def _decode_layers(data: bytes, off: int, header: dict, expected: dict, path) ->
 def _decode_raws(data: bytes, off: int, header: dict, state_layout: dict, state: dict, path) -> None:
     for r in header["raw"]:
         shape = state_layout[r["name"]][0]
-        code = r["dtype"] if header["version"] == VERSION else "f4"
+        code = r["dtype"] if _whole_state(header["version"]) else "f4"
         array = np.frombuffer(data, RAW_DTYPES[code][0], math.prod(shape), off).copy()
         off += array.nbytes
         if code == "b1" and (array > 1).any():
@@ -457,7 +467,7 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
                    + (" (truncated)" if off + total + 4 > len(data) else " (trailing bytes)"))
     state, shared, off = _decode_layers(data, off, header, expected, path)
     _decode_raws(data, off, header, state_layout, state, path)
-    if header["version"] == VERSION:  # the state dict in the order the model lists it
+    if _whole_state(header["version"]):  # the state dict in the order the model lists it
         state = {k: state[k] for k in state_layout}
     return header, state, shared
 

@@ -101,7 +101,7 @@ def test_the_kept_quantizer_is_never_worse_than_the_uniform_one_on_calibration()
         model, _ = _trained_regressor()
         report = compress_(model, CompressionConfig(size_budget=budget, output="mse"), calibration=x[:256])
         cands = report["candidates"]
-        assert set(cands) == {"fisher", "middle", "uniform"}
+        assert set(cands) == {"fisher", "middle", "uniform", "trellis"}
         assert all(c["bytes"] <= budget for c in cands.values())
         kept = cands[report["quantizer"]]["distortion"]
         assert kept <= cands["uniform"]["distortion"]

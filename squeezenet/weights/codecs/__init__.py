@@ -6,8 +6,9 @@ from ...errors import ConfigError
 from .base import DecodedLayer, LayerCodec, LayerError, LayerInput, LayerRecord
 from .huffman import HuffmanCodec
 from .range import RangeCodec
+from .trellis import TrellisCodec
 
-CODECS: dict[str, LayerCodec] = {c.name: c for c in (RangeCodec(), HuffmanCodec())}
+CODECS: dict[str, LayerCodec] = {c.name: c for c in (RangeCodec(), HuffmanCodec(), TrellisCodec())}
 
 
 def codec_names() -> tuple[str, ...]:

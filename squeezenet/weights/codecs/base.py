@@ -32,6 +32,7 @@ class LayerInput:
     bits: int | None = None     # index width where the coding has one (Huffman: k <= 2**bits)
     codebook_dtype: str = "f4"  # "f4" or "f2"
     bias_dtype: str = "f4"
+    step: float | None = None   # the trellis quantizer's step (``weight_step``), where it made the layer
 
 
 @dataclass
@@ -56,7 +57,7 @@ class LayerCodec(Protocol):
     """What the container asks of a layer coding."""
 
     name: str                   # what ``--codec`` and ``CompressionConfig(codec=...)`` call it
-    versions: tuple[int, ...]   # file versions that hold it; the first is the one it writes
+    versions: tuple[int, ...]   # file versions that hold it; the first is the lowest it needs
     any_levels: bool            # codebooks of any size (a size budget's rate-distortion search)
 
     def encode(self, layer: LayerInput) -> LayerRecord:

@@ -1,0 +1,38 @@
+"""What every quantizer of the size budget hands on: a layer's levels (``LayerQuant``), and the
+step that high-rate theory gives a layer at its slope (``layer_step``)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class LayerQuant:
+    """A quantized layer: sorted nonzero levels, an index per position, and the kept mask."""
+    codebook: np.ndarray   # float32[k], ascending
+    index: np.ndarray      # int64[numel], index into codebook where mask
+    mask: np.ndarray       # bool[numel]
+    step: float | None = None  # the trellis quantizer's step (``trellis.py``): levels are on its trellis
+
+    @property
+    def neg(self) -> int:
+        return int((self.codebook < 0).sum())
+
+    def weight(self) -> np.ndarray:
+        out = np.zeros(self.mask.size, np.float32)
+        out[self.mask] = self.codebook[self.index[self.mask]]
+        return out
+
+
+
+def layer_step(w: np.ndarray, mask: np.ndarray, lam_l: float, step_scale: float) -> float:
+    """Grid step of a layer at its own slope ``lam_l`` (high-rate theory), bounded below."""
+    delta = step_scale * math.sqrt(6.0 * lam_l / LN2)
+    kept = np.abs(w[mask])
+    if kept.size:  # at most ~2,000 levels a side: finer than any budget needs, and a bounded file
+        delta = max(delta, float(kept.max()) / 2000.0)
+    return delta
