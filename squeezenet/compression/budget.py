@@ -56,9 +56,12 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
         (the one kept) and ``candidates`` (each one's bytes and calibration distortion).
     """
     kind = resolve_output_kind(config.output, model, inputs)
-    sens = fisher_sensitivity(model, inputs, output=kind)
     names = ([config.quantizer] if config.quantizer != "auto"
              else [n for n in QUANTIZER_EXPONENT if not (tuned_after and n == TRELLIS)])
+    if any(QUANTIZER_EXPONENT[n] for n in names):
+        sens = fisher_sensitivity(model, inputs, output=kind)
+    else:  # one step for every layer: no sensitivities to measure (a backward pass per input)
+        sens = {n: 1.0 for n in prunable_layers(model)}
     hessians = None
     if config.error_feedback and names != [TRELLIS]:
         log(f"error feedback: {feedback_memory(model) / 2**20:,.0f} MiB of input second moments")

@@ -118,3 +118,16 @@ def test_explicit_trellis_with_distillation_keeps_its_levels():
     header, state, _ = decode(_serialize(model))
     assert header["version"] == 4
     assert all(torch.equal(state[f"{n}.weight"], getattr(model, n).weight.detach()) for n in ("0", "2", "5"))
+
+
+def test_one_step_quantizers_skip_the_sensitivity_pass(monkeypatch):
+    from squeezenet.compression import budget
+
+    def no_sensitivities(*a, **k):
+        raise AssertionError("sensitivities measured for a quantizer that does not use them")
+
+    monkeypatch.setattr(budget, "fisher_sensitivity", no_sensitivities)
+    for name in ("trellis", "uniform"):
+        report = compress_(_model(), CompressionConfig(size_budget=6000, quantizer=name),
+                           calibration=torch.randn(32, 4, 20), log=lambda *a: None)
+        assert report["quantizer"] == name and report["bytes"] <= 6000
