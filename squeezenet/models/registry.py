@@ -38,14 +38,32 @@ def pretrained_tags(model: str) -> list[str]:
     return sorted(tag for name, tag in _PRETRAINED if name == model)
 
 
-def load_pretrained_(model: nn.Module, name: str, tag: str) -> nn.Module:
-    """Load the weights registered as ``tag`` for ``name`` into ``model`` (strictly); returns it."""
+def load_pretrained_(model: nn.Module, name: str, weights) -> nn.Module:
+    """Load the weights registered as ``weights`` for ``name`` into ``model`` (strictly); returns it.
+
+    Args:
+        weights: a tag ("deep-compression") or a weights enum member
+            (``squeezenet.weights.SqueezeNet1_0_Weights.DEEP_COMPRESSION``).
+    """
+    tag = weights_tag(name, weights)
     fn = _PRETRAINED.get((name, tag))
     if fn is None:
         known = ", ".join(pretrained_tags(name)) or "none"
         raise UnknownModelError(f"{name} has no weights {tag!r}; known: {known}")
     model.load_state_dict(fn(), strict=True)
     return model
+
+
+def weights_tag(name: str, weights) -> str:
+    """A builder's ``weights=`` as a tag: strings as given, enum members by their ``tag``."""
+    if isinstance(weights, str):
+        return weights
+    entry = getattr(weights, "value", None)
+    if not hasattr(entry, "tag") or not hasattr(entry, "model"):
+        raise UnknownModelError(f"weights must be a tag or a weights enum member, got {weights!r}")
+    if entry.model != name:
+        raise UnknownModelError(f"{weights} are weights of {entry.model}, not of {name}")
+    return entry.tag
 
 
 def list_models() -> list[str]:

@@ -196,16 +196,17 @@ def _v1_0_config(small_input: bool, bypass: list, batch_norm: bool = False, stem
 
 
 @register_model
-def squeezenet1_0(*, weights: str | None = None, num_classes: int = 1000, small_input: bool = False,
+def squeezenet1_0(*, weights=None, num_classes: int = 1000, small_input: bool = False,
                   dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False,
                   final_relu: bool = True) -> SqueezeNet:
     """SqueezeNet v1.0 (paper Table 1): 1,248,424 parameters with 1000 classes.
 
     Args:
-        weights: None (random), "deep-compression" (the published 0.66 MB Deep Compression
-            file from the cache, fetched and sha256-checked where a network is there; Caffe BGR
-            preprocessing, ``squeezenet.preprocessing.CAFFE_IMAGENET``) or "imagenet1k-v1"
-            (torchvision's, torchvision's preprocessing).
+        weights: None (random), ``SqueezeNet1_0_Weights.DEEP_COMPRESSION`` or "deep-compression"
+            (the published 0.66 MB Deep Compression file from the cache, fetched and
+            sha256-checked where a network is there; Caffe BGR preprocessing, see its
+            ``transforms()``) or ``SqueezeNet1_0_Weights.IMAGENET1K_V1`` / "imagenet1k-v1"
+            (torchvision's, torchvision's preprocessing); ``squeezenet.weights``.
         batch_norm: conv -> batch norm -> ReLU (a departure from the paper; see ``Fire``).
         final_relu: False drops the ReLU on the class scores (see ``SqueezeNetConfig``).
     """
@@ -215,13 +216,14 @@ def squeezenet1_0(*, weights: str | None = None, num_classes: int = 1000, small_
 
 
 @register_model
-def squeezenet1_1(*, weights: str | None = None, num_classes: int = 1000, small_input: bool = False,
+def squeezenet1_1(*, weights=None, num_classes: int = 1000, small_input: bool = False,
                   dropout: float = 0.5, batch_norm: bool = False, stem_pool: bool = False,
                   final_relu: bool = True) -> SqueezeNet:
     """SqueezeNet v1.1: 3x3 conv1 with 64 filters and earlier pools (2.4x fewer MACs).
 
     Args:
-        weights: None (random) or "imagenet1k-v1" (torchvision's ImageNet weights).
+        weights: None (random) or ``SqueezeNet1_1_Weights.IMAGENET1K_V1`` / "imagenet1k-v1"
+            (torchvision's ImageNet weights; ``squeezenet.weights``).
         batch_norm: conv -> batch norm -> ReLU (a departure from the paper; see ``Fire``).
         final_relu: False drops the ReLU on the class scores (see ``SqueezeNetConfig``).
     """

@@ -6,9 +6,12 @@
   codings by name (``range`` over ``entropy``, ``huffman`` over ``huffman``), ``positions`` the
   relative position coding the Huffman layers share with ``caffe_net``.
 - ``caffe_net``: the published Deep Compression ``.net`` file.
+- ``pretrained``: published weights as torchvision-style enums (``SqueezeNet1_0_Weights``).
 """
 from .loading import LoadedWeights, load_weights, save_checkpoint, save_safetensors, save_state_dict
+from .pretrained import PretrainedWeights, SqueezeNet1_0_Weights, SqueezeNet1_1_Weights
 from .sqz import decode, read_compressed, size_report, write_compressed
 
-__all__ = ["LoadedWeights", "load_weights", "save_checkpoint", "save_safetensors", "save_state_dict", "decode",
-           "read_compressed", "size_report", "write_compressed"]
+__all__ = ["PretrainedWeights", "SqueezeNet1_0_Weights", "SqueezeNet1_1_Weights", "LoadedWeights", "load_weights",
+           "save_checkpoint", "save_safetensors", "save_state_dict", "decode", "read_compressed", "size_report",
+           "write_compressed"]

@@ -188,6 +188,30 @@ def test_builders_take_weights_like_torchvision(tmp_path, monkeypatch):
     model = create_model("squeezenet1_0", weights="deep-compression")
     expected = load_weights(PUBLISHED_NET).state_dict
     assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+    # the enum member loads the same weights as its tag
+    from squeezenet.weights import SqueezeNet1_0_Weights
+    by_enum = squeezenet1_0(weights=SqueezeNet1_0_Weights.DEEP_COMPRESSION)
+    assert all(torch.equal(by_enum.state_dict()[k], v) for k, v in expected.items())
+
+
+def test_weights_enums_carry_preprocessing_categories_and_measurements():
+    from PIL import Image
+
+    from squeezenet.models import squeezenet1_1
+    from squeezenet.models.registry import UnknownModelError
+    from squeezenet.weights import SqueezeNet1_0_Weights, SqueezeNet1_1_Weights
+    dc = SqueezeNet1_0_Weights.DEEP_COMPRESSION.value
+    assert dc.tag == "deep-compression" and dc.model == "squeezenet1_0"
+    assert len(dc.meta["categories"]) == 1000 and dc.meta["categories"][1] == "goldfish"
+    assert dc.meta["file_bytes"] == 675_763 and dc.meta["accuracy"]["imagenet1k_val"]["top1"] == 0.575
+    x = dc.transforms()(Image.new("RGB", (300, 260), (200, 10, 10)))
+    assert x.shape == (3, 227, 227)  # Caffe's crop
+    assert x[0].mean() < x[2].mean()  # BGR: a red image is bright in the last channel
+    assert SqueezeNet1_0_Weights.IMAGENET1K_V1.value.transforms()(Image.new("RGB", (300, 260))).shape == (3, 224, 224)
+    assert SqueezeNet1_0_Weights.DEFAULT is SqueezeNet1_0_Weights.IMAGENET1K_V1
+    assert 0.5 < SqueezeNet1_1_Weights.DEFAULT.value.meta["accuracy"]["imagenet1k_val"]["top1"] < 0.6
+    with pytest.raises(UnknownModelError, match="weights of squeezenet1_0"):
+        squeezenet1_1(weights=SqueezeNet1_0_Weights.DEEP_COMPRESSION)
 
 
 @pytest.mark.parametrize("name", ["squeezenet1_0", "squeezenet1_1", "squeezenet1_0_simple_bypass",
