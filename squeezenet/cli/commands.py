@@ -1,4 +1,4 @@
-"""Subcommands beyond list/summary: eval, predict, download, compress, decompress, size, reproduce."""
+"""Subcommands beyond list/summary, each parser (``add_<command>``) beside its handler (``cmd_<command>``)."""
 from __future__ import annotations
 
 import argparse
@@ -6,18 +6,12 @@ import sys
 from pathlib import Path
 
 from ..compression.config import OUTPUT_KINDS, QUANTIZERS
+from ..export.engine import ENGINES
 from ..weights.codecs import codec_names
-
 from .args import UsageError, _positive_int, _print_json, bounded_int
 
 _nonneg_int = bounded_int(0, what="value")
 _bits = bounded_int(1, 8, what="bits")
-
-
-# Equal to squeezenet.export.engine.ENGINES (checked by a test); spelled out here so that
-# building the parser does not import torch.
-ENGINE_CHOICES = ("auto", "torch", "torch-channels-last", "onnxruntime", "onnxruntime-int8", "openvino",
-                  "openvino-bf16", "openvino-int8")
 
 
 def _positive_float(text: str) -> float:
@@ -72,6 +66,29 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def add_eval(sub) -> None:
+    s = sub.add_parser("eval", help="top-1/top-5 of any weights file on an ImageNet validation folder",
+                       description="Evaluate weights (the published .net file, our checkpoints or compressed "
+                                   ".sqz files, detected by content) on DIR/val/<wnid>/*.JPEG or DIR/<wnid>/*.JPEG "
+                                   "with labels from DIR/LOC_synset_mapping.txt. The preprocessing comes from "
+                                   "the weights.")
+    s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
+    s.add_argument("--data", required=True, type=_existing_path,
+                   help="ImageNet validation folder with the mapping file")
+    s.add_argument("--batch-size", type=_positive_int, default=50, help="images per batch (default 50)")
+    s.add_argument("--workers", type=_nonneg_int, default=None, help="data loading processes (default: 2)")
+    s.add_argument("--engine", choices=ENGINES, default="torch",
+                   help="inference engine (default torch). auto times the fp32 engines here and "
+                        "keeps the fastest; with --calibration it also builds OpenVINO int8 (NNCF) and "
+                        "admits it if its top-1 agrees with fp32 on >= 85%% of held-out calibration "
+                        "images. The *-int8 engines need --calibration")
+    s.add_argument("--calibration", type=_existing_path, default=None,
+                   help="images for int8 calibration (never the evaluation images: overlap is refused)")
+    _add_model_args(s)
+    s.add_argument("--json", action="store_true", help="print one JSON object with top1, top5, images")
+    s.set_defaults(func=cmd_eval)
+
+
 def cmd_predict(args) -> int:
     from ..evaluation.evaluate import predict
     results = predict(_weights(args), args.images, top=args.top, mapping=args.mapping, engine=args.engine,
@@ -87,6 +104,24 @@ def cmd_predict(args) -> int:
 
 
 # ---------------------------------------------------------------- download
+
+
+def add_predict(sub) -> None:
+    s = sub.add_parser("predict", help="top-K classes with probabilities for images",
+                       description="Classify images with any weights file; class names come from --mapping, "
+                                   "the weights, or torchvision's ImageNet list.")
+    s.add_argument("images", nargs="+", type=_existing_path, help="image files")
+    s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
+    s.add_argument("--top", type=_positive_int, default=5, help="classes per image (default 5)")
+    s.add_argument("--mapping", type=_existing_path, default=None, help="LOC_synset_mapping.txt for class names")
+    s.add_argument("--engine", choices=ENGINES, default="torch",
+                   help="inference engine, as for eval (default torch)")
+    s.add_argument("--calibration", type=_existing_path, default=None, help="images for int8 calibration")
+    _add_model_args(s)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_predict)
+
+
 def cmd_download(args) -> int:
     from ..download import download
     path = download(args.asset, args.to, url=args.url, source=getattr(args, "from"))
@@ -98,219 +133,9 @@ def cmd_download(args) -> int:
 
 
 # ---------------------------------------------------------------- compression
-def cmd_compress(args) -> int:
-    from .compress import compress_command
-    report = compress_command(args)
-    if args.json:
-        _print_json(report)
-    return 0
 
 
-def cmd_decompress(args) -> int:
-    from ..preprocessing import TORCHVISION_IMAGENET
-    from ..weights import load_weights, save_checkpoint, save_state_dict
-    lw = load_weights(args.file)
-    if lw.kind not in ("compressed", "caffe-net"):
-        raise UsageError(f"{args.file}: not a compressed file (.sqz or the published .net); it is a {lw.kind}")
-    if args.format is None:
-        args.format = "safetensors" if Path(args.out).suffix == ".safetensors" else "state-dict"
-    if args.format == "safetensors":
-        from ..weights import save_safetensors
-        save_safetensors(args.out, lw.state_dict)
-    elif args.format == "state-dict":
-        save_state_dict(args.out, lw.state_dict)
-        if lw.has_architecture and lw.preprocessing != TORCHVISION_IMAGENET:
-            p = lw.preprocessing
-            print(f"note: these weights expect {p.channel_order} inputs scaled to {p.scale:g} "
-                  f"with mean {list(p.mean)}, "
-                  f"which a bare state dict does not record; --format checkpoint keeps it for eval/predict/export",
-                  file=sys.stderr)
-    else:
-        if not lw.has_architecture:
-            raise UsageError(f"{args.file} does not name its architecture: write --format state-dict")
-        save_checkpoint(args.out, lw.model_name, lw.state_dict, preprocessing=lw.preprocessing,
-                        num_classes=lw.num_classes, model_kwargs=lw.model_kwargs, class_names=lw.class_names)
-    what = lw.model_name or "state dict"
-    print(f"wrote {args.out} ({what}, {len(lw.state_dict)} tensors, {args.format})",
-          file=sys.stderr if args.json else sys.stdout)
-    if args.json:
-        _print_json({"out": str(args.out), "model": lw.model_name, "format": args.format,
-                     "tensors": len(lw.state_dict), "bytes": Path(args.out).stat().st_size})
-    return 0
-
-
-def cmd_size(args) -> int:
-    from .compress import format_size_report, size_of_file
-    report = size_of_file(args.file)
-    text = format_size_report(report)
-    print(text, file=sys.stderr if args.json else sys.stdout)
-    if args.plot:
-        from ..compression.plots import plot_weight_distributions
-        report["plot"] = plot_weight_distributions(args.file, args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
-    if args.json:
-        _print_json(report)
-    return 0
-
-
-def cmd_sensitivity(args) -> int:
-    from ..compression import calibration_from_folder
-    from ..compression.sensitivity import sensitivity
-    from ..weights import load_weights
-    lw = load_weights(args.weights)
-    images = calibration_from_folder(args.calibration, lw.preprocessing, args.images).inputs
-    bits = [int(b) for b in args.bits.split(",")]
-    if any(not 1 <= b <= 8 for b in bits):
-        raise UsageError("--bits values must be in 1..8")
-    densities = [float(d) for d in args.densities.split(",")] if args.densities else None
-    if densities and any(not 0 < d <= 1 for d in densities):
-        raise UsageError("--densities values must be in (0, 1]")
-    result = sensitivity(lw.build_model(), images, bits, densities, args.metric)
-    out = sys.stderr if args.json else sys.stdout
-    head = (f"{'layer':<26}" + "".join(f"{f'{b} bits':>10}" for b in bits)
-            + "".join(f"{f'd={d}':>10}" for d in densities or []))
-    measure = "relative layer output error" if args.metric == "layer" else "1 - top-1 agreement"
-    print(f"sensitivity ({args.metric}: {measure})", file=out)
-    print(head, file=out)
-    for layer, row in result["bits"].items():
-        cells = "".join(f"{row[b]:>10.4f}" for b in bits)
-        cells += "".join(f"{result['density'][layer][d]:>10.4f}" for d in densities or [])
-        print(f"{layer:<26}{cells}", file=out)
-    if args.json:
-        _print_json({k: ({name: {str(b): e for b, e in r.items()} for name, r in v.items()}
-                         if isinstance(v, dict) else v) for k, v in result.items()})
-    return 0
-
-
-def cmd_train(args) -> int:
-    from ..training import load_config, train
-    from ..training.config import recipe_for_data
-    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
-    overrides = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                 "seed": args.seed, "workers": args.workers, "max_steps_per_epoch": args.max_steps,
-                 "limit_train": args.limit_train, "time_budget_min": args.time_budget}
-    base: dict = {}
-    if args.config is None and args.resume is not None:  # continue with the recipe the run started with
-        from ..training.checkpoint import load_training_checkpoint
-        base = dict(load_training_checkpoint(args.resume).get("config") or {})
-        log(f"no --config: the recipe saved in {args.resume}")
-    elif args.config is None:
-        base, why = recipe_for_data(args.data)
-        log(f"no --config: {why}")
-    kwargs = dict(base.pop("model_kwargs", {}))
-    if args.small_input:
-        kwargs["small_input"] = True
-    if args.batch_norm:
-        kwargs["batch_norm"] = True
-    if kwargs:
-        overrides["model_kwargs"] = kwargs
-    cfg = load_config(args.config, **{**base, **{k: v for k, v in overrides.items() if v is not None}})
-    if args.config is not None and (args.small_input or args.batch_norm):
-        cfg.model_kwargs = {**cfg.model_kwargs, **kwargs}
-    if args.small_input and cfg.preprocessing != "cifar10" and args.config is None:
-        cfg.preprocessing = "cifar10"
-    result = train(cfg, args.data, args.out, args.resume, log=log)
-    if args.json:
-        import torch.distributed as dist
-        if not dist.is_initialized() or dist.get_rank() == 0:  # one JSON line, from rank 0
-            _print_json(result)
-    return 0
-
-
-def cmd_export(args) -> int:
-    from ..export import export_weights
-    report = export_weights(_weights(args), args.format, args.out, batch=args.batch, int8=args.int8,
-                            calibration=args.calibration)
-    msg = (f"wrote {report['out']} ({report['bytes']:,} bytes); "
-           f"max abs difference to PyTorch {report['max_abs_diff']:.2e}")
-    if args.int8:
-        msg += (f"; int8 max abs difference {report['int8_max_abs_diff']:.3g} on a random input "
-                f"(measure its accuracy with `squeezenet eval --engine`)")
-        if report.get("calibration_images", 0) < 16:
-            print(f"warning: calibrated on only {report.get('calibration_images')} image(s); activation ranges "
-                  f"from so few images are unreliable (64 or more recommended)", file=sys.stderr)
-    print(msg, file=sys.stderr if args.json else sys.stdout)
-    if args.json:
-        _print_json(report)
-    return 0
-
-
-def cmd_bench(args) -> int:
-    from ..export.bench import format_bench, run_bench
-    try:
-        batches = [int(b) for b in args.batch.split(",")]
-    except ValueError:
-        raise UsageError(f"--batch must be comma-separated positive integers, got {args.batch!r}") from None
-    if any(b < 1 for b in batches):
-        raise UsageError("--batch sizes must be positive")
-    result = run_bench(args.model, batches, args.seconds, args.threads,
-                       log=lambda m: print(m, file=sys.stderr), calibration=args.calibration, weights=args.weights)
-    print(format_bench(result), file=sys.stderr if args.json else sys.stdout)
-    if args.json:
-        _print_json(result)
-    return 0
-
-
-def cmd_explore(args) -> int:
-    from ..exploration import run_sweep
-    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
-    overrides = {k: v for k, v in {"config": args.config, "epochs": args.epochs, "batch_size": args.batch_size,
-                                   "limit_train": args.limit_train, "max_steps_per_epoch": args.max_steps,
-                                   "seed": args.seed}.items() if v is not None}
-    width = {k: v for k, v in {"base_e": args.base_e, "incr_e": args.incr_e, "freq": args.freq}.items()
-             if v is not None}
-    result = run_sweep(args.sweep, args.data, args.out, args.values, jobs=args.jobs, log=log, width=width,
-                       **overrides)
-    log("wrote " + ", ".join(result["files"]))
-    if args.json:
-        _print_json(result)
-    return 0
-
-
-def cmd_reproduce(args) -> int:
-    from ..evaluation.reproduce import reproduce
-    result = reproduce(data=args.data, weights=args.weights, out=args.out, calibration=args.calibration)
-    if args.json:
-        _print_json(result)
-    return 0
-
-
-def add_commands(sub) -> None:
-    s = sub.add_parser("eval", help="top-1/top-5 of any weights file on an ImageNet validation folder",
-                       description="Evaluate weights (the published .net file, our checkpoints or compressed "
-                                   ".sqz files, detected by content) on DIR/val/<wnid>/*.JPEG or DIR/<wnid>/*.JPEG "
-                                   "with labels from DIR/LOC_synset_mapping.txt. The preprocessing comes from "
-                                   "the weights.")
-    s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
-    s.add_argument("--data", required=True, type=_existing_path,
-                   help="ImageNet validation folder with the mapping file")
-    s.add_argument("--batch-size", type=_positive_int, default=50, help="images per batch (default 50)")
-    s.add_argument("--workers", type=_nonneg_int, default=None, help="data loading processes (default: 2)")
-    s.add_argument("--engine", choices=ENGINE_CHOICES, default="torch",
-                   help="inference engine (default torch). auto times the fp32 engines here and "
-                        "keeps the fastest; with --calibration it also builds OpenVINO int8 (NNCF) and "
-                        "admits it if its top-1 agrees with fp32 on >= 85%% of held-out calibration "
-                        "images. The *-int8 engines need --calibration")
-    s.add_argument("--calibration", type=_existing_path, default=None,
-                   help="images for int8 calibration (never the evaluation images: overlap is refused)")
-    _add_model_args(s)
-    s.add_argument("--json", action="store_true", help="print one JSON object with top1, top5, images")
-    s.set_defaults(func=cmd_eval)
-
-    s = sub.add_parser("predict", help="top-K classes with probabilities for images",
-                       description="Classify images with any weights file; class names come from --mapping, "
-                                   "the weights, or torchvision's ImageNet list.")
-    s.add_argument("images", nargs="+", type=_existing_path, help="image files")
-    s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
-    s.add_argument("--top", type=_positive_int, default=5, help="classes per image (default 5)")
-    s.add_argument("--mapping", type=_existing_path, default=None, help="LOC_synset_mapping.txt for class names")
-    s.add_argument("--engine", choices=ENGINE_CHOICES, default="torch",
-                   help="inference engine, as for eval (default torch)")
-    s.add_argument("--calibration", type=_existing_path, default=None, help="images for int8 calibration")
-    _add_model_args(s)
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.set_defaults(func=cmd_predict)
-
+def add_download(sub) -> None:
     s = sub.add_parser("download", help="fetch the published weights (sha256-checked) into the cache",
                        description="Download the published Deep Compression SqueezeNet into $SQUEEZENET_HOME "
                                    "(default ~/.cache/squeezenet) or --to DIR, check its pinned sha256 and print "
@@ -324,6 +149,16 @@ def add_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_download)
 
+
+def cmd_compress(args) -> int:
+    from .compress import compress_command
+    report = compress_command(args)
+    if args.json:
+        _print_json(report)
+    return 0
+
+
+def add_compress(sub) -> None:
     s = sub.add_parser("compress", help="Deep Compression: prune, quantize, entropy-code, write a .sqz file",
                        description="Compress any weights file into our .sqz format. Density and bits take a number "
                                    "for every layer or a spec 'PATTERN=VALUE,...' over module names (shell globs, "
@@ -388,6 +223,41 @@ def add_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object with bytes and per-stage figures")
     s.set_defaults(func=cmd_compress)
 
+
+def cmd_decompress(args) -> int:
+    from ..preprocessing import TORCHVISION_IMAGENET
+    from ..weights import load_weights, save_checkpoint, save_state_dict
+    lw = load_weights(args.file)
+    if lw.kind not in ("compressed", "caffe-net"):
+        raise UsageError(f"{args.file}: not a compressed file (.sqz or the published .net); it is a {lw.kind}")
+    if args.format is None:
+        args.format = "safetensors" if Path(args.out).suffix == ".safetensors" else "state-dict"
+    if args.format == "safetensors":
+        from ..weights import save_safetensors
+        save_safetensors(args.out, lw.state_dict)
+    elif args.format == "state-dict":
+        save_state_dict(args.out, lw.state_dict)
+        if lw.has_architecture and lw.preprocessing != TORCHVISION_IMAGENET:
+            p = lw.preprocessing
+            print(f"note: these weights expect {p.channel_order} inputs scaled to {p.scale:g} "
+                  f"with mean {list(p.mean)}, "
+                  f"which a bare state dict does not record; --format checkpoint keeps it for eval/predict/export",
+                  file=sys.stderr)
+    else:
+        if not lw.has_architecture:
+            raise UsageError(f"{args.file} does not name its architecture: write --format state-dict")
+        save_checkpoint(args.out, lw.model_name, lw.state_dict, preprocessing=lw.preprocessing,
+                        num_classes=lw.num_classes, model_kwargs=lw.model_kwargs, class_names=lw.class_names)
+    what = lw.model_name or "state dict"
+    print(f"wrote {args.out} ({what}, {len(lw.state_dict)} tensors, {args.format})",
+          file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        _print_json({"out": str(args.out), "model": lw.model_name, "format": args.format,
+                     "tensors": len(lw.state_dict), "bytes": Path(args.out).stat().st_size})
+    return 0
+
+
+def add_decompress(sub) -> None:
     s = sub.add_parser("decompress", help="decode a .sqz or published .net file into a state dict or checkpoint",
                        description="Decode a compressed file (ours, .sqz, or the published Deep Compression "
                                    ".net). --format state-dict (default) writes the plain state dict, which "
@@ -402,6 +272,22 @@ def add_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_decompress)
 
+
+def cmd_size(args) -> int:
+    from .compress import format_size_report, size_of_file
+    report = size_of_file(args.file)
+    text = format_size_report(report)
+    print(text, file=sys.stderr if args.json else sys.stdout)
+    if args.plot:
+        from ..compression.plots import plot_weight_distributions
+        report["plot"] = plot_weight_distributions(args.file, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    if args.json:
+        _print_json(report)
+    return 0
+
+
+def add_size(sub) -> None:
     s = sub.add_parser("size", help="exact byte accounting of a compressed (.sqz) or published (.net) file",
                        description="Bytes per layer and per component (header, codebooks, biases, code tables, "
                                    "weight codes, position codes), with ratios against fp32 SqueezeNet and AlexNet.")
@@ -411,6 +297,88 @@ def add_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object with bytes and components")
     s.set_defaults(func=cmd_size)
 
+
+def cmd_sensitivity(args) -> int:
+    from ..compression import calibration_from_folder
+    from ..compression.sensitivity import sensitivity
+    from ..weights import load_weights
+    lw = load_weights(args.weights)
+    images = calibration_from_folder(args.calibration, lw.preprocessing, args.images).inputs
+    bits = [int(b) for b in args.bits.split(",")]
+    if any(not 1 <= b <= 8 for b in bits):
+        raise UsageError("--bits values must be in 1..8")
+    densities = [float(d) for d in args.densities.split(",")] if args.densities else None
+    if densities and any(not 0 < d <= 1 for d in densities):
+        raise UsageError("--densities values must be in (0, 1]")
+    result = sensitivity(lw.build_model(), images, bits, densities, args.metric)
+    out = sys.stderr if args.json else sys.stdout
+    head = (f"{'layer':<26}" + "".join(f"{f'{b} bits':>10}" for b in bits)
+            + "".join(f"{f'd={d}':>10}" for d in densities or []))
+    measure = "relative layer output error" if args.metric == "layer" else "1 - top-1 agreement"
+    print(f"sensitivity ({args.metric}: {measure})", file=out)
+    print(head, file=out)
+    for layer, row in result["bits"].items():
+        cells = "".join(f"{row[b]:>10.4f}" for b in bits)
+        cells += "".join(f"{result['density'][layer][d]:>10.4f}" for d in densities or [])
+        print(f"{layer:<26}{cells}", file=out)
+    if args.json:
+        _print_json({k: ({name: {str(b): e for b, e in r.items()} for name, r in v.items()}
+                         if isinstance(v, dict) else v) for k, v in result.items()})
+    return 0
+
+
+def add_sensitivity(sub) -> None:
+    s = sub.add_parser("sensitivity", help="per-layer sensitivity to bits and density",
+                       description="For each layer alone, quantize to each bit width (and prune to each density) "
+                                   "and measure the error on unlabelled calibration images: 'layer' = relative "
+                                   "error of the layer's output (fast), 'network' = 1 - top-1 agreement of the "
+                                   "whole model with the original (slow).")
+    s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
+    s.add_argument("--calibration", required=True, type=_existing_path, help="folder of unlabelled images")
+    s.add_argument("--images", type=_positive_int, default=16, help="calibration images (default 16)")
+    s.add_argument("--bits", default="2,3,4,5,6,7,8", help="bit widths to try (default 2..8)")
+    s.add_argument("--densities", default=None, help="densities to try, e.g. 0.2,0.5")
+    s.add_argument("--metric", choices=["layer", "network"], default="layer", help="error measure (default layer)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_sensitivity)
+
+
+def cmd_train(args) -> int:
+    from ..training import load_config, train
+    from ..training.config import recipe_for_data
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    overrides = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                 "seed": args.seed, "workers": args.workers, "max_steps_per_epoch": args.max_steps,
+                 "limit_train": args.limit_train, "time_budget_min": args.time_budget}
+    base: dict = {}
+    if args.config is None and args.resume is not None:  # continue with the recipe the run started with
+        from ..training.checkpoint import load_training_checkpoint
+        base = dict(load_training_checkpoint(args.resume).get("config") or {})
+        log(f"no --config: the recipe saved in {args.resume}")
+    elif args.config is None:
+        base, why = recipe_for_data(args.data)
+        log(f"no --config: {why}")
+    kwargs = dict(base.pop("model_kwargs", {}))
+    if args.small_input:
+        kwargs["small_input"] = True
+    if args.batch_norm:
+        kwargs["batch_norm"] = True
+    if kwargs:
+        overrides["model_kwargs"] = kwargs
+    cfg = load_config(args.config, **{**base, **{k: v for k, v in overrides.items() if v is not None}})
+    if args.config is not None and (args.small_input or args.batch_norm):
+        cfg.model_kwargs = {**cfg.model_kwargs, **kwargs}
+    if args.small_input and cfg.preprocessing != "cifar10" and args.config is None:
+        cfg.preprocessing = "cifar10"
+    result = train(cfg, args.data, args.out, args.resume, log=log)
+    if args.json:
+        import torch.distributed as dist
+        if not dist.is_initialized() or dist.get_rank() == 0:  # one JSON line, from rank 0
+            _print_json(result)
+    return 0
+
+
+def add_train(sub) -> None:
     s = sub.add_parser("train", help="train a model on image folders (one process or torchrun/DDP)",
                        description="Train on DIR/train/<class>/... with evaluation on DIR/val or DIR/test. Recipes "
                                    "in configs/ (paper ImageNet solver, CIFAR-10); flags override the config. "
@@ -441,6 +409,26 @@ def add_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object with the final metrics")
     s.set_defaults(func=cmd_train)
 
+
+def cmd_export(args) -> int:
+    from ..export import export_weights
+    report = export_weights(_weights(args), args.format, args.out, batch=args.batch, int8=args.int8,
+                            calibration=args.calibration)
+    msg = (f"wrote {report['out']} ({report['bytes']:,} bytes); "
+           f"max abs difference to PyTorch {report['max_abs_diff']:.2e}")
+    if args.int8:
+        msg += (f"; int8 max abs difference {report['int8_max_abs_diff']:.3g} on a random input "
+                f"(measure its accuracy with `squeezenet eval --engine`)")
+        if report.get("calibration_images", 0) < 16:
+            print(f"warning: calibrated on only {report.get('calibration_images')} image(s); activation ranges "
+                  f"from so few images are unreliable (64 or more recommended)", file=sys.stderr)
+    print(msg, file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        _print_json(report)
+    return 0
+
+
+def add_export(sub) -> None:
     s = sub.add_parser("export", help="export any weights to ONNX, TorchScript, a torch.export program or OpenVINO IR",
                        description="Export weights (any supported file, compressed ones included) and check the "
                                    "result against PyTorch on the same input. Files carry the model name, "
@@ -457,6 +445,24 @@ def add_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_export)
 
+
+def cmd_bench(args) -> int:
+    from ..export.bench import format_bench, run_bench
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        raise UsageError(f"--batch must be comma-separated positive integers, got {args.batch!r}") from None
+    if any(b < 1 for b in batches):
+        raise UsageError("--batch sizes must be positive")
+    result = run_bench(args.model, batches, args.seconds, args.threads,
+                       log=lambda m: print(m, file=sys.stderr), calibration=args.calibration, weights=args.weights)
+    print(format_bench(result), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        _print_json(result)
+    return 0
+
+
+def add_bench(sub) -> None:
     s = sub.add_parser("bench", help="inference speed: torchvision, ONNX Runtime, OpenVINO, ours, side by side",
                        description="Images/s and latency percentiles of each runtime path at each batch size, with "
                                    "ratios to ONNX Runtime fp32 and to the fastest path. int8 models are calibrated "
@@ -473,6 +479,24 @@ def add_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_bench)
 
+
+def cmd_explore(args) -> int:
+    from ..exploration import run_sweep
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    overrides = {k: v for k, v in {"config": args.config, "epochs": args.epochs, "batch_size": args.batch_size,
+                                   "limit_train": args.limit_train, "max_steps_per_epoch": args.max_steps,
+                                   "seed": args.seed}.items() if v is not None}
+    width = {k: v for k, v in {"base_e": args.base_e, "incr_e": args.incr_e, "freq": args.freq}.items()
+             if v is not None}
+    result = run_sweep(args.sweep, args.data, args.out, args.values, jobs=args.jobs, log=log, width=width,
+                       **overrides)
+    log("wrote " + ", ".join(result["files"]))
+    if args.json:
+        _print_json(result)
+    return 0
+
+
+def add_explore(sub) -> None:
     s = sub.add_parser("explore", help="design-space sweeps (paper sections 5-6): train each point, plot, report",
                        description="Sweep the squeeze ratio (at pct3x3 0.5), the 3x3 fraction (at SR 0.5) or the "
                                    "bypass variants; each point is trained, evaluated and saved as it finishes "
@@ -497,20 +521,16 @@ def add_commands(sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_explore)
 
-    s = sub.add_parser("sensitivity", help="per-layer sensitivity to bits and density",
-                       description="For each layer alone, quantize to each bit width (and prune to each density) "
-                                   "and measure the error on unlabelled calibration images: 'layer' = relative "
-                                   "error of the layer's output (fast), 'network' = 1 - top-1 agreement of the "
-                                   "whole model with the original (slow).")
-    s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
-    s.add_argument("--calibration", required=True, type=_existing_path, help="folder of unlabelled images")
-    s.add_argument("--images", type=_positive_int, default=16, help="calibration images (default 16)")
-    s.add_argument("--bits", default="2,3,4,5,6,7,8", help="bit widths to try (default 2..8)")
-    s.add_argument("--densities", default=None, help="densities to try, e.g. 0.2,0.5")
-    s.add_argument("--metric", choices=["layer", "network"], default="layer", help="error measure (default layer)")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.set_defaults(func=cmd_sensitivity)
 
+def cmd_reproduce(args) -> int:
+    from ..evaluation.reproduce import reproduce
+    result = reproduce(data=args.data, weights=args.weights, out=args.out, calibration=args.calibration)
+    if args.json:
+        _print_json(result)
+    return 0
+
+
+def add_reproduce(sub) -> None:
     s = sub.add_parser("reproduce", help="measure the paper's Table 2 (sizes and accuracies)",
                        description="AlexNet and SqueezeNet fp32 sizes, the published 8-bit file with its accuracy, "
                                    "and our compressed files with exact bytes and measured top-1/top-5; writes "
@@ -523,3 +543,10 @@ def add_commands(sub) -> None:
     s.add_argument("--out", type=Path, default=Path("reproduce"), help="output folder (default ./reproduce)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_reproduce)
+
+
+def add_commands(sub) -> None:
+    """Every command's parser (each defined beside its handler), in the order ``--help`` lists them."""
+    for add in (add_eval, add_predict, add_download, add_compress, add_decompress, add_size, add_train, add_export,
+                add_bench, add_explore, add_sensitivity, add_reproduce):
+        add(sub)

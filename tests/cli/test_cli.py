@@ -62,10 +62,15 @@ def test_every_command_has_help():
         assert any("--json" in a.option_strings for a in options), f"{name} reports figures but has no --json"
 
 
-def test_cli_engine_choices_match_the_library():
-    from squeezenet.cli.commands import ENGINE_CHOICES
+def test_cli_choices_are_the_library_lists():
+    from squeezenet.compression.config import QUANTIZERS
     from squeezenet.export.engine import ENGINES
-    assert tuple(ENGINE_CHOICES) == tuple(ENGINES)
+    from squeezenet.weights.codecs import codec_names
+    commands = build_parser()._subparsers._group_actions[0].choices
+    choices = {a.dest: a.choices for a in commands["eval"]._actions}
+    assert tuple(choices["engine"]) == tuple(ENGINES)
+    choices = {a.dest: a.choices for a in commands["compress"]._actions}
+    assert tuple(choices["codec"]) == codec_names() and tuple(choices["quantizer"]) == QUANTIZERS
 
 
 def test_decompress_sqz_and_published_net_into_plain_checkpoints(tmp_path, capsys):
