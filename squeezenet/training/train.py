@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..models import create_model
 from .checkpoint import (
     _append_csv,
     _set_rng_state,
@@ -69,69 +70,52 @@ def _evaluation_seconds(cfg: TrainConfig, images: int, epoch: dict, measured: fl
     return images * views / max(3.0 * epoch["images_per_s"], 1e-9) * 1.2 + 5.0
 
 
-def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | None = None,
-          resume: str | os.PathLike | None = None, *, model: nn.Module | None = None,
-          before_step: Callable | None = None, after_step: Callable | None = None,
-          stage: str = "train", progress: bool | None = None, log: Callable = print) -> dict:
-    """Train ``cfg.model`` (or the given ``model``) on ``data``; returns the final metrics.
+def _initial_model(cfg: TrainConfig, model: nn.Module | None, classes: list, train_b, resuming: bool,
+                   say) -> nn.Module:
+    """The given model (its class count checked), else ``cfg.model`` with its initialisation."""
+    if model is not None:
+        if getattr(unwrap(model), "num_classes", len(classes)) != len(classes):
+            raise TrainingError(f"model has {unwrap(model).num_classes} classes, the data {len(classes)}")
+        return model
+    model = create_model(cfg.model, num_classes=len(classes), **cfg.model_kwargs)
+    if cfg.init == "xavier":
+        init_xavier_(model)
+    if cfg.stem_whitening and not resuming:
+        sample = sample_images(train_b, 2048, cfg.seed)
+        n_set = init_stem_whitening_(model, sample)
+        say(f"stem: {n_set} filters start as a patch-whitening basis of {len(sample):,} training images")
+    return model
 
-    Writes ``metrics.csv``, ``last.pt`` (every epoch) and ``best.pt`` into ``out`` on rank 0.
-    """
-    from ..models import create_model
-    started = time.monotonic()  # a time budget counts from here: data loading is part of the run
-    cfg.validate()
-    d = setup_distributed()
-    if d.world > 1 and cfg.batch_size % d.world:
-        raise TrainingError(f"batch size {cfg.batch_size} does not split over {d.world} processes")
-    per_rank = cfg.batch_size // d.world
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    say = log if d.main else (lambda *a, **k: None)
-    train_b, eval_b, classes = build_data(data, cfg, d, per_rank, say)
-    if model is None:
-        model = create_model(cfg.model, num_classes=len(classes), **cfg.model_kwargs)
-        if cfg.init == "xavier":
-            init_xavier_(model)
-        if cfg.stem_whitening and resume is None:
-            sample = sample_images(train_b, 2048, cfg.seed)
-            n_set = init_stem_whitening_(model, sample)
-            say(f"stem: {n_set} filters start as a patch-whitening basis of {len(sample):,} training images")
-    elif getattr(unwrap(model), "num_classes", len(classes)) != len(classes):
-        raise TrainingError(f"model has {unwrap(model).num_classes} classes, the data {len(classes)}")
-    model = model.to(d.device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    lr = cfg.lr * cfg.batch_size / cfg.lr_reference_batch
-    opt = make_optimizer(model, cfg, lr)
-    steps = len(train_b) if not cfg.max_steps_per_epoch else min(cfg.max_steps_per_epoch, len(train_b))
-    budget = cfg.time_budget_min * 60.0
-    sched = (TimeBudgetScheduler(opt, cfg, steps, budget, d, started) if budget
-             else make_scheduler(opt, cfg, steps))
-    start_epoch, best, history = 0, -1.0, []
-    saved_ema = None  # a resumed checkpoint's moving average: {"raw_state_dict", "updates", "decay"}
-    if resume is not None:
-        ck = load_training_checkpoint(resume)
-        m = unwrap(model)
-        # with EMA, "state_dict" holds the averaged weights (what users evaluate) and the raw ones sit beside
-        saved_ema = ck["ema"] if isinstance(ck.get("ema"), dict) else None
-        raw = saved_ema["raw_state_dict"] if saved_ema else ck["state_dict"]
-        attach_missing_buffers_(m, raw)  # masks and codebooks of a model being compressed
-        m.load_state_dict(raw)
-        opt.load_state_dict(ck["optimizer"])
-        if not budget and "elapsed_s" in ck["scheduler"]:
-            raise TrainingError(f"{resume}: this run's schedule follows a time budget; resume it with the "
-                                "recipe it started with (time_budget_min)")
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, best, history = int(ck["epoch"]) + 1, float(ck["best_top1"]), list(ck.get("history") or [])
-        _set_rng_state(ck["rng"])
-        say(f"resumed from {resume} at epoch {start_epoch + 1}")
+
+def _resume_(resume, model: nn.Module, opt, sched, budget: float) -> dict:
+    """Load a training checkpoint into the model, optimizer, schedule and random generators."""
+    ck = load_training_checkpoint(resume)
+    m = unwrap(model)
+    # with EMA, "state_dict" holds the averaged weights (what users evaluate) and the raw ones sit beside
+    saved_ema = ck["ema"] if isinstance(ck.get("ema"), dict) else None
+    raw = saved_ema["raw_state_dict"] if saved_ema else ck["state_dict"]
+    attach_missing_buffers_(m, raw)  # masks and codebooks of a model being compressed
+    m.load_state_dict(raw)
+    opt.load_state_dict(ck["optimizer"])
+    if not budget and "elapsed_s" in ck["scheduler"]:
+        raise TrainingError(f"{resume}: this run's schedule follows a time budget; resume it with the "
+                            "recipe it started with (time_budget_min)")
+    sched.load_state_dict(ck["scheduler"])
+    _set_rng_state(ck["rng"])
+    return ck
+
+
+def _weight_averaging(cfg: TrainConfig, model: nn.Module, sched, steps: int, budget: float, ck: dict | None,
+                      after_step, say):
+    """(EMA, Lookahead, the after-step hook): each as the recipe asks, restored from a resumed
+    checkpoint, and neither where compression's hook keeps masks and shared weights."""
     ema = lookahead = None
     keeps_masks = after_step is not None  # compression's hook: averaging would move pruned and shared weights
     if cfg.ema_decay and keeps_masks:
         say("ema_decay ignored: an average of the weights would leave the masks and shared values this training keeps")
     elif cfg.ema_decay:
         ema = WeightEMA(model, cfg.ema_decay)
+        saved_ema = ck["ema"] if ck is not None and isinstance(ck.get("ema"), dict) else None
         if saved_ema:
             ema.module.load_state_dict(ck["state_dict"])
             ema.updates = int(saved_ema["updates"])
@@ -143,9 +127,81 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         total_steps = max(1, steps * cfg.epochs)
         lookahead = Lookahead(model, cfg.lookahead_decay,
                               (lambda: sched.progress) if budget else (lambda: sched.last_epoch / total_steps))
-        if resume is not None and isinstance(ck.get("lookahead"), dict):
+        if ck is not None and isinstance(ck.get("lookahead"), dict):
             lookahead.load_state_dict(ck["lookahead"])
         after_step = lookahead.update
+    return ema, lookahead, after_step
+
+
+def _warn_dead_classes(ev: dict, classes: list, say) -> None:
+    # a class missing among a handful of test images can be chance; with 5 or more a class, a dead score
+    if ev["never_predicted"] and ev["images"] >= 5 * len(classes):
+        names = ", ".join(classes[i] for i in ev["never_predicted"][:10])
+        say(f"warning: {len(ev['never_predicted'])} class(es) never predicted on the test images ({names}); "
+            "a class score stuck below zero behind the ReLU on conv10 gets no gradient: "
+            "model_kwargs final_relu: false lets it recover")
+
+
+def _report_epoch(cfg: TrainConfig, metrics: dict, tr: dict, ev: dict, budget_spent: float | None, board,
+                  say) -> None:
+    """One log line per epoch, and the metrics to TensorBoard where it is on."""
+    epoch = metrics["epoch"]
+    spent = f", {budget_spent:.0%} of the time budget" if budget_spent is not None else ""
+    say(f"epoch {epoch}/{cfg.epochs}{spent}: loss {tr['loss']:.4f}, train top-1 {tr['top1']:.4f}"
+        + (f", test top-1 {ev['top1']:.4f}, top-5 {ev['top5']:.4f}" if ev else "")
+        + f", {tr['seconds']:.0f} s, {tr['images_per_s']:.0f} images/s")
+    if board is not None:
+        for k, v in metrics.items():
+            if k != "epoch" and v is not None:
+                board.add_scalar(k, v, epoch)
+        board.flush()
+
+
+def _announce(cfg: TrainConfig, images: int, d, lr: float, autocast: bool, budget: float, say) -> None:
+    warning = input_size_warning(cfg)
+    if warning:
+        say(warning)
+    length = (f"for {cfg.time_budget_min:g} minutes (at most {cfg.epochs} epochs)" if budget
+              else f"x {cfg.epochs} epochs")
+    say(f"training {cfg.model} on {images:,} images {length}, "
+        f"{d.world} process(es) on {d.device}, global batch {cfg.batch_size}, lr {lr:.4g}, "
+        f"bf16 {'on' if autocast else 'off'}, channels_last {cfg.channels_last}")
+
+
+def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | None = None,
+          resume: str | os.PathLike | None = None, *, model: nn.Module | None = None,
+          before_step: Callable | None = None, after_step: Callable | None = None,
+          stage: str = "train", progress: bool | None = None, log: Callable = print) -> dict:
+    """Train ``cfg.model`` (or the given ``model``) on ``data``; returns the final metrics.
+
+    Writes ``metrics.csv``, ``last.pt`` (every epoch) and ``best.pt`` into ``out`` on rank 0.
+    """
+    started = time.monotonic()  # a time budget counts from here: data loading is part of the run
+    cfg.validate()
+    d = setup_distributed()
+    if d.world > 1 and cfg.batch_size % d.world:
+        raise TrainingError(f"batch size {cfg.batch_size} does not split over {d.world} processes")
+    per_rank = cfg.batch_size // d.world
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    say = log if d.main else (lambda *a, **k: None)
+    train_b, eval_b, classes = build_data(data, cfg, d, per_rank, say)
+    model = _initial_model(cfg, model, classes, train_b, resume is not None, say).to(d.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    lr = cfg.lr * cfg.batch_size / cfg.lr_reference_batch
+    opt = make_optimizer(model, cfg, lr)
+    steps = len(train_b) if not cfg.max_steps_per_epoch else min(cfg.max_steps_per_epoch, len(train_b))
+    budget = cfg.time_budget_min * 60.0
+    sched = (TimeBudgetScheduler(opt, cfg, steps, budget, d, started) if budget
+             else make_scheduler(opt, cfg, steps))
+    start_epoch, best, history, ck = 0, -1.0, [], None
+    if resume is not None:
+        ck = _resume_(resume, model, opt, sched, budget)
+        start_epoch, best, history = int(ck["epoch"]) + 1, float(ck["best_top1"]), list(ck.get("history") or [])
+        say(f"resumed from {resume} at epoch {start_epoch + 1}")
+    ema, lookahead, after_step = _weight_averaging(cfg, model, sched, steps, budget, ck, after_step, say)
     autocast = cfg.bf16 in (True, "true") or (cfg.bf16 == "auto" and bf16_pays(d.device))
     net = model
     if d.world > 1:
@@ -156,15 +212,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
     if out and d.main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")  # the resolved recipe: --config reads it back
-    warning = input_size_warning(cfg)
-    if warning:
-        say(warning)
     show = (progress if progress is not None else (True if sys.stderr.isatty() else "lines")) if d.main else False
-    length = (f"for {cfg.time_budget_min:g} minutes (at most {cfg.epochs} epochs)" if budget
-              else f"x {cfg.epochs} epochs")
-    say(f"training {cfg.model} on {len(train_b) * per_rank * d.world:,} images {length}, "
-        f"{d.world} process(es) on {d.device}, global batch {cfg.batch_size}, lr {lr:.4g}, "
-        f"bf16 {'on' if autocast else 'off'}, channels_last {cfg.channels_last}")
+    _announce(cfg, len(train_b) * per_rank * d.world, d, lr, autocast, budget, say)
     metrics: dict = {}
     eval_seconds = None
     board = _tensorboard(out) if (out and d.main) else None
@@ -183,12 +232,8 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
             ev = evaluate(ema.module if ema else net, eval_b, d, autocast, cfg.eval_flip, cfg.eval_translate)
         if ev:
             eval_seconds = time.perf_counter() - t_eval
-            # a class missing among a handful of test images can be chance; with 5 or more a class, a dead score
-            if last and ev["never_predicted"] and ev["images"] >= 5 * len(classes):
-                names = ", ".join(classes[i] for i in ev["never_predicted"][:10])
-                say(f"warning: {len(ev['never_predicted'])} class(es) never predicted on the test images ({names}); "
-                    "a class score stuck below zero behind the ReLU on conv10 gets no gradient: "
-                    "model_kwargs final_relu: false lets it recover")
+            if last:
+                _warn_dead_classes(ev, classes, say)
         metrics = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_top1": tr["top1"],
                    "val_loss": ev.get("loss"), "top1": ev.get("top1"), "top5": ev.get("top5"),
                    "lr": sched.get_last_lr()[0], "seconds": tr["seconds"], "images_per_s": tr["images_per_s"]}
@@ -196,15 +241,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         improved = ev and ev["top1"] > best
         if improved:
             best = ev["top1"]
-        spent = f", {sched.progress:.0%} of the time budget" if budget else ""
-        say(f"epoch {epoch + 1}/{cfg.epochs}{spent}: loss {tr['loss']:.4f}, train top-1 {tr['top1']:.4f}"
-            + (f", test top-1 {ev['top1']:.4f}, top-5 {ev['top5']:.4f}" if ev else "")
-            + f", {tr['seconds']:.0f} s, {tr['images_per_s']:.0f} images/s")
-        if board is not None:
-            for k, v in metrics.items():
-                if k != "epoch" and v is not None:
-                    board.add_scalar(k, v, epoch + 1)
-            board.flush()
+        _report_epoch(cfg, metrics, tr, ev, sched.progress if budget else None, board, say)
         if out and d.main:
             _append_csv(out / "metrics.csv", metrics)
             for name in ("last.pt", "best.pt") if improved else ("last.pt",):
