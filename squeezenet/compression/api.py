@@ -13,23 +13,31 @@ training with ``after_step_`` keeps them in place and checkpoints carry them.
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
+from ..data.unlabelled import UnlabelledImages
 from ..errors import ConfigError
+from ..models.fold import fold_batch_norm, has_batch_norm
 from ..models.layers import prunable_layers
 from ..models.standin import StateDictModule, module_from_state_dict
+from ..weights import LoadedWeights, load_weights
 from ..weights.sqz import encode_model, load_compressed, write_compressed
+from .budget import fit_budget_
 from .config import CompressionConfig, parse_layer_spec
+from .finetune import distill_shared_
 from .outputs import resolve_output_kind
 from .pruning import PruneConfig, prune_
 from .quantization import place_shared_weights_, share_weights_
+from .sensitivity import choose_bits_for_budget
 
 __all__ = ["Calibration", "compress_", "encode", "save_compressed", "load_compressed", "calibration_from_folder"]
 
@@ -89,7 +97,6 @@ def calibration_from_folder(folder: str | os.PathLike, preprocessing, images: in
     """Calibration from a folder of images: ``images`` of them (half mirrored) for sensitivities,
     and random crops and mirrors for ``steps`` distillation batches, so a few hundred images
     give thousands of views."""
-    from ..data.unlabelled import UnlabelledImages
     ds = UnlabelledImages(folder, preprocessing.transform(), limit=images, seed=seed)
     x = torch.stack([ds[i] for i in range(len(ds))])
     x = torch.where((torch.arange(x.shape[0]) % 2 == 1).view(-1, 1, 1, 1), x.flip(3), x)
@@ -116,7 +123,6 @@ def load_calibration(source: str | os.PathLike, preprocessing=None, images: int 
     if path.is_file():
         return as_calibration(_tensor_file(path)[:limit], limit)
     if ":" in text and not path.suffix:
-        import importlib
         module, _, attr = text.partition(":")
         try:
             fn = getattr(importlib.import_module(module), attr)
@@ -129,7 +135,6 @@ def load_calibration(source: str | os.PathLike, preprocessing=None, images: int 
 
 def _tensor_file(path: Path) -> torch.Tensor:
     """The one batch a ``.pt`` / ``.npy`` / ``.npz`` file holds (never unpickled)."""
-    import numpy as np
     try:
         if path.suffix == ".pt":
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -248,13 +253,7 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
     config = config or CompressionConfig()
     calibration = as_calibration(calibration)
     steps = config.distill_steps(calibration is None or calibration.loader is not None)
-    if (config.size_budget or steps) and calibration is None:
-        raise ConfigError("a size budget and distillation need calibration inputs (unlabelled)")
-    if (config.size_budget or steps) and isinstance(model, StateDictModule):
-        raise ConfigError("a size budget and distillation run the model on the calibration inputs: name its "
-                          "architecture (--model package.module:function, or a checkpoint that records it)")
-    if not prunable_layers(model):
-        raise ConfigError("the model has no convolution or linear layer to compress")
+    _check_request(model, config, calibration, steps)
     start = time.perf_counter()
     teacher = copy.deepcopy(model).eval() if steps else None
     names = list(prunable_layers(model))
@@ -273,30 +272,11 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
         return encode_model(m, **file_info, codebook_dtype=cb_dtype, bias_dtype=bias_dtype)
 
     if config.size_budget and config.any_levels:
-        from .budget import fit_budget_
-        bias_dtype = "f2"  # at a budget, 2 bytes a bias buy more than the rounding costs
-        with torch.no_grad():  # the file will hold half-precision biases: tune with them
-            for m in prunable_layers(model).values():
-                if m.bias is not None:
-                    m.bias.copy_(m.bias.half().float())
-        n = min(calibration.inputs.shape[0], config.calibration_inputs)
-        log(f"sensitivity from {n} of {calibration.inputs.shape[0]} calibration inputs; "
-            f"fitting {config.size_budget:,} bytes")
-        # Fine-tuned centroids (distilled or retrained) pack a few bytes longer or shorter: leave
-        # them 16 bytes a layer.
-        margin = 16 * len(names) if steps or retrain is not None else 0
-        info = fit_budget_(model, config, calibration.inputs[:n], max(config.size_budget - margin, 1), serialize,
-                           tuned_after=bool(steps or retrain is not None), log=log)
-        report.update({"output": info["output"], "quantizer": info["quantizer"], "calibration_inputs": n})
-        if "candidates" in info:
-            report["candidates"] = info["candidates"]
-        cb_dtype = "f2"
-        report.update({"slope": info["lam"], "levels": info["levels"], "kept_weights": info["kept_weights"]})
-        log(f"quantized: {info['kept_weights']:,} weights kept, levels per layer {min(info['levels'].values())}.."
-            f"{max(info['levels'].values())}, {info['bytes']:,} bytes")
+        bias_dtype = cb_dtype = "f2"  # at a budget, 2 bytes a bias buy more than the rounding costs
+        report.update(_budget_stage_(model, config, calibration, lambda m: serialize(m, cb_dtype),
+                                     tuned_after=bool(steps or retrain is not None), log=log))
     else:
         if config.size_budget:
-            from .sensitivity import choose_bits_for_budget
             layer_bits, _ = choose_bits_for_budget(model, calibration.inputs[:16], config.size_budget)
             log(f"bits chosen for {config.size_budget:,} bytes: {sorted(layer_bits.values())}")
         else:
@@ -314,7 +294,6 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
         _round_to_file_precision_(model, cb_dtype, bias_dtype)  # fine-tuned centroids, as the file stores them
     data = None
     if steps:
-        from .finetune import distill_shared_
         kind = report.get("output") or resolve_output_kind(config.output, model, calibration.inputs)
         loader = calibration.loader if calibration.loader is not None else \
             torch.utils.data.DataLoader(calibration.inputs, batch_size=16, shuffle=True,
@@ -338,6 +317,39 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
     report["bytes"] = len(data)
     report["seconds"] = time.perf_counter() - start
     return data, report
+
+
+def _check_request(model: nn.Module, config: CompressionConfig, calibration, steps: int) -> None:
+    if (config.size_budget or steps) and calibration is None:
+        raise ConfigError("a size budget and distillation need calibration inputs (unlabelled)")
+    if (config.size_budget or steps) and isinstance(model, StateDictModule):
+        raise ConfigError("a size budget and distillation run the model on the calibration inputs: name its "
+                          "architecture (--model package.module:function, or a checkpoint that records it)")
+    if not prunable_layers(model):
+        raise ConfigError("the model has no convolution or linear layer to compress")
+
+
+def _budget_stage_(model: nn.Module, config: CompressionConfig, calibration, serialize, tuned_after: bool,
+                   log) -> dict:
+    """Fit the size budget by rate-distortion search (``budget.fit_budget_``); the report's rows."""
+    with torch.no_grad():  # the file will hold half-precision biases: tune with them
+        for m in prunable_layers(model).values():
+            if m.bias is not None:
+                m.bias.copy_(m.bias.half().float())
+    n = min(calibration.inputs.shape[0], config.calibration_inputs)
+    log(f"calibration: {n} of {calibration.inputs.shape[0]} inputs; fitting {config.size_budget:,} bytes")
+    # Fine-tuned centroids (distilled or retrained) pack a few bytes longer or shorter: leave
+    # them 16 bytes a layer.
+    margin = 16 * len(prunable_layers(model)) if tuned_after else 0
+    info = fit_budget_(model, config, calibration.inputs[:n], max(config.size_budget - margin, 1), serialize,
+                       tuned_after=tuned_after, log=log)
+    log(f"quantized: {info['kept_weights']:,} weights kept, levels per layer {min(info['levels'].values())}.."
+        f"{max(info['levels'].values())}, {info['bytes']:,} bytes")
+    report = {"output": info["output"], "quantizer": info["quantizer"], "calibration_inputs": n,
+              "slope": info["lam"], "levels": info["levels"], "kept_weights": info["kept_weights"]}
+    if "candidates" in info:
+        report["candidates"] = info["candidates"]
+    return report
 
 
 @torch.no_grad()
@@ -388,8 +400,6 @@ def fold_for_compression(model: nn.Module, weights, log: Callable[..., None] = _
     """(folded model, the weights' record for it): a ``batch_norm=True`` SqueezeNet folds into
     its plain architecture; another model's folded file records no architecture (its state
     dict no longer fits the original one)."""
-    from ..models.fold import fold_batch_norm, has_batch_norm
-    from ..weights import LoadedWeights
     if not has_batch_norm(model):
         return model, weights
     folded = fold_batch_norm(model)
@@ -424,7 +434,6 @@ def compress_weights(weights, config: CompressionConfig | None = None, *, calibr
         (file bytes, compressed model, report); ``report["bytes"]`` is the exact size and
         ``report["ratio"]`` the ratio against the model's own fp32 state dict.
     """
-    from ..weights import LoadedWeights, load_weights
     config = config or CompressionConfig()
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     model = model_for_compression(lw)

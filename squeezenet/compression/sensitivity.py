@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..weights.sqz import encode_layer
+from ..weights.codecs import LayerInput, get_codec
 from .pruning import magnitude_mask, prunable_layers
 from .quantization import kmeans_1d
 
@@ -111,8 +111,8 @@ def layer_sizes(model: nn.Module, bits_options=(2, 3, 4, 5, 6, 7, 8), codebook_d
         sizes[name] = {}
         for b in bits_options:
             _, c, index = _quantized(m.weight.cpu(), mask, int(b))
-            code = encode_layer(name, m.weight.shape, c, index, mask.numpy(), bias, int(b), codebook_dtype)
-            sizes[name][int(b)] = sum(code.meta["sizes"])
+            layer = LayerInput(name, tuple(m.weight.shape), c, index, mask.numpy(), bias, int(b), codebook_dtype)
+            sizes[name][int(b)] = sum(get_codec("huffman").encode(layer).meta["sizes"])
     return sizes
 
 

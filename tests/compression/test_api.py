@@ -8,12 +8,8 @@ import torch.nn as nn
 import torchvision
 
 from squeezenet.cli.main import main
-from squeezenet.compression import (
-    CompressionConfig,
-    compress_,
-    load_compressed,
-    save_compressed,
-)
+from squeezenet.compression import CompressionConfig, compress_, load_compressed, save_compressed
+from squeezenet.compression.api import encode
 from squeezenet.errors import FormatError
 from squeezenet.models import prunable_layers
 from squeezenet.weights import decode, size_report
@@ -199,3 +195,27 @@ def test_hostile_state_dict_headers_rejected(state_dict_file, tmp_path, edit, ma
     for args in (["size", bad], ["decompress", bad, "--out", str(tmp_path / "o.pt")]):
         code = main(args)
         assert code in (0, 2)  # a clean message or a clean result, never a traceback
+
+
+def test_huffman_codec_meets_a_size_budget_by_bit_allocation():
+    # the paper's coding cannot take a codebook of any size: the budget goes through the greedy
+    # bit allocation over per-layer Huffman sizes (sensitivity.layer_sizes), a version 1 file
+    from squeezenet.models import create_model
+    torch.manual_seed(0)
+    model = create_model("squeezenet1_1", num_classes=10, small_input=True)
+    full, _ = compress_weights_of(model, CompressionConfig(codec="huffman", bits=8, density="keep"))
+    budget = len(full) // 2
+    x = torch.randn(16, 3, 32, 32)
+    report = compress_(model, CompressionConfig(codec="huffman", size_budget=budget, density="keep"), calibration=x,
+                       model_name="squeezenet1_1", model_kwargs={"num_classes": 10, "small_input": True},
+                       log=lambda *a: None)
+    data = encode(model)
+    assert report["bytes"] == len(data) <= budget
+    assert decode(data)[0]["version"] == 1 and max(report["bits"].values()) < 8
+
+
+def compress_weights_of(model, config):
+    import copy
+    m = copy.deepcopy(model)
+    report = compress_(m, config, log=lambda *a: None)
+    return encode(m), report
