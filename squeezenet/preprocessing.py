@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as F
 from PIL import Image
 
 from .errors import ConfigError
@@ -89,11 +91,9 @@ class _Transform:
         self.augment = augment
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        import torchvision.transforms.functional as F
         img = img.convert("RGB")
         img = F.resize(img, self.p.resize, interpolation=F.InterpolationMode.BILINEAR, antialias=True)
         if self.augment:
-            import torchvision.transforms as T
             img = T.RandomCrop(self.p.crop)(img)
             if torch.rand(()) < 0.5:
                 img = F.hflip(img)

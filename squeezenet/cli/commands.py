@@ -5,10 +5,27 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+
+from ..compression import calibration_from_folder
 from ..compression.config import OUTPUT_KINDS, QUANTIZERS
+from ..compression.plots import plot_weight_distributions
+from ..compression.sensitivity import sensitivity
+from ..download import download
+from ..evaluation.evaluate import evaluate_weights, predict
+from ..evaluation.reproduce import reproduce
+from ..exploration import run_sweep
+from ..export import export_weights
+from ..export.bench import format_bench, run_bench
 from ..export.engine import ENGINES
+from ..preprocessing import TORCHVISION_IMAGENET
+from ..training import load_config, train
+from ..training.checkpoint import load_training_checkpoint
+from ..training.config import recipe_for_data
+from ..weights import load_weights, save_checkpoint, save_safetensors, save_state_dict
 from ..weights.codecs import codec_names
 from .args import UsageError, _positive_int, _print_json, bounded_int
+from .compress import compress_command, format_size_report, size_of_file, weights_with_model
 
 _nonneg_int = bounded_int(0, what="value")
 _bits = bounded_int(1, 8, what="bits")
@@ -26,7 +43,6 @@ def _positive_float(text: str) -> float:
 
 def _weights(args):
     """The weights ``--weights`` names, with the architecture ``--model`` gives where it lacks one."""
-    from .compress import weights_with_model
     return weights_with_model(args.weights, getattr(args, "model", None), getattr(args, "model_kwargs", None))
 
 
@@ -53,7 +69,6 @@ def _existing_path(text: str) -> Path:
 
 # ---------------------------------------------------------------- eval / predict
 def cmd_eval(args) -> int:
-    from ..evaluation.evaluate import evaluate_weights
     result = evaluate_weights(_weights(args), args.data, batch_size=args.batch_size, workers=args.workers,
                               engine=args.engine, calibration=args.calibration,
                               log=lambda m: print(m, file=sys.stderr))
@@ -90,7 +105,6 @@ def add_eval(sub) -> None:
 
 
 def cmd_predict(args) -> int:
-    from ..evaluation.evaluate import predict
     results = predict(_weights(args), args.images, top=args.top, mapping=args.mapping, engine=args.engine,
                       calibration=args.calibration, log=lambda m: print(m, file=sys.stderr))
     if args.json:
@@ -123,7 +137,6 @@ def add_predict(sub) -> None:
 
 
 def cmd_download(args) -> int:
-    from ..download import download
     path = download(args.asset, args.to, url=args.url, source=getattr(args, "from"))
     if args.json:
         _print_json({"path": str(path), "bytes": path.stat().st_size})
@@ -151,7 +164,6 @@ def add_download(sub) -> None:
 
 
 def cmd_compress(args) -> int:
-    from .compress import compress_command
     report = compress_command(args)
     if args.json:
         _print_json(report)
@@ -225,15 +237,12 @@ def add_compress(sub) -> None:
 
 
 def cmd_decompress(args) -> int:
-    from ..preprocessing import TORCHVISION_IMAGENET
-    from ..weights import load_weights, save_checkpoint, save_state_dict
     lw = load_weights(args.file)
     if lw.kind not in ("compressed", "caffe-net"):
         raise UsageError(f"{args.file}: not a compressed file (.sqz or the published .net); it is a {lw.kind}")
     if args.format is None:
         args.format = "safetensors" if Path(args.out).suffix == ".safetensors" else "state-dict"
     if args.format == "safetensors":
-        from ..weights import save_safetensors
         save_safetensors(args.out, lw.state_dict)
     elif args.format == "state-dict":
         save_state_dict(args.out, lw.state_dict)
@@ -274,12 +283,10 @@ def add_decompress(sub) -> None:
 
 
 def cmd_size(args) -> int:
-    from .compress import format_size_report, size_of_file
     report = size_of_file(args.file)
     text = format_size_report(report)
     print(text, file=sys.stderr if args.json else sys.stdout)
     if args.plot:
-        from ..compression.plots import plot_weight_distributions
         report["plot"] = plot_weight_distributions(args.file, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
@@ -299,9 +306,6 @@ def add_size(sub) -> None:
 
 
 def cmd_sensitivity(args) -> int:
-    from ..compression import calibration_from_folder
-    from ..compression.sensitivity import sensitivity
-    from ..weights import load_weights
     lw = load_weights(args.weights)
     images = calibration_from_folder(args.calibration, lw.preprocessing, args.images).inputs
     bits = [int(b) for b in args.bits.split(",")]
@@ -344,15 +348,12 @@ def add_sensitivity(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from ..training import load_config, train
-    from ..training.config import recipe_for_data
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     overrides = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                  "seed": args.seed, "workers": args.workers, "max_steps_per_epoch": args.max_steps,
                  "limit_train": args.limit_train, "time_budget_min": args.time_budget}
     base: dict = {}
     if args.config is None and args.resume is not None:  # continue with the recipe the run started with
-        from ..training.checkpoint import load_training_checkpoint
         base = dict(load_training_checkpoint(args.resume).get("config") or {})
         log(f"no --config: the recipe saved in {args.resume}")
     elif args.config is None:
@@ -372,7 +373,6 @@ def cmd_train(args) -> int:
         cfg.preprocessing = "cifar10"
     result = train(cfg, args.data, args.out, args.resume, log=log)
     if args.json:
-        import torch.distributed as dist
         if not dist.is_initialized() or dist.get_rank() == 0:  # one JSON line, from rank 0
             _print_json(result)
     return 0
@@ -411,7 +411,6 @@ def add_train(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from ..export import export_weights
     report = export_weights(_weights(args), args.format, args.out, batch=args.batch, int8=args.int8,
                             calibration=args.calibration)
     msg = (f"wrote {report['out']} ({report['bytes']:,} bytes); "
@@ -447,7 +446,6 @@ def add_export(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from ..export.bench import format_bench, run_bench
     try:
         batches = [int(b) for b in args.batch.split(",")]
     except ValueError:
@@ -481,7 +479,6 @@ def add_bench(sub) -> None:
 
 
 def cmd_explore(args) -> int:
-    from ..exploration import run_sweep
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     overrides = {k: v for k, v in {"config": args.config, "epochs": args.epochs, "batch_size": args.batch_size,
                                    "limit_train": args.limit_train, "max_steps_per_epoch": args.max_steps,
@@ -523,7 +520,6 @@ def add_explore(sub) -> None:
 
 
 def cmd_reproduce(args) -> int:
-    from ..evaluation.reproduce import reproduce
     result = reproduce(data=args.data, weights=args.weights, out=args.out, calibration=args.calibration)
     if args.json:
         _print_json(result)

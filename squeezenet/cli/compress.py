@@ -7,7 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compression import CompressionConfig
+from ..compression.api import compress_weights
+from ..compression.retrain import compress_with_retraining
 from ..errors import ConfigError, FormatError
+from ..weights import load_weights
+from ..weights.caffe_net import CODEBOOK_SIZE, encode_positions, read_caffe_net
 from ..weights.sqz import ALEXNET_FP32, MAGIC, MAX_FILE, SQUEEZENET_FP32, size_report
 
 
@@ -26,7 +31,6 @@ def model_kwargs_arg(text: str | None) -> dict:
 
 def weights_with_model(path, model: str | None, model_kwargs: str | None):
     """``load_weights(path)``, given the architecture ``--model`` names where the file has none."""
-    from ..weights import load_weights
     lw = load_weights(path)
     if model:
         lw = lw.with_architecture(model, model_kwargs_arg(model_kwargs))
@@ -36,8 +40,6 @@ def weights_with_model(path, model: str | None, model_kwargs: str | None):
 
 
 def compress_command(args) -> dict:
-    from ..compression import CompressionConfig
-    from ..compression.api import compress_weights
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     bits = args.bits if args.bits is not None else args.bits_per_layer
     lw = weights_with_model(args.weights, args.model, args.model_kwargs)
@@ -47,7 +49,6 @@ def compress_command(args) -> dict:
         if given:
             raise ConfigError(f"{', '.join(given)} work with --calibration, not with --data (retraining with labels)")
         bits = 8 if bits is None else bits
-        from ..compression.retrain import compress_with_retraining
         report = compress_with_retraining(lw, args.data, args.out, bits=bits,
                                           density="profile" if args.density == "auto" else args.density,
                                           retrain_epochs=args.retrain_epochs, config=args.config,
@@ -73,7 +74,6 @@ def compress_command(args) -> dict:
 
 def net_size_report(path) -> dict:
     """Byte accounting of the published ``.net`` format."""
-    from ..weights.caffe_net import CODEBOOK_SIZE, encode_positions, read_caffe_net
     layers = read_caffe_net(path)
     rows = []
     comp = {"header": 4 * len(layers), "codebooks": 0, "biases": 0, "weight_codes": 0, "position_codes": 0}

@@ -8,13 +8,14 @@ import argparse
 import sys
 
 from ..errors import SqueezeNetError
+from ..models import create_model, list_models
+from ..models.summary import format_summary, summarize
 from . import commands
 from .args import UsageError, _positive_int, _print_json
 
 
 # ---------------------------------------------------------------- list / summary
 def cmd_list(args: argparse.Namespace) -> int:
-    from ..models import list_models
     names = list_models()
     if args.json:
         _print_json({"models": names})
@@ -35,8 +36,6 @@ def _model_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from ..models import create_model
-    from ..models.summary import format_summary, summarize
     kw = _model_kwargs(args)
     name = args.model
     if name is None:

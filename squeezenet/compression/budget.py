@@ -18,6 +18,7 @@ import torch.nn as nn
 from ..models.layers import prunable_layers
 from .config import CompressionConfig
 from .outputs import distortion, flatten_outputs, resolve_output_kind
+from .quantization import _set_buffer
 from .rdquant import feedback_memory, fisher_sensitivity, layer_hessians, quantize_for_budget_
 
 # Sensitivity exponent of each quantizer: a layer's slope is lam / s**exponent. "trellis" is
@@ -105,7 +106,6 @@ def _snapshot(model: nn.Module) -> dict:
 
 @torch.no_grad()
 def _restore(model: nn.Module, state: dict) -> None:
-    from .quantization import _set_buffer
     for n, m in prunable_layers(model).items():
         for k in _LAYER_BUFFERS:  # a buffer the state lacks goes (a trellis step on a plain layer)
             if k not in state[n] and k in m._buffers:

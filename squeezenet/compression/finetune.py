@@ -13,7 +13,10 @@ import sys
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from ..cpu import has_native_bf16
+from .outputs import distortion, flatten_outputs
 from .pruning import apply_masks_
 from .quantization import snap_shared_weights_, sum_cluster_gradients_
 
@@ -46,7 +49,6 @@ def distill_shared_(student: nn.Module, teacher: nn.Module, loader, steps: int, 
 
     Returns the loss of each step. The student stays pruned and weight-shared throughout.
     """
-    from ..cpu import has_native_bf16
     if steps <= 0:
         return []
     images = _is_image_batch(_first_batch(loader))
@@ -74,9 +76,7 @@ def _is_image_batch(x) -> bool:
 
 
 def _distill(student, teacher, loader, steps, lr, temperature, progress, bf16, channels_last, output) -> list[float]:
-    from tqdm import tqdm
 
-    from .outputs import distortion, flatten_outputs
     teacher.eval()
     # Dropout off: distillation matches deterministic outputs; batch statistics are absent anyway.
     student.eval()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .config import OUTPUT_KINDS
+
 _EPS = 1e-6
 
 

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..weights.caffe_net import read_caffe_net
+from ..weights.sqz import MAGIC, read_compressed
+
 
 def plot_weight_distributions(path, out, max_layers: int = 12) -> str:
     """Histogram of each layer's kept weights, centroids as vertical lines; writes a PNG."""
@@ -13,8 +16,6 @@ def plot_weight_distributions(path, out, max_layers: int = 12) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..weights.caffe_net import read_caffe_net
-    from ..weights.sqz import MAGIC, read_compressed
     path = Path(path)
     with open(path, "rb") as f:
         compressed = f.read(len(MAGIC)) == MAGIC

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..models.layers import prunable_layers
+from ..models.squeezenet import Fire
 
 # Paper Table 1 / the published file (squeeze, expand1x1, expand3x3) per fire module.
 SQUEEZENET_FIRE_DENSITY = {
@@ -39,7 +40,6 @@ def default_density(model: nn.Module) -> dict[str, float]:
     every layer under 10,000 weights dense (small layers save few bytes and carry much of the
     accuracy: depthwise convolutions, classifiers of few classes), 33% everywhere else.
     """
-    from ..models.squeezenet import Fire
     layers = prunable_layers(model)
     names = list(layers)
     fires = [(n, m) for n, m in model.named_modules() if isinstance(m, Fire)]

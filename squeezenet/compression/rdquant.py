@@ -22,8 +22,11 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .levels import LayerQuant, layer_step
+from .outputs import fisher_sample_loss, flatten_outputs
 from .pruning import get_mask, prunable_layers
+from .quantization import _set_buffer
 from .trellis import estimated_bytes_trellis, quantize_layers_trellis
+
 
 def ecsq(values: np.ndarray, mask: np.ndarray, delta: float, lam: float, iters: int = 4,
          codebook_dtype: str = "f2", bins: "ValueBins | None" = None) -> LayerQuant:
@@ -330,7 +333,6 @@ def fisher_sensitivity(model: nn.Module, images: torch.Tensor, batch_size: int =
     bias, at the cost of one backward pass per batch instead of per input. Then
     ``distortion(model, perturbed) ~ 0.5 * s * sum(dW**2)`` for a small perturbation ``dW``.
     """
-    from .outputs import fisher_sample_loss, flatten_outputs
     layers = prunable_layers(model)
     acc = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
     g = torch.Generator().manual_seed(seed)
@@ -453,7 +455,6 @@ def search_budget(size_of, lam_lo: float, lam_hi: float, budget: int, steps: int
 @torch.no_grad()
 def install_(model: nn.Module, quants: dict[str, LayerQuant]) -> None:
     """Put quantized layers into ``model``: weights plus codebook / index / mask buffers."""
-    from .quantization import _set_buffer
     layers = prunable_layers(model)
     for n, q in quants.items():
         m = layers[n]

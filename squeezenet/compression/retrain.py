@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from ..models.fold import has_batch_norm
 from ..training import Dist, TrainingError, build_data, evaluate, load_config, train
+from ..weights import LoadedWeights, load_weights
 from ..weights.sqz import read_compressed
-from .api import compress_, fold_for_compression, fp32_bytes, prune_stage_, save_compressed
+from .api import Calibration, compress_, fold_for_compression, fp32_bytes, prune_stage_, save_compressed
 from .config import CompressionConfig
 from .finetune import after_step_, before_step_
 from .pruning import apply_masks_, mask_gradients_, remove_masks_
@@ -28,7 +31,6 @@ def compress_with_retraining(weights, data, out, *, bits=8, density="profile", r
     holds at most that many bytes. ``error_feedback`` is off by default here: on the CIFAR-10
     fast model at 147,000 bytes it lost 1.29 points after centroid retraining, against 0.95
     without (the retraining with labels recovers more from the plain quantizer)."""
-    from ..weights import LoadedWeights, load_weights
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     saved_cfg = (lw.extra or {}).get("config") or {}
     overrides = {"model": lw.model_name, "model_kwargs": lw.model_kwargs, "epochs": retrain_epochs,
@@ -88,7 +90,6 @@ def compress_with_retraining(weights, data, out, *, bits=8, density="profile", r
         density = "keep"
     calibration = None
     if size_budget:
-        from .api import Calibration
         calibration = Calibration(_first_images(train_b, 256))
     compress_(model, CompressionConfig(density=density, bits=bits, size_budget=size_budget, finetune_steps=0,
                                        error_feedback=error_feedback),
@@ -105,7 +106,6 @@ def compress_with_retraining(weights, data, out, *, bits=8, density="profile", r
 
 
 def _first_images(batches, n: int):
-    import torch
     batches.set_epoch(0)
     xs, seen = [], 0
     for x, _ in batches:

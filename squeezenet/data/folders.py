@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from ..errors import DataError
 from .imagenet import IMAGE_EXTENSIONS, load_image
@@ -74,8 +76,6 @@ def decode_to_tensor(samples: list[tuple[Path, int]], size: int, cache: Path | N
     Undecodable images are skipped with a warning naming each (and counted), never silently.
     Returns (images, labels, skipped).
     """
-    from PIL import Image
-    from tqdm import tqdm
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         path = cache / f"images-{_cache_key(samples, size)}.npz"
@@ -112,7 +112,6 @@ def decode_to_tensor(samples: list[tuple[Path, int]], size: int, cache: Path | N
 def typical_image_side(root: str | os.PathLike, probe: int = 32) -> tuple[int, int]:
     """(median short side, median long side) in pixels of up to ``probe`` training images,
     spread over the classes; reads image headers only."""
-    from PIL import Image
     train, _ = split_dirs(root)
     classes = list_classes(train)
     files = []

@@ -8,15 +8,17 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from ..data.imagenet import ImageNetFolder, load_image
+from ..data.unlabelled import UnlabelledImages
 from ..errors import ConfigError
+from ..export.engine import make_engine
 from ..metrics import topk_hits
 from ..weights import LoadedWeights, load_weights
 
 
 def _progress(total: int, desc: str, enabled: bool | None):
-    from tqdm import tqdm
     if enabled is None:
         enabled = sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
@@ -64,7 +66,6 @@ def evaluate_weights(weights: str | os.PathLike | LoadedWeights, data: str | os.
                      engine: str = "torch", calibration=None, log=None) -> dict:
     """Load weights (any supported file), evaluate on an ImageNet validation folder with the
     chosen inference engine (see ``squeezenet.export.engine``)."""
-    from ..export.engine import make_engine
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     loader = make_loader(data, lw, batch_size, workers)
     if lw.num_classes < len(loader.dataset.wnids):
@@ -83,7 +84,6 @@ def evaluate_weights(weights: str | os.PathLike | LoadedWeights, data: str | os.
 
 def _refuse_overlap(calibration: str | os.PathLike, dataset: ImageNetFolder) -> None:
     """int8 calibrated on the evaluation images would report an optimistic accuracy."""
-    from ..data.unlabelled import UnlabelledImages
     calib = {p.resolve() for p in UnlabelledImages(calibration, transform=None).files}
     shared = [p for p, _ in dataset.samples if p.resolve() in calib]
     if shared:
@@ -96,7 +96,6 @@ def predict(weights: str | os.PathLike | LoadedWeights, images: list, *, top: in
             mapping: str | os.PathLike | None = None, engine: str = "torch", calibration=None,
             log=None) -> list[dict]:
     """Top-``top`` classes with probabilities for each image path, through ``engine``."""
-    from ..export.engine import make_engine
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     if top < 1:
         raise ConfigError(f"top must be at least 1, got {top}")

@@ -13,13 +13,13 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 
 from ..data.imagenet import load_image
 
 
 def ten_crop_views(path: str | os.PathLike, preprocessing) -> torch.Tensor:
     """Four corner crops, the centre crop, and their mirror images, preprocessed: [10, 3, c, c]."""
-    import torchvision.transforms.functional as TF
     img = load_image(path).convert("RGB")
     img = TF.resize(img, preprocessing.resize, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
     crops = TF.five_crop(img, [preprocessing.crop, preprocessing.crop])

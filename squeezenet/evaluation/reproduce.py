@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..compression import CompressionConfig
 from ..compression.api import compress_weights
+from ..download import ASSETS, cache_dir
 from ..weights import load_weights
 from ..weights.sqz import ALEXNET_FP32, SQUEEZENET_FP32, read_compressed
 from .evaluate import accuracy_on_tensors, preload
@@ -56,7 +57,6 @@ def reproduce(data=None, weights=None, out="reproduce", calibration=None, points
               finetune_steps: int | None = None, error_feedback: bool = False, log=None) -> dict:
     """Measure Table 2 and write ``table2.md``, ``table2.json``, ``size_accuracy.png`` to ``out``."""
     log = log or (lambda *a: print(*a, file=sys.stderr))
-    from ..download import ASSETS, cache_dir
     data = _default(data, [SHARED / "imagenet-samples"], "ImageNet validation folder (data)")
     weights = _default(weights, [SHARED / "squeezenet-deep-compression" / "compressed_SqueezeNet.net",
                                  cache_dir() / ASSETS["squeezenet1_0-deep-compression"].filename],

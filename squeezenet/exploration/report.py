@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 from pathlib import Path
 
+from ..models.squeezenet import squeezenet_from_metaparameters
 from .paper import PAPER, WIDTH_KEYS
 
 
 def paper_width() -> dict:
     """base_e / incr_e / freq as the metaparameter generator defaults them (the paper's)."""
-    import inspect
 
-    from ..models.squeezenet import squeezenet_from_metaparameters
     params = inspect.signature(squeezenet_from_metaparameters).parameters
     return {k: params[k].default for k in WIDTH_KEYS}
 

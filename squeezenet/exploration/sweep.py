@@ -8,14 +8,22 @@ share of the cores.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import torch
+
 from ..errors import ConfigError
+from ..models import create_model
+from ..models.summary import summarize
+from ..training import load_config, train
+from ..utils import atomic_write_bytes
 from .paper import SWEEPS, WIDTH_KEYS
 from .report import write_outputs
+
 
 def point_kwargs(sweep: str, value, width: dict | None = None) -> dict:
     """Generator arguments of one point (small-input stem for 32x32 data).
@@ -56,9 +64,7 @@ def _parse_values(sweep: str, values, width: dict | None = None) -> list:
                 out.append(float(v))
             except ValueError:
                 raise ConfigError(f"{sweep} values must be numbers, got {v!r}") from None
-    import torch
 
-    from ..models import create_model
     for v in out:  # build each point on the meta device: bad ranges fail before any training
         with torch.device("meta"):
             create_model("squeezenet_from_metaparameters", num_classes=10, **point_kwargs(sweep, v, width))
@@ -68,12 +74,7 @@ def _parse_values(sweep: str, values, width: dict | None = None) -> list:
 def run_point(sweep: str, value, data: str, out: str, overrides: dict, threads: int,
               width: dict | None = None) -> dict:
     """Train and measure one design point; writes ``points/<id>.json`` atomically."""
-    import torch
 
-    from ..models import create_model
-    from ..models.summary import summarize
-    from ..training import load_config, train
-    from ..utils import atomic_write_bytes
     torch.set_num_threads(threads)
     kwargs = point_kwargs(sweep, value, width)
     cfg_path = overrides.pop("config", None)
@@ -134,7 +135,6 @@ def run_sweep(sweep: str, data, out, values=None, jobs: int = 1, log=print, widt
             log(f"  {row['id']}: {row['params']:,} params, {row['mb']:.2f} MB, "
                 f"top-1 {row['top1']:.4f}, top-5 {row['top5']:.4f}")
     else:
-        import multiprocessing as mp
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
             futures = [pool.submit(run_point, sweep, v, str(data), str(out), dict(overrides), threads, width)
                        for v in todo]

@@ -8,7 +8,10 @@ and reports the tail of stderr on failure.
 from __future__ import annotations
 
 import json
+import logging
 import sys
+
+import numpy as np
 
 
 def main(argv: list[str]) -> int:
@@ -19,9 +22,7 @@ def main(argv: list[str]) -> int:
     except ImportError as e:
         print(f"OpenVINO int8 needs the nncf and openvino packages ({e})", file=sys.stderr)
         return 3
-    import logging
 
-    import numpy as np
     xs = np.load(calibration)
     model = ov.Core().read_model(fp32)
     nncf.set_log_level(logging.ERROR)

@@ -15,30 +15,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
+from PIL import Image
 
 from ..cpu import cpu_name
+from ..export.engine import OnnxRuntimeEngine, OpenVinoEngine, TorchEngine, make_engine
+from ..export.exporting import export_weights
+from ..models import create_model
+from ..preprocessing import CAFFE_IMAGENET
+from ..weights import LoadedWeights, load_weights
+from .int8 import quantize_openvino_int8
 from .timing import time_interleaved
 
 
 def run_bench(model: str = "squeezenet1_0", batches=(1, 32), seconds: float = 3.0, threads: int | None = None,
               log=print, calibration=None, weights=None) -> dict:
     """Time every available path at each batch size; ratios against ONNX Runtime fp32 and the fastest."""
-    import torchvision
 
-    from ..export.engine import (
-        OnnxRuntimeEngine,
-        OpenVinoEngine,
-        TorchEngine,
-        make_engine,
-    )
-    from ..export.exporting import export_weights
-    from ..models import create_model
-    from ..preprocessing import CAFFE_IMAGENET
-    from ..weights import LoadedWeights
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     if weights is not None:
-        from ..weights import load_weights
         lw = load_weights(weights)
         model = lw.model_name
         net = lw.build_inference_model()
@@ -52,7 +48,6 @@ def run_bench(model: str = "squeezenet1_0", batches=(1, 32), seconds: float = 3.
     if calibration is None:  # int8 speed models only: calibrated on random images
         calib = folder / "calib"
         calib.mkdir()
-        from PIL import Image
         rng = np.random.default_rng(0)
         for i in range(8):
             Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(calib / f"{i}.png")
@@ -60,7 +55,6 @@ def run_bench(model: str = "squeezenet1_0", batches=(1, 32), seconds: float = 3.
         calib = calibration
     int8 = folder / "m.int8.onnx"
     export_weights(lw, "onnx", int8, int8=True, calibration=calib, calibration_images=64)
-    from .int8 import quantize_openvino_int8
     nncf_int8 = folder / "m.nncf.xml"
     quantize_openvino_int8(fp32, nncf_int8, calib, lw.preprocessing, images=64)
     paths = {}

@@ -19,6 +19,7 @@ import torch
 from ..errors import ConfigError
 from ..weights import LoadedWeights
 from .exporting import export_weights
+from .int8 import calibration_arrays, quantize_onnx_int8, quantize_openvino_int8
 from .openvino_runtime import compile_openvino
 from .timing import time_interleaved
 
@@ -87,7 +88,6 @@ class OpenVinoEngine(Engine):
 
 
 def _export_openvino_int8(lw: LoadedWeights, calibration, images: int = 64) -> Path:
-    from .int8 import quantize_openvino_int8
     fp32 = _export_tmp(lw, False, None)
     out = fp32.with_name("model.int8.xml")
     quantize_openvino_int8(fp32, out, calibration, lw.preprocessing, images)
@@ -161,7 +161,6 @@ def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=N
 def _int8_candidates(lw: LoadedWeights, fp32: Path, calibration, images: int, min_agreement: float,
                      agreements: dict, log) -> list[Engine]:
     """int8 engines quantized on 3/4 of the calibration images, kept if they agree with fp32 on the rest."""
-    from .int8 import calibration_arrays, quantize_onnx_int8, quantize_openvino_int8
     xs = calibration_arrays(calibration, lw.preprocessing, images)
     if len(xs) < 8:
         raise ConfigError(f"{calibration}: int8 needs at least 8 calibration images, found {len(xs)}")

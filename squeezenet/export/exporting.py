@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.export import Dim
 
 from ..errors import ConfigError, SqueezeNetError
 from ..weights import LoadedWeights, load_weights
+from .int8 import quantize_onnx_int8, quantize_openvino_int8
 from .openvino_runtime import compile_openvino
 
 FORMATS = ("onnx", "torchscript", "exported-program", "openvino")
@@ -103,7 +105,6 @@ def export_weights(weights, fmt: str, out: str | os.PathLike, *, batch="dynamic"
         got = onnx_outputs(fp32, check.numpy())
         report["max_abs_diff"] = float(np.abs(got - ref.numpy()).max())
         if int8:
-            from .int8 import quantize_onnx_int8
             q = quantize_onnx_int8(fp32, out, calibration, lw.preprocessing, calibration_images)
             report.update(q)
             got8 = onnx_outputs(out, check.numpy())
@@ -115,7 +116,6 @@ def export_weights(weights, fmt: str, out: str | os.PathLike, *, batch="dynamic"
         export_onnx(model, check[:1] if n is None else check, fp32, n is None, meta)
         report["max_abs_diff"] = float(np.abs(onnx_outputs(fp32, check.numpy()) - ref.numpy()).max())
         if int8:
-            from .int8 import quantize_openvino_int8
             report.update(quantize_openvino_int8(fp32, out, calibration, lw.preprocessing, calibration_images, meta))
         else:
             ir = ov.Core().read_model(str(fp32))
@@ -135,7 +135,6 @@ def export_weights(weights, fmt: str, out: str | os.PathLike, *, batch="dynamic"
         with torch.inference_mode():
             report["max_abs_diff"] = float((loaded(check) - ref).abs().max())
     else:
-        from torch.export import Dim
         dyn = {"x": {0: Dim("batch", min=1, max=4096)}} if n is None else None
         ep = torch.export.export(model, (check,), dynamic_shapes=dyn)
         tmp = out.with_name(f".{out.name}.tmp")

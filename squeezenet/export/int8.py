@@ -16,12 +16,17 @@ VNNI (an exported file may run elsewhere; 7 bits are safe everywhere).
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..cpu import has_vnni
+from ..data.unlabelled import UnlabelledImages
 
 
 def cpu_has_vnni() -> bool:
@@ -33,7 +38,6 @@ def calibration_arrays(calibration, preprocessing, images: int = 64) -> np.ndarr
     """``images`` preprocessed calibration images (a deterministic subset) as float32 [N, 3, H, W]."""
     if isinstance(calibration, np.ndarray):
         return np.ascontiguousarray(calibration[:images], dtype=np.float32)
-    from ..data.unlabelled import UnlabelledImages
     ds = UnlabelledImages(calibration, preprocessing.transform(), limit=images)
     return np.stack([ds[i].numpy() for i in range(len(ds))]).astype(np.float32)
 
@@ -83,10 +87,6 @@ def quantize_openvino_int8(fp32_path: Path, out_xml: Path, calibration, preproce
     out of the caller's process. (It was moved there while chasing a SIGSEGV seen in the test
     suite; that alone did not stop it: see docs/robustness.md.)
     """
-    import json
-    import subprocess
-    import sys
-    import tempfile
     xs = calibration_arrays(calibration, preprocessing, images)
     out_xml = Path(out_xml)
     with tempfile.TemporaryDirectory(prefix="squeezenet-nncf-") as tmp:

@@ -1,9 +1,12 @@
 """Name -> builder registry, in the style of timm's ``register_model``."""
 from __future__ import annotations
 
+import importlib
+import inspect
 from typing import Callable
 
 import torch.nn as nn
+import torchvision.models
 
 from ..errors import ConfigError
 
@@ -78,11 +81,8 @@ def is_registered(name: str) -> bool:
 
 def _external_builder(name: str) -> Callable[..., nn.Module]:
     """``torchvision:NAME`` (torchvision's builders, untrained) or ``package.module:function``."""
-    import importlib
-    import inspect
     source, _, attr = name.partition(":")
     if source == "torchvision":
-        import torchvision.models
         try:
             fn = torchvision.models.get_model_builder(attr)
         except ValueError:

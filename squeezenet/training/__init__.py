@@ -4,8 +4,8 @@
 (``train_one_epoch``, ``evaluate``) -> ``checkpoint`` (save, resume) -> ``train`` (orchestration).
 """
 from .config import TrainConfig, TrainingError, load_config
-from .distributed import Dist, setup_distributed
 from .data import build_data
+from .distributed import Dist, setup_distributed
 from .loop import evaluate, train_one_epoch
 from .train import train
 

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..weights import save_checkpoint
+from ..weights.loading import CHECKPOINT_FORMAT
 from .config import TrainConfig, TrainingError
 
 
@@ -48,7 +50,6 @@ def save_training_checkpoint(path: Path, model, optimizer, scheduler, cfg: Train
     """``state_dict`` holds the weights to use: the moving average when ``ema`` (a ``WeightEMA``) is
     given, with the raw weights and the update count under ``ema`` for resuming; a ``Lookahead``'s
     slow copy and step count go under ``lookahead``."""
-    from ..weights import save_checkpoint
     m = unwrap(model)
     state = dict(m.state_dict())
     extra = {}
@@ -85,7 +86,6 @@ def _append_csv(path: Path, row: dict) -> None:
 
 def load_training_checkpoint(path) -> dict:
     """A ``last.pt`` / ``best.pt`` written by ``train`` (weights_only), checked to hold an optimizer."""
-    from ..weights.loading import CHECKPOINT_FORMAT
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"{path}: checkpoint to resume from not found")

@@ -7,8 +7,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from ..data.folders import typical_image_side
 from ..errors import SqueezeNetError
 from ..preprocessing import CAFFE_IMAGENET, CIFAR10, TORCHVISION_IMAGENET, Preprocessing
+from ..utils import atomic_write_bytes
 
 
 class TrainingError(SqueezeNetError):
@@ -121,7 +125,6 @@ class TrainConfig:
 
 def load_config(path: str | os.PathLike | None = None, **overrides) -> TrainConfig:
     """A ``TrainConfig`` from a YAML file (unknown keys are errors) and keyword overrides."""
-    import yaml
     values: dict = {}
     if path is not None:
         path = Path(path)
@@ -176,7 +179,6 @@ LARGE_IMAGE_RECIPE = {"model": "squeezenet1_1", "model_kwargs": {}, "optimizer":
 
 def recipe_for_data(data: str | os.PathLike) -> tuple[dict, str]:
     """The recipe the images call for, and why (printed by ``train`` when no config is given)."""
-    from ..data.folders import typical_image_side
     short, long = typical_image_side(data)
     if long <= SMALL_IMAGE_SIDE:
         return dict(SMALL_IMAGE_RECIPE), (f"images are about {long}x{short} px (<= {SMALL_IMAGE_SIDE}): small-image "
@@ -201,9 +203,7 @@ def input_size_warning(cfg: TrainConfig) -> str | None:
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
     """Write the resolved recipe as YAML (what ``--config`` reads back)."""
-    import yaml
 
-    from ..utils import atomic_write_bytes
     text = "# resolved training config, written by squeezenet train\n" + yaml.safe_dump(
         dataclasses.asdict(cfg), sort_keys=False)
     atomic_write_bytes(path, text.encode())

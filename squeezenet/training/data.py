@@ -7,7 +7,12 @@ import os
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms as T
+from torch.utils.data.distributed import DistributedSampler
 
+from ..data.folders import decode_to_tensor, list_classes, list_samples, split_dirs
+from ..data.imagenet import load_image
+from ..download import cache_dir
 from ..preprocessing import Preprocessing
 from .config import TrainConfig, TrainingError
 from .distributed import Dist
@@ -49,7 +54,6 @@ class TensorBatches:
                  train: bool, augment: str, d: Dist, seed: int, channels_last: bool, *,
                  cutout: int = 0, alternating_flip: bool = False, crop_padding: int = 4,
                  crop_padding_mode: str = "zeros") -> None:
-        from torch.utils.data.distributed import DistributedSampler
         self.images, self.labels = images, labels
         self.batch_size = batch_size
         self.train = train
@@ -115,14 +119,12 @@ class FolderDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i):
-        from ..data.imagenet import load_image
         p, label = self.samples[i]
         return self.transform(load_image(p)), label
 
 
 def _folder_transform(prep: Preprocessing, train: bool, augment: str, crop_padding: int = 4,
                       crop_padding_mode: str = "zeros"):
-    import torchvision.transforms as T
     ops = []
     if train and augment == "imagenet":
         ops += [T.RandomResizedCrop(prep.crop), T.RandomHorizontalFlip()]
@@ -142,7 +144,6 @@ class FolderBatches:
     def __init__(self, samples, batch_size: int, prep: Preprocessing, train: bool, augment: str, d: Dist,
                  seed: int, workers: int, channels_last: bool, *, cutout: int = 0, crop_padding: int = 4,
                  crop_padding_mode: str = "zeros") -> None:
-        from torch.utils.data.distributed import DistributedSampler
         ds = FolderDataset(samples, _folder_transform(prep, train, augment, crop_padding, crop_padding_mode))
         self.sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=train, seed=seed,
                                           drop_last=train)
@@ -186,7 +187,6 @@ def sample_images(batches, n: int, seed: int) -> torch.Tensor:
 
 def build_data(data: str | os.PathLike, cfg: TrainConfig, d: Dist, per_rank_batch: int, log=print):
     """(train batches, eval batches, class names)."""
-    from ..data.folders import decode_to_tensor, list_classes, list_samples, split_dirs
     train_dir, eval_dir = split_dirs(data)
     classes = list_classes(train_dir)
     train_samples = list_samples(train_dir, classes)
@@ -197,7 +197,6 @@ def build_data(data: str | os.PathLike, cfg: TrainConfig, d: Dist, per_rank_batc
         train_samples = [train_samples[i] for i in keep]
     prep = cfg.prep
     if cfg.tensor_cache and prep.crop <= 64:
-        from ..download import cache_dir
         cache = cache_dir() / "tensors"
         xs, ys, skipped = decode_to_tensor(train_samples, prep.crop, cache)
         xe, ye, skipped_e = decode_to_tensor(eval_samples, prep.crop, cache)

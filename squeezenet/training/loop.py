@@ -1,15 +1,19 @@
 """One epoch of training, evaluation, initialisation and the learning-rate schedule: plain functions."""
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from ..cpu import has_native_bf16
 from ..metrics import topk_hits
 from .checkpoint import unwrap
 from .config import TrainConfig, TrainingError
@@ -68,7 +72,6 @@ def bf16_pays(device: torch.device) -> bool:
     and slower (measured 8x slower than fp32 on an AVX2-only CPU)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    from ..cpu import has_native_bf16
     return has_native_bf16()
 
 
@@ -160,7 +163,6 @@ class TimeBudgetScheduler:
     def elapsed(self) -> float:
         e = self.clock() - self.t0
         if self.d.world > 1:  # one clock for all processes: the slowest
-            import torch.distributed as dist
             t = torch.tensor([e], dtype=torch.float64, device=self.d.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             e = float(t.item())
@@ -203,7 +205,6 @@ class WeightEMA:
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        import copy
         self.decay = float(decay)
         self.updates = 0
         self.module = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
@@ -284,7 +285,6 @@ def train_one_epoch(model: nn.Module, batches, optimizer, scheduler, *, d: Dist,
     gradients), ``after_step`` after each optimizer step (e.g. re-apply masks and centroids).
     ``progress``: True for a progress bar, ``"lines"`` for a plain line every tenth of the
     epoch (logs, where a bar's carriage returns show nothing until the epoch ends), False for none."""
-    from tqdm import tqdm
     model.train()
     batches.set_epoch(epoch)
     total = len(batches) if not max_steps else min(max_steps, len(batches))
