@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SHARED ?= ../shared/data
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench robustness lint clean
+.PHONY: demo test test-slow test-all bench robustness lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q -m "not openvino_int8"
 	$(PY) -m pytest -q -m openvino_int8
 
-# Slow tests too (long compression and training runs).
+# The tests marked slow (each over about 10 s on 2 cores: long compressions, fuzzing, a killed
+# and resumed training run); CI runs them after `make test`.
+test-slow: $(STAMP)
+	RUN_SLOW=1 $(PY) -m pytest -q -m "slow and not openvino_int8"
+
+# Everything, slow tests included.
 test-all: $(STAMP)
 	RUN_SLOW=1 $(PY) -m pytest -q -m "not openvino_int8"
 	RUN_SLOW=1 $(PY) -m pytest -q -m openvino_int8

@@ -15,7 +15,7 @@ def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
     for item in items:
         if "slow" in item.keywords and not run_slow:
-            item.add_marker(pytest.mark.skip(reason="slow test; set RUN_SLOW=1 (make test-all) to run"))
+            item.add_marker(pytest.mark.skip(reason="slow test; make test-slow (RUN_SLOW=1) runs it"))
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 

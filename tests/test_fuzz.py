@@ -82,6 +82,7 @@ def net_bytes():
     return serialize_caffe_net(layers_from_state_dict(sd))
 
 
+@pytest.mark.slow
 def test_fuzz_published_net_reader(net_bytes):
     out = run_cases(lambda rng: parse_caffe_net(mutate(net_bytes, rng), "fuzz.net"), seed=1)
     assert out["rejected"] + out["accepted"] == CASES

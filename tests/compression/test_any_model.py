@@ -112,6 +112,7 @@ def test_the_kept_quantizer_is_never_worse_than_the_uniform_one_on_calibration()
         assert d == pytest.approx(kept, rel=1e-3, abs=1e-7)
 
 
+@pytest.mark.slow
 def test_a_65536_column_layer_compresses_with_error_feedback_in_bounded_memory():
     # 1,024 input channels, 64 taps: the full second moment would be 65,536^2 float64 (34 GB)
     torch.manual_seed(0)

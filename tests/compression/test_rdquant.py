@@ -184,6 +184,7 @@ def _random_calibration_and_tiny_weights(tmp_path, images: int, seed: int):
     return calib, lw
 
 
+@pytest.mark.slow
 def test_compress_weights_with_budget_and_calibration(tmp_path):
     from squeezenet.compression import CompressionConfig, compress_weights
     from squeezenet.weights import load_weights
@@ -204,6 +205,7 @@ def test_compress_weights_with_budget_and_calibration(tmp_path):
         compress_weights(lw, CompressionConfig(size_budget=150_000))
 
 
+@pytest.mark.slow
 def test_error_feedback_at_a_budget_is_plumbed_through_and_stays_within_it(tmp_path):
     # Whether feedback helps depends on the model and on calibration images from its domain
     # (measured on the published SqueezeNet in bench_codecs); here: both quantizers run and fit.

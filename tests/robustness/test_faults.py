@@ -20,6 +20,7 @@ TRAIN = [sys.executable, "-m", "squeezenet", "train", "--model", "squeezenet1_1"
          "--batch-size", "8", "--lr", "0.01", "--epochs", "6", "--workers", "0"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=16)
     env = dict(os.environ, SQUEEZENET_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))

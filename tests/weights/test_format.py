@@ -46,6 +46,7 @@ def test_every_squeezenet_round_trips(name):
     assert rep["bytes"] == len(data) == sum(rep["components"].values())
 
 
+@pytest.mark.slow
 def test_alexnet_round_trips():
     data, model, _ = compress_weights(loaded("alexnet"), CompressionConfig(bits=3, density="profile", kmeans_iters=5))
     _, state, _ = decode(data)
