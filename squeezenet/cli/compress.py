@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compression import CompressionConfig
+from ..compression import CompressionConfig, RetrainConfig
 from ..compression.api import compress_weights
 from ..compression.retrain import compress_with_retraining
 from ..errors import ConfigError, FormatError
@@ -42,30 +42,32 @@ def weights_with_model(path, model: str | None, model_kwargs: str | None):
 def compress_command(args) -> dict:
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     bits = args.bits if args.bits is not None else args.bits_per_layer
-    lw = weights_with_model(args.weights, args.model, args.model_kwargs)
-    if args.data is not None:
-        given = [f for f, v, default in (("--output", args.output, "auto"), ("--quantizer", args.quantizer, "auto"))
-                 if v != default]
-        if given:
-            raise ConfigError(f"{', '.join(given)} work with --calibration, not with --data (retraining with labels)")
-        bits = 8 if bits is None else bits
-        report = compress_with_retraining(lw, args.data, args.out, bits=bits,
-                                          density="profile" if args.density == "auto" else args.density,
-                                          retrain_epochs=args.retrain_epochs, config=args.config,
-                                          max_steps=args.max_steps or 0, lr=args.retrain_lr,
-                                          fold_batch_norm=args.fold_batch_norm, size_budget=args.size_budget,
-                                          error_feedback=bool(args.error_feedback), log=log)
-        log(f"wrote {args.out}: {report['bytes']:,} bytes, {report['ratio_vs_fp32']:.1f}x smaller than fp32; "
-            f"top-1 {report['top1']:.4f} ({report['top1_lost'] * 100:+.2f} points lost)")
-        return report
-    if (args.size_budget or args.finetune_steps) and args.calibration is None:
-        raise ConfigError("--size-budget and --finetune-steps need --calibration (a folder of unlabelled images, "
-                          "a .pt/.npy/.npz file of inputs, or package.module:function)")
     config = CompressionConfig(density=args.density, bits=8 if bits is None else bits, size_budget=args.size_budget,
                                codebook_dtype=args.codebook_dtype, codec=args.codec,
                                finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,
                                fold_batch_norm=args.fold_batch_norm, output=args.output, quantizer=args.quantizer,
-                               error_feedback=args.error_feedback is not False)
+                               error_feedback=args.error_feedback)
+    lw = weights_with_model(args.weights, args.model, args.model_kwargs)
+    if args.data is not None:
+        given = [flag for flag, value, default in (("--calibration", args.calibration, None),
+                                                   ("--finetune-steps", args.finetune_steps, None),
+                                                   ("--finetune-lr", args.finetune_lr, 1e-4)) if value != default]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: distillation on unlabelled inputs; with --data the model "
+                              "retrains on the labelled images instead (--retrain-epochs, --retrain-lr)")
+        retraining = RetrainConfig(args.data, epochs=args.retrain_epochs, lr=args.retrain_lr,
+                                   max_steps=args.max_steps or 0, recipe=args.config)
+        report = compress_with_retraining(lw, config, retraining, args.out, log=log)
+        log(f"wrote {args.out}: {report['bytes']:,} bytes, {report['ratio']:.1f}x smaller than fp32; "
+            f"top-1 {report['top1']:.4f} ({report['top1_lost'] * 100:+.2f} points lost)")
+        return report
+    given = [flag for flag, value in (("--retrain-epochs", args.retrain_epochs != 1), ("--retrain-lr", args.retrain_lr),
+                                      ("--config", args.config), ("--max-steps", args.max_steps)) if value]
+    if given:
+        raise ConfigError(f"{', '.join(given)} need --data (labelled images to retrain on)")
+    if (args.size_budget or args.finetune_steps) and args.calibration is None:
+        raise ConfigError("--size-budget and --finetune-steps need --calibration (a folder of unlabelled images, "
+                          "a .pt/.npy/.npz file of inputs, or package.module:function)")
     _, _, report = compress_weights(lw, config, calibration=args.calibration, out=args.out, log=log)
     log(f"wrote {args.out}: {report['bytes']:,} bytes, {report['ratio']:.1f}x smaller than the model's fp32 "
         f"weights ({report['fp32_bytes']:,} bytes) in {report['seconds']:.1f} s")

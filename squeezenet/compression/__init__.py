@@ -3,6 +3,7 @@
 One verb and its file (``api``)::
 
     compress_(model, CompressionConfig(...)) -> report      prune, share, (distil), in place
+    compress_with_retraining(weights, CompressionConfig(...), RetrainConfig(data), out)   with labels
     save_compressed(model, path) / load_compressed(path)     the .sqz file (``squeezenet.weights.sqz``)
 
 Below it, pure tensor functions and in-place stages: ``pruning`` (masks), ``quantization``
@@ -12,12 +13,14 @@ a size budget), ``sensitivity`` (bit allocation), ``finetune`` (training hooks, 
 from ..weights.sqz import size_report
 from .api import (Calibration, calibration_from_folder, compress_, compress_weights, encode, load_compressed,
                   save_compressed)
-from .config import CompressionConfig, parse_layer_spec
+from .config import CompressionConfig, RetrainConfig, parse_layer_spec
 from .finetune import after_step_, before_step_
 from .pruning import PruneConfig, apply_masks_, default_density, magnitude_mask, prune_, threshold_mask
 from .quantization import kmeans_1d, share_weights_, snap_shared_weights_, sum_cluster_gradients_
+from .retrain import compress_with_retraining
 
-__all__ = ["Calibration", "calibration_from_folder", "compress_", "compress_weights", "encode", "load_compressed",
-           "save_compressed", "size_report", "CompressionConfig", "parse_layer_spec", "after_step_", "before_step_",
-           "PruneConfig", "apply_masks_", "default_density", "magnitude_mask", "prune_", "threshold_mask", "kmeans_1d",
-           "share_weights_", "snap_shared_weights_", "sum_cluster_gradients_"]
+__all__ = ["Calibration", "calibration_from_folder", "compress_", "compress_weights", "compress_with_retraining",
+           "encode", "load_compressed", "save_compressed", "size_report", "CompressionConfig", "RetrainConfig",
+           "parse_layer_spec", "after_step_", "before_step_", "PruneConfig", "apply_masks_", "default_density",
+           "magnitude_mask", "prune_", "threshold_mask", "kmeans_1d", "share_weights_", "snap_shared_weights_",
+           "sum_cluster_gradients_"]

@@ -16,7 +16,7 @@ import copy
 import importlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from ..data.unlabelled import UnlabelledImages
 from ..errors import ConfigError
-from ..models.fold import fold_batch_norm, has_batch_norm
+from ..models.fold import fold_batch_norm_, has_batch_norm
 from ..models.layers import prunable_layers
 from ..models.standin import StateDictModule, module_from_state_dict
 from ..weights import LoadedWeights, load_weights
@@ -251,10 +251,13 @@ def compress_(model: nn.Module, config: CompressionConfig | None = None, *, cali
 def _compress(model, config, calibration, model_name, model_kwargs, preprocessing, class_names, retrain,
               log) -> tuple[bytes, dict]:
     config = config or CompressionConfig()
+    config = replace(config, error_feedback=config.feedback(retraining=retrain is not None))
     calibration = as_calibration(calibration)
     steps = config.distill_steps(calibration is None or calibration.loader is not None)
     _check_request(model, config, calibration, steps)
     start = time.perf_counter()
+    if config.fold_batch_norm and has_batch_norm(model):
+        model_name, model_kwargs = _fold_(model, model_name, model_kwargs, log)
     teacher = copy.deepcopy(model).eval() if steps else None
     names = list(prunable_layers(model))
     achieved = prune_stage_(model, config)
@@ -396,20 +399,26 @@ def fp32_bytes(model: nn.Module) -> int:
                for v in model.state_dict().values())
 
 
-def fold_for_compression(model: nn.Module, weights, log: Callable[..., None] = _quiet):
-    """(folded model, the weights' record for it): a ``batch_norm=True`` SqueezeNet folds into
-    its plain architecture; another model's folded file records no architecture (its state
-    dict no longer fits the original one)."""
-    if not has_batch_norm(model):
-        return model, weights
-    folded = fold_batch_norm(model)
-    kwargs = dict(weights.model_kwargs)
-    name = weights.model_name
+def _fold_(model: nn.Module, model_name: str, model_kwargs: dict | None, log) -> tuple[str, dict]:
+    """Fold batch norm into the convolutions in place; returns the architecture the file records:
+    a ``batch_norm=True`` SqueezeNet folds into its plain architecture, another model's folded
+    file records none (its state dict no longer fits the original one)."""
+    fold_batch_norm_(model)
+    kwargs = dict(model_kwargs or {})
     if kwargs.get("batch_norm"):
         kwargs["batch_norm"] = False
-    else:
-        name = ""
+    elif model_name:
+        model_name = ""
         log("folded batch norm: the file records the state dict only (the architecture changed)")
+    return model_name, kwargs
+
+
+def fold_for_compression(model: nn.Module, weights, log: Callable[..., None] = _quiet):
+    """(folded copy of the model, the weights' record for it), as ``_fold_`` names it."""
+    if not has_batch_norm(model):
+        return model, weights
+    folded = copy.deepcopy(model)
+    name, kwargs = _fold_(folded, weights.model_name, weights.model_kwargs, log)
     record = LoadedWeights(name, folded.state_dict(), weights.preprocessing, weights.num_classes, kwargs,
                            weights.class_names, weights.kind, weights.path, weights.extra)
     if name:
@@ -438,8 +447,6 @@ def compress_weights(weights, config: CompressionConfig | None = None, *, calibr
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     model = model_for_compression(lw)
     fp32 = fp32_bytes(model)  # the model as given, before any folding
-    if config.fold_batch_norm:
-        model, lw = fold_for_compression(model, lw, log)
     calib = None
     if isinstance(calibration, (str, os.PathLike)) and (config.size_budget or config.distill_steps()):
         calib = load_calibration(calibration, lw.preprocessing, calibration_images, config.distill_steps())

@@ -6,6 +6,7 @@ Stages (accuracy measured after each): original -> pruned -> pruned and retraine
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 
@@ -14,33 +15,37 @@ from ..training import Dist, TrainingError, build_data, evaluate, load_config, t
 from ..weights import LoadedWeights, load_weights
 from ..weights.sqz import read_compressed
 from .api import Calibration, compress_, fold_for_compression, fp32_bytes, prune_stage_, save_compressed
-from .config import CompressionConfig
+from ..errors import ConfigError
+from .config import CompressionConfig, RetrainConfig
 from .finetune import after_step_, before_step_
 from .pruning import apply_masks_, mask_gradients_, remove_masks_
 
 
-def compress_with_retraining(weights, data, out, *, bits=8, density="profile", retrain_epochs: int = 1,
-                             finetune_epochs: int | None = None, config=None, lr: float | None = None,
-                             max_steps: int = 0, fold_batch_norm: bool = False, size_budget: int | None = None,
-                             error_feedback: bool = False, log=print) -> dict:
+def compress_with_retraining(weights, config: CompressionConfig, retraining: RetrainConfig, out,
+                             log=print) -> dict:
     """Prune, retrain, share, fine-tune centroids with labels, entropy-code and write ``out``.
 
-    With ``size_budget`` (bytes, a hard limit) the sharing stage is the rate-distortion search of
-    ``compress --size-budget`` instead of ``bits``-bit k-means, its Fisher sensitivities taken on
-    256 training images (labels unused; also the inputs of ``error_feedback``), and the file
-    holds at most that many bytes. ``error_feedback`` is off by default here: on the CIFAR-10
-    fast model at 147,000 bytes it lost 1.29 points after centroid retraining, against 0.95
-    without (the retraining with labels recovers more from the plain quantizer)."""
+    ``config`` is the same ``CompressionConfig`` as ``compress_``'s: density "auto" prunes by the
+    profile here (retraining recovers what pruning costs), a ``size_budget`` (bytes, a hard limit)
+    makes the sharing stage the rate-distortion search, its inputs 256 training images (labels
+    unused), and error feedback is off unless asked for. Distillation (``finetune_steps``) does
+    not apply: the centroids are fine-tuned with labels (``retraining.finetune_epochs``)."""
+    if config.finetune_steps:
+        raise ConfigError("finetune_steps distil without labels; with retraining the centroids are fine-tuned "
+                          "with labels (RetrainConfig.finetune_epochs, --retrain-epochs)")
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
+    data, bits, size_budget = retraining.data, config.bits, config.size_budget
+    density = "profile" if config.density == "auto" else config.density
     saved_cfg = (lw.extra or {}).get("config") or {}
-    overrides = {"model": lw.model_name, "model_kwargs": lw.model_kwargs, "epochs": retrain_epochs,
-                 "schedule": "cosine", "max_steps_per_epoch": max_steps}
-    if config is None and saved_cfg:
+    overrides = {"model": lw.model_name, "model_kwargs": lw.model_kwargs, "epochs": retraining.epochs,
+                 "schedule": "cosine", "max_steps_per_epoch": retraining.max_steps}
+    if retraining.recipe is None and saved_cfg:
         keep = {k: v for k, v in saved_cfg.items() if k not in overrides}
         cfg = load_config(None, **keep, **overrides)
     else:
-        cfg = load_config(config, **overrides)
-    cfg.lr = lr if lr is not None else cfg.lr * 0.1  # retraining starts from a trained model: a tenth of the lr
+        cfg = load_config(retraining.recipe, **overrides)
+    # retraining starts from a trained model: a tenth of the recipe's learning rate
+    cfg.lr = retraining.lr if retraining.lr is not None else cfg.lr * 0.1
     train_b, eval_b, classes = build_data(data, cfg, Dist(), cfg.batch_size, log)
     if lw.class_names and list(lw.class_names) != classes:
         raise TrainingError(f"{data}: classes {classes} differ from the checkpoint's {lw.class_names}")
@@ -55,12 +60,12 @@ def compress_with_retraining(weights, data, out, *, bits=8, density="profile", r
 
     start = time.perf_counter()
     measure("original")
-    ft = retrain_epochs if finetune_epochs is None else finetune_epochs
-    folded_after_pruning = fold_batch_norm and has_batch_norm(model)
+    ft = retraining.epochs if retraining.finetune_epochs is None else retraining.finetune_epochs
+    folded_after_pruning = config.fold_batch_norm and has_batch_norm(model)
 
     def retrain_pruned(m) -> None:
         measure("pruned")
-        if retrain_epochs:
+        if retraining.epochs:
             train(cfg, data, None, model=m, before_step=mask_gradients_, after_step=apply_masks_,
                   progress=None, log=log)
             measure("pruned + retrained")
@@ -91,8 +96,7 @@ def compress_with_retraining(weights, data, out, *, bits=8, density="profile", r
     calibration = None
     if size_budget:
         calibration = Calibration(_first_images(train_b, 256))
-    compress_(model, CompressionConfig(density=density, bits=bits, size_budget=size_budget, finetune_steps=0,
-                                       error_feedback=error_feedback),
+    compress_(model, replace(config, density=density, finetune_steps=0, fold_batch_norm=False),
               calibration=calibration, retrain=retrain, model_name=lw.model_name, model_kwargs=lw.model_kwargs,
               preprocessing=lw.preprocessing.to_dict(), class_names=classes, log=log)
     size = save_compressed(model, out)

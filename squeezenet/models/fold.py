@@ -53,7 +53,12 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
     becomes an identity). A ``Sequential`` left holding just a convolution and that identity
     becomes the convolution itself, so a folded ``batch_norm=True`` SqueezeNet has exactly the
     plain model's state-dict keys. Models without batch norm come back as an eval-mode copy."""
-    model = copy.deepcopy(model).eval()
+    return fold_batch_norm_(copy.deepcopy(model))
+
+
+def fold_batch_norm_(model: nn.Module) -> nn.Module:
+    """``fold_batch_norm`` in place (the model's submodules are replaced); returns it, in eval mode."""
+    model.eval()
     for parent, conv_name, bn_name in list(batch_norm_pairs(model)):
         conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
         setattr(parent, conv_name, fold_conv_bn(conv, bn))

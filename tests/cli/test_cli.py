@@ -138,10 +138,32 @@ def test_safetensors_in_and_out_with_a_tensor_file_as_calibration(tmp_path, caps
     assert (back["0.weight"] - model.state_dict()["0.weight"]).abs().max() < 0.2
 
 
-def test_output_and_quantizer_flags_are_refused_with_data(tmp_path, capsys):
+def test_compress_with_data_and_without_builds_one_config(tmp_path, capsys, monkeypatch):
+    # every compression flag reaches the library through one CompressionConfig, with or without
+    # --data; the flags that cannot apply to one branch are refused, naming the flag
     import torch
+    from squeezenet.cli import compress as cli_compress
     src = tmp_path / "m.pt"
     torch.save(torch.nn.Linear(3, 2).state_dict(), src)
-    assert main(["compress", "--weights", str(src), "--out", str(tmp_path / "o.sqz"), "--data", str(tmp_path),
-                 "--quantizer", "uniform"]) != 0
-    assert "--quantizer" in capsys.readouterr().err
+    seen = {}
+
+    def fake_retraining(lw, config, retraining, out, log):
+        seen.update(config=config, retraining=retraining)
+        return {"bytes": 1, "ratio": 1.0, "top1": 0.5, "top1_lost": 0.0}
+
+    monkeypatch.setattr(cli_compress, "compress_with_retraining", fake_retraining)
+    flags = ["--codec", "huffman", "--codebook-dtype", "f2", "--quantizer", "uniform", "--output", "mse",
+             "--bits", "5", "--density", "0.4", "--no-error-feedback", "--fold-batch-norm"]
+    base = ["compress", "--weights", str(src), "--out", str(tmp_path / "o.sqz")]
+    assert main(base + ["--data", str(tmp_path), "--retrain-epochs", "3", "--retrain-lr", "0.01"] + flags) == 0
+    config, retraining = seen["config"], seen["retraining"]
+    assert (config.codec, config.codebook_dtype, config.quantizer, config.output) == ("huffman", "f2", "uniform", "mse")
+    assert (config.bits, config.density, config.error_feedback, config.fold_batch_norm) == (5, "0.4", False, True)
+    assert (retraining.epochs, retraining.lr, str(retraining.data)) == (3, 0.01, str(tmp_path))
+    for refused in (["--calibration", str(tmp_path)], ["--finetune-steps", "5"]):
+        capsys.readouterr()
+        assert main(base + ["--data", str(tmp_path)] + refused) != 0
+        assert refused[0] in capsys.readouterr().err
+    assert main(base + ["--retrain-epochs", "2"]) != 0
+    err = capsys.readouterr().err
+    assert "--retrain-epochs" in err and "need --data" in err

@@ -219,3 +219,26 @@ def compress_weights_of(model, config):
     m = copy.deepcopy(model)
     report = compress_(m, config, log=lambda *a: None)
     return encode(m), report
+
+
+def test_compress_folds_batch_norm_when_asked():
+    # fold_batch_norm is honoured by the library verb itself, not only by the file-to-file path
+    from squeezenet.models import create_model
+    torch.manual_seed(0)
+    model = create_model("squeezenet1_1", num_classes=10, small_input=True, batch_norm=True).eval()
+    for m in model.modules():  # non-trivial statistics, so folding changes the weights
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    compress_(model, CompressionConfig(bits=8, density="keep", fold_batch_norm=True),
+              model_name="squeezenet1_1", model_kwargs={"num_classes": 10, "small_input": True, "batch_norm": True})
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    header, state, _ = decode(encode(model))
+    assert header["model_kwargs"].get("batch_norm") is False and not any("running" in k for k in state)
+    plain = create_model("squeezenet1_1", num_classes=10, small_input=True)
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.allclose(plain.eval()(x), before, atol=0.05 * float(before.abs().max()))

@@ -117,11 +117,12 @@ def test_ddp_two_cpu_processes_agree(tiny_data, tmp_path):
 
 
 def test_compress_with_retraining_reports_every_stage(tiny_data, tmp_path):
-    from squeezenet.compression.retrain import compress_with_retraining
+    from squeezenet.compression import CompressionConfig, RetrainConfig, compress_with_retraining
     run = tmp_path / "run"
     train(cfg(epochs=1), tiny_data, run, progress=False, log=lambda *a: None)
     out = tmp_path / "m.sqz"
-    rep = compress_with_retraining(run / "last.pt", tiny_data, out, bits=4, retrain_epochs=1, log=lambda *a: None)
+    rep = compress_with_retraining(run / "last.pt", CompressionConfig(bits=4), RetrainConfig(tiny_data, epochs=1), out,
+                                   log=lambda *a: None)
     stages = [s["stage"] for s in rep["stages"]]
     assert stages[0] == "original" and stages[-1] == "file (decoded from disk)"
     assert "pruned + retrained" in stages and "centroids fine-tuned" in stages
@@ -132,13 +133,13 @@ def test_compress_with_retraining_reports_every_stage(tiny_data, tmp_path):
 
 
 def test_retraining_with_batch_norm_folds_after_pruning(tiny_data, tmp_path):
-    from squeezenet.compression.retrain import compress_with_retraining
+    from squeezenet.compression import CompressionConfig, RetrainConfig, compress_with_retraining
     run = tmp_path / "run"
     train(cfg(epochs=1, model_kwargs={"small_input": True, "batch_norm": True}), tiny_data, run, progress=False,
           log=lambda *a: None)
     out = tmp_path / "m.sqz"
-    rep = compress_with_retraining(run / "last.pt", tiny_data, out, bits=4, density=0.3, retrain_epochs=1,
-                                   fold_batch_norm=True, log=lambda *a: None)
+    rep = compress_with_retraining(run / "last.pt", CompressionConfig(bits=4, density=0.3, fold_batch_norm=True),
+                                   RetrainConfig(tiny_data, epochs=1), out, log=lambda *a: None)
     stages = {s["stage"]: s for s in rep["stages"]}
     names = [s["stage"] for s in rep["stages"]]
     # masked retraining ran on the batch-norm model, then folding changed no prediction
@@ -152,17 +153,18 @@ def test_retraining_with_batch_norm_folds_after_pruning(tiny_data, tmp_path):
 
 
 def test_retraining_to_a_size_budget_stays_within_it(tiny_data, tmp_path):
-    from squeezenet.compression.retrain import compress_with_retraining
+    from squeezenet.compression import CompressionConfig, RetrainConfig, compress_with_retraining
     run = tmp_path / "run"
     train(cfg(epochs=1), tiny_data, run, progress=False, log=lambda *a: None)
     out = tmp_path / "m.sqz"
-    rep = compress_with_retraining(run / "last.pt", tiny_data, out, density=0.3, retrain_epochs=1,
-                                   size_budget=60_000, log=lambda *a: None)
+    rep = compress_with_retraining(run / "last.pt", CompressionConfig(density=0.3, size_budget=60_000),
+                                   RetrainConfig(tiny_data, epochs=1), out, log=lambda *a: None)
     names = [s["stage"] for s in rep["stages"]]
     assert "weight-shared (rate-distortion levels)" in names and "centroids fine-tuned" in names
     assert rep["bytes"] == out.stat().st_size <= 60_000
     assert rep["bytes"] > 50_000  # the search spends the budget rather than undershooting it
     load_weights(out).build_model()
+
 
 def test_without_a_terminal_progress_comes_as_plain_lines(tiny_data, capsys):
     # logs (nohup, CI) get one line per tenth of the epoch instead of a bar's carriage returns
