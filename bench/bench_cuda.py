@@ -81,7 +81,7 @@ def _cuda_graph(model, batch: int, size: int, device) -> callable:
 
 
 def accuracy(lw, data: str, device, dtype, batch: int = 100) -> dict:
-    from squeezenet.evaluation.evaluate import evaluate, make_loader
+    from squeezenet.evaluation.evaluate import evaluate_loader as evaluate, make_loader
     m = lw.build_model().to(device, dtype, memory_format=torch.channels_last).eval()
 
     def run(x):

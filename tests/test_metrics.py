@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from squeezenet.evaluation.evaluate import evaluate
+from squeezenet.evaluation.evaluate import evaluate_loader as evaluate
 from squeezenet.metrics import topk_hits
 
 

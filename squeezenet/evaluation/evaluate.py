@@ -25,9 +25,11 @@ def _progress(total: int, desc: str, enabled: bool | None):
 
 
 @torch.inference_mode()
-def evaluate(model, loader: torch.utils.data.DataLoader, *, progress: bool | None = None,
-             desc: str = "eval") -> dict:
-    """Top-1 and top-5 of ``model`` (a module or an inference engine) over ``loader``.
+def evaluate_loader(model, loader: torch.utils.data.DataLoader, *, progress: bool | None = None,
+                    desc: str = "eval") -> dict:
+    """Top-1 and top-5 of ``model`` (a module or an inference engine) over ``loader`` (the
+    training loop's ``squeezenet.training.evaluate`` is the one ``evaluate``: sharded, with
+    test-time views).
 
     Returns:
         ``{"top1", "top5", "images", "seconds", "images_per_s"}`` with accuracies as fractions.
@@ -74,7 +76,7 @@ def evaluate_weights(weights: str | os.PathLike | LoadedWeights, data: str | os.
     if calibration is not None:
         _refuse_overlap(calibration, loader.dataset)
     runner = make_engine(lw, engine, calibration, log)
-    result = evaluate(runner, loader, progress=progress)
+    result = evaluate_loader(runner, loader, progress=progress)
     result.update({"weights": str(lw.path), "weights_kind": lw.kind, "model": lw.model_name, "engine": runner.name,
                    "preprocessing": lw.preprocessing.to_dict()})
     if getattr(runner, "choice", None):
