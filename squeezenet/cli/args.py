@@ -32,5 +32,6 @@ def bounded_int(low: int, high: int | None = None, what: str = "an integer"):
 _positive_int = bounded_int(1, what="value")
 
 
-def _print_json(obj: dict) -> None:
-    print(json.dumps(obj, separators=(",", ":")))
+def _print_json(obj) -> None:
+    """One JSON object on one line (a report mapping is printed as its dict)."""
+    print(json.dumps(obj if isinstance(obj, dict) else dict(obj), separators=(",", ":")))

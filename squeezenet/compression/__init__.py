@@ -17,10 +17,11 @@ from .config import CompressionConfig, RetrainConfig, parse_layer_spec
 from .finetune import after_step_, before_step_
 from .pruning import PruneConfig, apply_masks_, default_density, magnitude_mask, prune_, threshold_mask
 from .quantization import kmeans_1d, share_weights_, snap_shared_weights_, sum_cluster_gradients_
+from .report import CompressionReport
 from .retrain import compress_with_retraining
 
 __all__ = ["Calibration", "calibration_from_folder", "compress_", "compress_weights", "compress_with_retraining",
-           "encode", "load_compressed", "save_compressed", "size_report", "CompressionConfig", "RetrainConfig",
-           "parse_layer_spec", "after_step_", "before_step_", "PruneConfig", "apply_masks_", "default_density",
-           "magnitude_mask", "prune_", "threshold_mask", "kmeans_1d", "share_weights_", "snap_shared_weights_",
-           "sum_cluster_gradients_"]
+           "encode", "load_compressed", "save_compressed", "size_report", "CompressionConfig", "CompressionReport",
+           "RetrainConfig", "parse_layer_spec", "after_step_", "before_step_", "PruneConfig", "apply_masks_",
+           "default_density", "magnitude_mask", "prune_", "threshold_mask", "kmeans_1d", "share_weights_",
+           "snap_shared_weights_", "sum_cluster_gradients_"]

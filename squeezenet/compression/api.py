@@ -37,6 +37,7 @@ from .finetune import distill_shared_
 from .outputs import resolve_output_kind
 from .pruning import PruneConfig, prune_
 from .quantization import place_shared_weights_, share_weights_
+from .report import CompressionReport
 from .sensitivity import choose_bits_for_budget
 
 __all__ = ["Calibration", "compress_", "encode", "save_compressed", "load_compressed", "calibration_from_folder"]
@@ -240,7 +241,9 @@ def compress_(model: nn.Module, config: CompressionConfig | None = None, *, cali
         log: progress messages.
 
     Returns:
-        A report: layer densities, bits or levels, ``bytes`` (the exact file size), seconds.
+        A ``CompressionReport``: ``bytes`` (the exact file size), ``fp32_bytes`` and ``ratio``
+        against the model's fp32 state dict, per-layer rows, seconds, and in ``details`` the
+        densities, bits or levels and the budget's quantizer and candidates.
 
     Raises:
         ValueError: bad options, missing calibration, or a budget nothing fits.
@@ -252,6 +255,7 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
               log) -> tuple[bytes, dict]:
     config = config or CompressionConfig()
     config = replace(config, error_feedback=config.feedback(retraining=retrain is not None))
+    fp32 = fp32_bytes(model)  # the model as given, before any folding
     calibration = as_calibration(calibration)
     steps = config.distill_steps(calibration is None or calibration.loader is not None)
     _check_request(model, config, calibration, steps)
@@ -317,9 +321,7 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
     data = data or encode(model)
     if config.size_budget and len(data) > config.size_budget:  # a hard limit, whatever happened above
         raise ConfigError(f"the file came out at {len(data):,} bytes, over the budget of {config.size_budget:,}")
-    report["bytes"] = len(data)
-    report["seconds"] = time.perf_counter() - start
-    return data, report
+    return data, CompressionReport.of_file(data, fp32, time.perf_counter() - start, **report)
 
 
 def _check_request(model: nn.Module, config: CompressionConfig, calibration, steps: int) -> None:
@@ -440,8 +442,7 @@ def compress_weights(weights, config: CompressionConfig | None = None, *, calibr
         out: where to write the file, if anywhere.
 
     Returns:
-        (file bytes, compressed model, report); ``report["bytes"]`` is the exact size and
-        ``report["ratio"]`` the ratio against the model's own fp32 state dict.
+        (file bytes, compressed model, ``CompressionReport``).
     """
     config = config or CompressionConfig()
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
@@ -456,7 +457,6 @@ def compress_weights(weights, config: CompressionConfig | None = None, *, calibr
                              lw.preprocessing.to_dict() if lw.has_architecture else None, lw.class_names, None, log)
     if out is not None:
         write_compressed(out, data)
-        report["out"] = str(out)
-    report.update({"weights": str(lw.path), "model": lw.model_name or "(state dict)", "fp32_bytes": fp32,
-                   "ratio": fp32 / len(data)})
-    return data, model, report
+        report = report.with_details(out=str(out))
+    return data, model, replace(report, fp32_bytes=fp32).with_details(weights=str(lw.path),
+                                                                         model=lw.model_name or "(state dict)")

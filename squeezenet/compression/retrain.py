@@ -6,6 +6,7 @@ Stages (accuracy measured after each): original -> pruned -> pruned and retraine
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import replace
 
 import torch
@@ -17,6 +18,7 @@ from ..weights.sqz import read_compressed
 from .api import Calibration, compress_, fold_for_compression, fp32_bytes, prune_stage_, save_compressed
 from ..errors import ConfigError
 from .config import CompressionConfig, RetrainConfig
+from .report import CompressionReport
 from .finetune import after_step_, before_step_
 from .pruning import apply_masks_, mask_gradients_, remove_masks_
 
@@ -99,14 +101,14 @@ def compress_with_retraining(weights, config: CompressionConfig, retraining: Ret
     compress_(model, replace(config, density=density, finetune_steps=0, fold_batch_norm=False),
               calibration=calibration, retrain=retrain, model_name=lw.model_name, model_kwargs=lw.model_kwargs,
               preprocessing=lw.preprocessing.to_dict(), class_names=classes, log=log)
-    size = save_compressed(model, out)
+    save_compressed(model, out)
     _, state, _ = read_compressed(out)
     model = lw.build_model()
     model.load_state_dict(state)
     measure("file (decoded from disk)")
-    return {"out": str(out), "bytes": size, "fp32_bytes": fp32, "ratio_vs_fp32": fp32 / size, "ratio": fp32 / size,
-            "stages": stages, "top1": stages[-1]["top1"], "top5": stages[-1]["top5"],
-            "top1_lost": stages[0]["top1"] - stages[-1]["top1"], "seconds": time.perf_counter() - start}
+    return CompressionReport.of_file(Path(out).read_bytes(), fp32, time.perf_counter() - start, out=str(out),
+                                     stages=stages, top1=stages[-1]["top1"], top5=stages[-1]["top5"],
+                                     top1_lost=stages[0]["top1"] - stages[-1]["top1"])
 
 
 def _first_images(batches, n: int):
