@@ -31,7 +31,7 @@ from ..models.layers import prunable_layers
 from ..models.standin import StateDictModule, module_from_state_dict
 from ..weights import LoadedWeights, load_weights
 from ..weights.sqz import encode_model, load_compressed, write_compressed
-from .budget import fit_budget_
+from .budget import JUDGE_INPUTS, fit_budget_
 from .config import CompressionConfig, parse_layer_spec
 from .finetune import distill_shared_
 from .outputs import resolve_output_kind
@@ -341,7 +341,7 @@ def _budget_stage_(model: nn.Module, config: CompressionConfig, calibration, ser
         for m in prunable_layers(model).values():
             if m.bias is not None:
                 m.bias.copy_(m.bias.half().float())
-    n = min(calibration.inputs.shape[0], config.calibration_inputs)
+    n = min(calibration.inputs.shape[0], config.calibration_inputs + JUDGE_INPUTS)
     log(f"calibration: {n} of {calibration.inputs.shape[0]} inputs; fitting {config.size_budget:,} bytes")
     # Fine-tuned centroids (distilled or retrained) pack a few bytes longer or shorter: leave
     # them 16 bytes a layer.
@@ -350,8 +350,9 @@ def _budget_stage_(model: nn.Module, config: CompressionConfig, calibration, ser
                        tuned_after=tuned_after, log=log)
     log(f"quantized: {info['kept_weights']:,} weights kept, levels per layer {min(info['levels'].values())}.."
         f"{max(info['levels'].values())}, {info['bytes']:,} bytes")
-    report = {"output": info["output"], "quantizer": info["quantizer"], "calibration_inputs": n,
-              "slope": info["lam"], "levels": info["levels"], "kept_weights": info["kept_weights"]}
+    report = {key: info[key] for key in ("output", "quantizer", "calibration_inputs", "judge_inputs", "levels",
+                                         "kept_weights")}
+    report["slope"] = info["lam"]
     if "candidates" in info:
         report["candidates"] = info["candidates"]
     return report

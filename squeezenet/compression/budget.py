@@ -47,7 +47,9 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
     """Quantize ``model`` in place to fit ``budget`` bytes (``serialize`` gives the exact file).
 
     Args:
-        inputs: calibration inputs (at most ``config.calibration_inputs`` of them).
+        inputs: calibration inputs. The first ``config.calibration_inputs`` measure
+            sensitivities and feed error feedback; up to ``JUDGE_INPUTS`` others judge the
+            candidates (``split_calibration``).
         tuned_after: centroids are fine-tuned afterwards (distillation, retraining). "auto" then
             leaves the trellis out: its levels stay on the trellis grid, so tuning gives it
             nothing, and candidates are compared before tuning.
@@ -59,6 +61,7 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
     kind = resolve_output_kind(config.output, model, inputs)
     names = ([config.quantizer] if config.quantizer != "auto"
              else [n for n in QUANTIZER_EXPONENT if not (tuned_after and n == TRELLIS)])
+    inputs, judge = split_calibration(inputs, config.calibration_inputs, judged=len(names) > 1)
     if any(QUANTIZER_EXPONENT[n] for n in names):
         sens = fisher_sensitivity(model, inputs, output=kind)
     else:  # one step for every layer: no sensitivities to measure (a backward pass per input)
@@ -73,9 +76,9 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
         return quantize_for_budget_(model, _weighted(sens, name), budget, serialize,
                                     hessians=None if trellis else hessians, trellis=trellis)
 
+    counts = {"calibration_inputs": inputs.shape[0], "judge_inputs": judge.shape[0]}
     if len(names) == 1:
-        return {**fit(names[0]), "output": kind, "quantizer": names[0]}
-    judge = inputs[:JUDGE_INPUTS]
+        return {**fit(names[0]), **counts, "output": kind, "quantizer": names[0]}
     reference = model_outputs(model, judge)
     original = _snapshot(model)
     best, candidates = None, {}
@@ -90,7 +93,21 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
     _, name, info, state = best
     _restore(model, state)
     log(f"kept quantizer {name}")
-    return {**info, "output": kind, "quantizer": name, "candidates": candidates}
+    return {**info, **counts, "output": kind, "quantizer": name, "candidates": candidates}
+
+
+def split_calibration(inputs: torch.Tensor, fit: int, judged: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs that fit the quantizers, inputs that judge them), disjoint. Error feedback fits
+    the layers' outputs on its inputs, so judged on those it looks better than it is (CREPE
+    full at 2.3 MB: kept over the trellis on its own calibration inputs, 95.3% of held-out
+    frames within 10 cents against the trellis's 97.7%). The judges are the inputs after the
+    first ``fit``; with no more than ``fit`` inputs (a folder of 125 images), the first
+    ``JUDGE_INPUTS`` of them judge, since every input is worth more to the fit there."""
+    if not judged:
+        return inputs[:fit], inputs[:0]
+    if inputs.shape[0] > fit:
+        return inputs[:fit], inputs[fit:fit + JUDGE_INPUTS]
+    return inputs, inputs[:JUDGE_INPUTS]
 
 
 def _weighted(sens: dict[str, float], quantizer: str) -> dict[str, float]:

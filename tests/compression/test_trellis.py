@@ -131,3 +131,15 @@ def test_one_step_quantizers_skip_the_sensitivity_pass(monkeypatch):
         report = compress_(_model(), CompressionConfig(size_budget=6000, quantizer=name),
                            calibration=torch.randn(32, 4, 20), log=lambda *a: None)
         assert report["quantizer"] == name and report["bytes"] <= 6000
+
+
+def test_candidates_are_judged_on_inputs_the_fit_did_not_see():
+    from squeezenet.compression.budget import split_calibration
+    x = torch.arange(400).float()[:, None]
+    fit, judge = split_calibration(x, 256)
+    assert fit.shape[0] == 256 and judge.shape[0] == 128 and not set(fit[:, 0].tolist()) & set(judge[:, 0].tolist())
+    fit, judge = split_calibration(x[:100], 256)   # no spare inputs: all fit, the first judge
+    assert fit.shape[0] == 100 and judge.shape[0] == 100
+    report = compress_(_model(), CompressionConfig(size_budget=6000, calibration_inputs=32),
+                       calibration=torch.randn(64, 4, 20), log=lambda *a: None)
+    assert report["calibration_inputs"] == 32 and report["judge_inputs"] == 32
