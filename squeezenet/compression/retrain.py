@@ -38,16 +38,7 @@ def compress_with_retraining(weights, config: CompressionConfig, retraining: Ret
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     data, bits, size_budget = retraining.data, config.bits, config.size_budget
     density = "profile" if config.density == "auto" else config.density
-    saved_cfg = (lw.extra or {}).get("config") or {}
-    overrides = {"model": lw.model_name, "model_kwargs": lw.model_kwargs, "epochs": retraining.epochs,
-                 "schedule": "cosine", "max_steps_per_epoch": retraining.max_steps}
-    if retraining.recipe is None and saved_cfg:
-        keep = {k: v for k, v in saved_cfg.items() if k not in overrides}
-        cfg = load_config(None, **keep, **overrides)
-    else:
-        cfg = load_config(retraining.recipe, **overrides)
-    # retraining starts from a trained model: a tenth of the recipe's learning rate
-    cfg.lr = retraining.lr if retraining.lr is not None else cfg.lr * 0.1
+    cfg = _retraining_recipe(lw, retraining)
     train_b, eval_b, classes = build_data(data, cfg, Dist(), cfg.batch_size, log)
     if lw.class_names and list(lw.class_names) != classes:
         raise TrainingError(f"{data}: classes {classes} differ from the checkpoint's {lw.class_names}")
@@ -109,6 +100,22 @@ def compress_with_retraining(weights, config: CompressionConfig, retraining: Ret
     return CompressionReport.of_file(Path(out).read_bytes(), fp32, time.perf_counter() - start, out=str(out),
                                      stages=stages, top1=stages[-1]["top1"], top5=stages[-1]["top5"],
                                      top1_lost=stages[0]["top1"] - stages[-1]["top1"])
+
+
+def _retraining_recipe(lw: LoadedWeights, retraining: RetrainConfig):
+    """The training recipe of the retraining stages: the checkpoint's own (or the one named), run
+    for ``retraining.epochs`` on a cosine schedule from a tenth of its learning rate (the model is
+    trained already) unless ``retraining.lr`` is given."""
+    saved_cfg = (lw.extra or {}).get("config") or {}
+    overrides = {"model": lw.model_name, "model_kwargs": lw.model_kwargs, "epochs": retraining.epochs,
+                 "schedule": "cosine", "max_steps_per_epoch": retraining.max_steps}
+    if retraining.recipe is None and saved_cfg:
+        keep = {k: v for k, v in saved_cfg.items() if k not in overrides}
+        cfg = load_config(None, **keep, **overrides)
+    else:
+        cfg = load_config(retraining.recipe, **overrides)
+    cfg.lr = retraining.lr if retraining.lr is not None else cfg.lr * 0.1
+    return cfg
 
 
 def _first_images(batches, n: int):

@@ -157,6 +157,14 @@ def _report_epoch(cfg: TrainConfig, metrics: dict, tr: dict, ev: dict, budget_sp
         board.flush()
 
 
+def _wrap(model: nn.Module, cfg: TrainConfig, d) -> nn.Module:
+    """The module the steps run through: DDP across processes, compiled if the recipe asks."""
+    net = model
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.device] if d.device.type == "cuda" else None)
+    return torch.compile(net) if cfg.compile else net
+
+
 def _announce(cfg: TrainConfig, images: int, d, lr: float, autocast: bool, budget: float, say) -> None:
     warning = input_size_warning(cfg)
     if warning:
@@ -203,11 +211,7 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         say(f"resumed from {resume} at epoch {start_epoch + 1}")
     ema, lookahead, after_step = _weight_averaging(cfg, model, sched, steps, budget, ck, after_step, say)
     autocast = cfg.bf16 in (True, "true") or (cfg.bf16 == "auto" and bf16_pays(d.device))
-    net = model
-    if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.device] if d.device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
+    net = _wrap(model, cfg, d)
     out = Path(out) if out else None
     if out and d.main:
         out.mkdir(parents=True, exist_ok=True)
