@@ -134,7 +134,7 @@ def score(ref_cents: torch.Tensor, p: torch.Tensor) -> dict:
 
 
 # ----------------------------------------------------------------------------- our files
-def our_file(model_name: str, budget: int, work: Path) -> dict:
+def our_file(model_name: str, budget: int, work: Path, quantizer: str = "auto") -> dict:
     """Compress in a child process (its own peak memory); returns bytes, seconds, peak RSS, report."""
     out = work / f"{model_name}_{budget}.sqz"
     code = f"""
@@ -147,7 +147,7 @@ spec = b.MODELS[{model_name!r}]
 model = spec["load"](b.wheel_dir(spec["wheel"]))
 x = spec["inputs"](512, 7)
 t = time.perf_counter()
-report = compress_(model, CompressionConfig(size_budget={budget}), calibration=x,
+report = compress_(model, CompressionConfig(size_budget={budget}, quantizer={quantizer!r}), calibration=x,
                    log=lambda *a: print(*a, file=sys.stderr, flush=True))
 size = save_compressed(model, {str(out)!r})
 sec = time.perf_counter() - t
@@ -179,6 +179,9 @@ def main() -> int:
     p.add_argument("--eval", type=int, default=1000, help="held-out inputs per model")
     p.add_argument("--quick", action="store_true", help="two sizes a model, 300 held-out inputs")
     p.add_argument("--no-nncodec", action="store_true")
+    p.add_argument("--quantizer", default="auto", help="our size budget's quantizer (default auto: the library's)")
+    p.add_argument("--budgets", default=None, help="comma-separated budgets in bytes instead of the model's")
+    p.add_argument("--qps", default=None, help="comma-separated NNCodec qps instead of the model's")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot-dir", type=Path, default=None, help="write one PNG per model here")
     a = p.parse_args()
@@ -200,18 +203,21 @@ def main() -> int:
         budgets, qps = spec["budgets"], spec["qps"]
         if a.quick:
             budgets, qps = budgets[-2:], qps[-2:]
+        budgets = [int(b) for b in a.budgets.split(",")] if a.budgets else budgets
+        qps = [int(q) for q in a.qps.split(",")] if a.qps else qps
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             for b in budgets:
                 try:
-                    info = our_file(name, b, work)
+                    info = our_file(name, b, work, a.quantizer)
                 except RuntimeError as e:  # one failed size must not lose the model's table
                     print(f"  {name}: {e}", file=sys.stderr, flush=True)
                     continue
                 sd, dec = decoded_state(info["path"])
                 model = spec["load"](root)
                 model.load_state_dict(sd)
-                rows.append({"file": f"ours, size budget {b:,}", "codec": "ours", "bytes": info["bytes"],
+                kept = info["quantizer"] if a.quantizer == "auto" else f"--quantizer {a.quantizer}"
+                rows.append({"file": f"ours, size budget {b:,} ({kept})", "codec": "ours", "bytes": info["bytes"],
                              **score(ref_cents, outputs(model, x)), "encode_s": info["seconds"], "decode_s": dec,
                              "peak_gb": info["peak_bytes"] / 1e9, "quantizer": info["quantizer"]})
                 print(f"  {name} {rows[-1]}", file=sys.stderr, flush=True)
