@@ -181,6 +181,9 @@ def encode_model(model: nn.Module, model_name: str = "", *, model_kwargs: dict |
             layers[-1].meta["dtype"] = raw_dtype_code(m.weight)  # decoded weights come back in it
         coded.update({_key(name, "weight"), _key(name, "bias")} | {_key(name, b) for b in CODING_BUFFERS})
     if file_version(layers) == HUFFMAN_VERSION:  # version 1 holds the float parameters only, as it always did
+        if not _from_architecture(model_name or ""):  # its reader rebuilds the layout from the architecture
+            raise ConfigError("the Huffman (version 1) format needs a registered or torchvision architecture "
+                              f"(got {model_name or 'none'!r}); use the range codec for other models")
         params = dict(model.named_parameters())
         raw = {k: v.detach().cpu().float() for k, v in params.items() if k not in coded}
         if any(k not in coded and k not in params for k in model.state_dict()):

@@ -203,7 +203,8 @@ def test_huffman_codec_meets_a_size_budget_by_bit_allocation():
     from squeezenet.models import create_model
     torch.manual_seed(0)
     model = create_model("squeezenet1_1", num_classes=10, small_input=True)
-    full, _ = compress_weights_of(model, CompressionConfig(codec="huffman", bits=8, density="keep"))
+    full, _ = compress_weights_of(model, CompressionConfig(codec="huffman", bits=8, density="keep"),
+                                  model_name="squeezenet1_1", model_kwargs={"num_classes": 10, "small_input": True})
     budget = len(full) // 2
     x = torch.randn(16, 3, 32, 32)
     report = compress_(model, CompressionConfig(codec="huffman", size_budget=budget, density="keep"), calibration=x,
@@ -214,10 +215,10 @@ def test_huffman_codec_meets_a_size_budget_by_bit_allocation():
     assert decode(data)[0]["version"] == 1 and max(report["bits"].values()) < 8
 
 
-def compress_weights_of(model, config):
+def compress_weights_of(model, config, **names):
     import copy
     m = copy.deepcopy(model)
-    report = compress_(m, config, log=lambda *a: None)
+    report = compress_(m, config, log=lambda *a: None, **names)
     return encode(m), report
 
 

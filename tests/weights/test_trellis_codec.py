@@ -116,3 +116,14 @@ def test_bruteforce_agrees_with_the_trellis_walk():
             state = NEXT[state, k[0, t] & 1]
         k2, q2, ok = integers(reconstruct(k, q))
         assert ok and np.array_equal(k2, k) and np.array_equal(q2, q)
+
+
+def test_huffman_files_of_an_unnamed_architecture_are_refused_not_written_unreadable():
+    import torch.nn as nn
+
+    from squeezenet.compression import CompressionConfig, compress_
+    from squeezenet.compression.api import encode
+    model = nn.Sequential(nn.Linear(8, 4))
+    with pytest.raises(ConfigError, match="Huffman"):
+        compress_(model, CompressionConfig(codec="huffman", bits=4, density="keep"))
+        encode(model)
