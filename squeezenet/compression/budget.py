@@ -7,8 +7,8 @@ NNC's recipe, safe when they are not), ``trellis`` the same on NNC's dependent q
 (``trellis.py``). Sensitivities measured on a few hundred inputs can be off by orders of
 magnitude on models they do not describe well (a layer pruned to 2% of its weights destroyed a
 pitch tracker at 2 MB), so by default every candidate is fitted to the budget and the one whose
-outputs on the calibration inputs stay closest to the original model's is kept: never worse,
-on those inputs, than the uniform quantizer at the same size.
+outputs on calibration inputs the fit did not see stay closest to the original model's is kept:
+never worse, on those inputs, than the uniform quantizer at the same size.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..models.layers import prunable_layers
+from ..weights.sqz import CODING_BUFFERS
 from .config import CompressionConfig
 from .outputs import distortion, flatten_outputs, resolve_output_kind
 from .quantization import _set_buffer
@@ -27,7 +28,6 @@ QUANTIZER_EXPONENT = {"fisher": 1.0, "middle": 0.5, "uniform": 0.0, "trellis": 0
 TRELLIS = "trellis"
 # Inputs whose outputs judge the candidates (a forward pass each).
 JUDGE_INPUTS = 128
-_LAYER_BUFFERS = ("weight_mask", "weight_codebook", "weight_index", "weight_bits", "weight_step")
 
 
 @torch.no_grad()
@@ -116,7 +116,7 @@ def _weighted(sens: dict[str, float], quantizer: str) -> dict[str, float]:
 
 
 def _snapshot(model: nn.Module) -> dict:
-    return {n: {k: getattr(m, k).detach().clone() for k in ("weight",) + _LAYER_BUFFERS
+    return {n: {k: getattr(m, k).detach().clone() for k in ("weight",) + CODING_BUFFERS
                 if getattr(m, k, None) is not None}
             for n, m in prunable_layers(model).items()}
 
@@ -124,7 +124,7 @@ def _snapshot(model: nn.Module) -> dict:
 @torch.no_grad()
 def _restore(model: nn.Module, state: dict) -> None:
     for n, m in prunable_layers(model).items():
-        for k in _LAYER_BUFFERS:  # a buffer the state lacks goes (a trellis step on a plain layer)
+        for k in CODING_BUFFERS:  # a buffer the state lacks goes (a trellis step on a plain layer)
             if k not in state[n] and k in m._buffers:
                 del m._buffers[k]
         for k, v in state[n].items():

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..weights.sqz import CODING_BUFFERS
 from .pruning import get_mask, prunable_layers
 
 
@@ -200,7 +201,7 @@ def snap_shared_weights_(model: nn.Module) -> None:
 def attach_shared_state_(model: nn.Module, state_dict: dict) -> None:
     """Register codebook / index / mask buffers present in ``state_dict`` before loading it."""
     for name, m in prunable_layers(model).items():
-        for buf in ("weight_mask", "weight_codebook", "weight_index", "weight_bits"):
+        for buf in CODING_BUFFERS:
             key = f"{name}.{buf}"
             if key in state_dict:
                 _set_buffer(m, buf, state_dict[key].clone())

@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..weights.codecs.base import index_bits
+from ..weights.entropy import code_length
 from .levels import LayerQuant, layer_step
 from .outputs import fisher_sample_loss, flatten_outputs
 from .pruning import get_mask, prunable_layers
@@ -381,11 +383,6 @@ def quantize_layers(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]
     return out
 
 
-def _entropy_bits(counts: np.ndarray) -> float:
-    c = counts[counts > 0].astype(np.float64)
-    return float(-(c * np.log2(c / c.sum())).sum()) if c.size else 0.0
-
-
 def estimated_bytes(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], sensitivity: dict[str, float],
                     lam: float, step_scale: float, bins: dict[str, ValueBins]) -> float:
     """Bytes of the layers' codes at slope ``lam``, from plain ECSQ and order-0 entropies (no
@@ -406,8 +403,8 @@ def estimated_bytes(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]
         hist[-qmin] += mask.size - mask.sum()
         neg, pos = hist[:-qmin], hist[-qmin + 1:]
         levels = int((neg > 0).sum() + (pos > 0).sum())
-        total += (_entropy_bits(np.array([hist[-qmin], neg.sum(), pos.sum()])) + _entropy_bits(neg)
-                  + _entropy_bits(pos)) / 8 + 3 * levels + 12
+        total += (code_length(np.array([hist[-qmin], neg.sum(), pos.sum()])) + code_length(neg)
+                  + code_length(pos)) / 8 + 3 * levels + 12
     return total
 
 
@@ -463,8 +460,7 @@ def install_(model: nn.Module, quants: dict[str, LayerQuant]) -> None:
         _set_buffer(m, "weight_codebook", torch.from_numpy(q.codebook.copy()).to(dev))
         _set_buffer(m, "weight_index", torch.from_numpy(q.index.astype(np.int16)).reshape(shape).to(dev))
         _set_buffer(m, "weight_mask", torch.from_numpy(q.mask.copy()).reshape(shape).to(dev))
-        bits = max(1, math.ceil(math.log2(max(q.codebook.size, 2))))
-        _set_buffer(m, "weight_bits", torch.tensor(bits, dtype=torch.int16))
+        _set_buffer(m, "weight_bits", torch.tensor(index_bits(q.codebook.size), dtype=torch.int16))
         if q.step is not None:  # the file codes this layer on the trellis (``weights/codecs/trellis.py``)
             _set_buffer(m, "weight_step", torch.tensor(q.step, dtype=torch.float32))
         elif "weight_step" in m._buffers:

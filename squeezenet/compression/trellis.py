@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..weights.codecs.trellis import MAX_MAGNITUDE, NEXT, integers, reconstruct, run_length, weights_of
+from ..weights.codecs.trellis import (MAX_MAGNITUDE, N_CONTEXTS, NEXT, flags_of, integers, reconstruct, run_length,
+                                      symbols, weights_of)
+from ..weights.entropy import code_length
 from .levels import LayerQuant, layer_step
 
 CHUNK_ROWS = 1 << 15   # runs searched at once (memory: ~3 bytes per run, position and state)
@@ -51,7 +53,7 @@ def _viterbi(w: np.ndarray, keep: np.ndarray, step: float, lam: float, flag_bits
         for q in (0, 1):
             k = _candidates(wt, step, q)
             err = (wt - reconstruct(k, q) * step) ** 2
-            flag = np.where(k == 0, 0, np.where(k < 0, 1, 2))
+            flag = flags_of(k)
             mag = np.minimum(np.abs(k) - 1, mag_bits.shape[1] - 1)
             rate = flag_bits[q][flag] + np.where(k == 0, 0.0, mag_bits[q][np.maximum(mag, 0)])
             d = err + lam * rate + np.where(pruned & (k != 0), np.inf, 0.0)
@@ -105,7 +107,7 @@ def trellis_layer(weight: np.ndarray, shape, step: float, lam: float, keep: np.n
 
 def _rate_model(k: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bits of each flag and magnitude per quantizer, from the counts of a previous choice."""
-    flags = np.where(k == 0, 0, np.where(k < 0, 1, 2))
+    flags = flags_of(k)
     fc = np.zeros((2, 3))
     np.add.at(fc, (q.reshape(-1), flags.reshape(-1)), 1)
     size = int(np.abs(k).max(initial=1)) + 2
@@ -159,14 +161,8 @@ def estimated_bytes_trellis(weights: dict[str, np.ndarray], masks: dict[str, np.
 def ideal_bits(j: np.ndarray) -> float:
     """Empirical code length (bits) of runs of multiples ``j`` under the codec's contexts."""
     k, q, _ = integers(j)
-    flags = np.where(k == 0, 0, np.where(k < 0, 1, 2))
-    prev = np.concatenate([np.full((k.shape[0], 1), 3), flags[:, :-1]], axis=1)
-    fc = np.zeros((8, 3))
-    np.add.at(fc, ((4 * q + prev).reshape(-1), flags.reshape(-1)), 1)
-    nz = k != 0
-    bits = 0.0
-    for counts in list(fc) + [np.bincount(np.abs(k[nz & (q == quant)]) - 1) for quant in (0, 1)]:
-        c = counts[counts > 0].astype(np.float64)
-        if c.size:
-            bits -= float((c * np.log2(c / c.sum())).sum())
-    return bits
+    flags, ctx, mags = symbols(k, q)
+    fc = np.zeros((N_CONTEXTS, 3))
+    np.add.at(fc, (ctx.reshape(-1), flags.reshape(-1)), 1)
+    nz = flags != 0
+    return sum(code_length(counts) for counts in list(fc) + [np.bincount(mags[nz & (q == quant)]) for quant in (0, 1)])

@@ -228,15 +228,17 @@ def decode_layer(table: bytes, stream: bytes, numel: int, neg: int, k: int, taps
     return index, flat > 0, weight
 
 
+def code_length(counts: np.ndarray) -> float:
+    """Bits of coding symbols with these counts at their empirical probabilities (order 0)."""
+    c = np.asarray(counts)[np.asarray(counts) > 0].astype(np.float64)
+    return float(-(c * np.log2(c / c.sum())).sum()) if c.size else 0.0
+
+
 def ideal_bits(index: np.ndarray, mask: np.ndarray, neg: int, k: int, taps: int) -> float:
     """Empirical conditional entropy of the layer under its own models, in bits (no table)."""
     flags, neg_rank, pos_rank = layer_symbols(index, mask, neg, taps)
-    total = 0.0
-    for counts in list(flag_histograms(flags)) + [np.bincount(neg_rank), np.bincount(pos_rank)]:
-        c = counts[counts > 0].astype(np.float64)
-        if c.size:
-            total -= float((c * np.log2(c / c.sum())).sum())
-    return total
+    return sum(code_length(counts)
+               for counts in list(flag_histograms(flags)) + [np.bincount(neg_rank), np.bincount(pos_rank)])
 
 
 # ----------------------------------------------------------------------------- codebooks

@@ -39,6 +39,7 @@ from ..models.registry import UnknownModelError, is_registered
 from ..preprocessing import TORCHVISION_IMAGENET, Preprocessing
 from ..utils import atomic_write_bytes
 from .codecs import CODECS, LayerError, LayerInput, LayerRecord, get_codec
+from .codecs.base import int_field
 from .loaded import LoadedWeights
 
 MAGIC = b"SQZDC\x00\r\n"
@@ -213,9 +214,11 @@ def _bad(path, msg: str) -> FormatError:
 
 
 def _int(v, lo: int, hi: int, what: str, path) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise _bad(path, f"{what} = {v!r} is outside {lo}..{hi}")
-    return v
+    """``codecs.base.int_field`` for the container's own fields, failing as the file's error."""
+    try:
+        return int_field(v, lo, hi, what)
+    except LayerError as e:
+        raise _bad(path, str(e)) from None
 
 
 def parse_header(data: bytes, path="<bytes>") -> tuple[dict, int]:

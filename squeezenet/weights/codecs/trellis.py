@@ -69,8 +69,15 @@ def weights_of(step: float, j: np.ndarray) -> np.ndarray:
     return np.float32(step) * j.astype(np.float32)
 
 
-def _symbols(k: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    flags = np.where(k == 0, 0, np.where(k < 0, 1, 2)).astype(np.int8)
+def flags_of(k: np.ndarray) -> np.ndarray:
+    """Each integer's flag: 0 zero, 1 negative, 2 positive."""
+    return np.where(k == 0, 0, np.where(k < 0, 1, 2)).astype(np.int8)
+
+
+def symbols(k: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the stream codes for runs of integers ``k`` under quantizers ``q``: (flags, the
+    flag contexts ``4 q + previous flag``, magnitudes ``|k| - 1``)."""
+    flags = flags_of(k)
     prev = np.concatenate([np.full((k.shape[0], 1), FIRST, np.int8), flags[:, :-1]], axis=1)
     return flags, (4 * q + prev).astype(np.int8), np.abs(k) - 1
 
@@ -116,7 +123,7 @@ class TrellisCodec:
         k, q, ok = integers(j.reshape(-1, run))
         if not ok:
             raise ConfigError(f"{layer.name}: weights do not follow the trellis")
-        flags, ctx, mags = _symbols(k, q)
+        flags, ctx, mags = symbols(k, q)
         nz = flags != 0
         sizes = [int(mags[nz & (q == quant)].max(initial=-1)) + 1 for quant in (0, 1)]
         table = _table(flags, ctx, mags, q, sizes)
