@@ -223,7 +223,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, **overrides) -> i
 def compress_(model: nn.Module, config: CompressionConfig | None = None, *, calibration=None,
               model_name: str = "", model_kwargs: dict | None = None, preprocessing: dict | None = None,
               class_names: list | None = None, retrain: Callable[[nn.Module, str], None] | None = None,
-              log: Callable[..., None] = _quiet) -> dict:
+              log: Callable[..., None] = _quiet) -> CompressionReport:
     """Deep Compression of ``model`` in place: prune, share weights (k-means, or rate-distortion
     optimised levels for a size budget), optionally retrain or distil, ready to write.
 
@@ -252,7 +252,7 @@ def compress_(model: nn.Module, config: CompressionConfig | None = None, *, cali
 
 
 def _compress(model, config, calibration, model_name, model_kwargs, preprocessing, class_names, retrain,
-              log) -> tuple[bytes, dict]:
+              log) -> tuple[bytes, CompressionReport]:
     config = config or CompressionConfig()
     config = replace(config, error_feedback=config.feedback(retraining=retrain is not None))
     fp32 = fp32_bytes(model)  # the model as given, before any folding
@@ -448,7 +448,6 @@ def compress_weights(weights, config: CompressionConfig | None = None, *, calibr
     config = config or CompressionConfig()
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     model = model_for_compression(lw)
-    fp32 = fp32_bytes(model)  # the model as given, before any folding
     calib = None
     if isinstance(calibration, (str, os.PathLike)) and (config.size_budget or config.distill_steps()):
         calib = load_calibration(calibration, lw.preprocessing, calibration_images, config.distill_steps())
@@ -459,5 +458,4 @@ def compress_weights(weights, config: CompressionConfig | None = None, *, calibr
     if out is not None:
         write_compressed(out, data)
         report = report.with_details(out=str(out))
-    return data, model, replace(report, fp32_bytes=fp32).with_details(weights=str(lw.path),
-                                                                         model=lw.model_name or "(state dict)")
+    return data, model, report.with_details(weights=str(lw.path), model=lw.model_name or "(state dict)")

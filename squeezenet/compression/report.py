@@ -1,6 +1,7 @@
 """``CompressionReport``: what every compression entry point returns and ``--json`` prints."""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
@@ -31,7 +32,7 @@ class CompressionReport(Mapping):
     def of_file(cls, data: bytes, fp32_bytes: int, seconds: float, **details) -> "CompressionReport":
         """The report of a written file: per-layer rows read from its header (nothing decoded)."""
         header, _ = parse_header(data)
-        rows = [{"layer": layer["name"], "weights": _numel(layer["shape"]), "kept": layer["nnz"],
+        rows = [{"layer": layer["name"], "weights": math.prod(layer["shape"]), "kept": layer["nnz"],
                  "levels": layer["k"], "coding": layer.get("coding", "huffman"), "bytes": sum(layer["sizes"])}
                 for layer in header["layers"]]
         return cls(len(data), fp32_bytes, seconds, rows, details)
@@ -51,10 +52,3 @@ class CompressionReport(Mapping):
 
     def __len__(self) -> int:
         return len(self.to_dict())
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

@@ -14,7 +14,7 @@ import torch
 from ..models.fold import has_batch_norm
 from ..training import Dist, TrainingError, build_data, evaluate, load_config, train
 from ..weights import LoadedWeights, load_weights
-from ..weights.sqz import read_compressed
+from ..weights.sqz import decode
 from .api import Calibration, compress_, fold_for_compression, fp32_bytes, prune_stage_, save_compressed
 from ..errors import ConfigError
 from .config import CompressionConfig, RetrainConfig
@@ -93,11 +93,11 @@ def compress_with_retraining(weights, config: CompressionConfig, retraining: Ret
               calibration=calibration, retrain=retrain, model_name=lw.model_name, model_kwargs=lw.model_kwargs,
               preprocessing=lw.preprocessing.to_dict(), class_names=classes, log=log)
     save_compressed(model, out)
-    _, state, _ = read_compressed(out)
+    data = Path(out).read_bytes()
     model = lw.build_model()
-    model.load_state_dict(state)
+    model.load_state_dict(decode(data, out)[1])
     measure("file (decoded from disk)")
-    return CompressionReport.of_file(Path(out).read_bytes(), fp32, time.perf_counter() - start, out=str(out),
+    return CompressionReport.of_file(data, fp32, time.perf_counter() - start, out=str(out),
                                      stages=stages, top1=stages[-1]["top1"], top5=stages[-1]["top5"],
                                      top1_lost=stages[0]["top1"] - stages[-1]["top1"])
 
