@@ -33,7 +33,7 @@ from ..weights import LoadedWeights, load_weights
 from ..weights.sqz import encode_model, load_compressed, write_compressed
 from .budget import JUDGE_INPUTS, fit_budget_
 from .config import CompressionConfig, parse_layer_spec
-from .finetune import distill_shared_
+from .finetune import batch_inputs, distill_shared_
 from .outputs import resolve_output_kind
 from .pruning import PruneConfig, prune_
 from .quantization import place_shared_weights_, share_weights_
@@ -81,7 +81,7 @@ def as_calibration(calibration, limit: int = 512) -> Calibration | None:
                           f"not {type(calibration).__name__}") from None
     parts, n = [], 0
     for batch in batches:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        x = batch_inputs(batch)
         if not isinstance(x, torch.Tensor):
             raise ConfigError(f"calibration batches must be tensors (or (inputs, labels)), not {type(x).__name__}")
         parts.append(x)

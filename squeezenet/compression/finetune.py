@@ -12,7 +12,6 @@ import sys
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..cpu import has_native_bf16
@@ -66,9 +65,13 @@ def distill_shared_(student: nn.Module, teacher: nn.Module, loader, steps: int, 
             teacher.to(memory_format=torch.contiguous_format)
 
 
-def _first_batch(loader):
-    batch = next(iter(loader))
+def batch_inputs(batch):
+    """The inputs of a batch: ``(inputs, labels)`` batches give their first item."""
     return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _first_batch(loader):
+    return batch_inputs(next(iter(loader)))
 
 
 def _is_image_batch(x) -> bool:
@@ -76,7 +79,6 @@ def _is_image_batch(x) -> bool:
 
 
 def _distill(student, teacher, loader, steps, lr, temperature, progress, bf16, channels_last, output) -> list[float]:
-
     teacher.eval()
     # Dropout off: distillation matches deterministic outputs; batch statistics are absent anyway.
     student.eval()
@@ -88,16 +90,15 @@ def _distill(student, teacher, loader, steps, lr, temperature, progress, bf16, c
     with tqdm(total=steps, desc="distill", disable=not show) as bar:
         for _ in range(steps):
             x = next(batches)
-            x = x[0] if isinstance(x, (tuple, list)) else x
+            x = batch_inputs(x)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
                 target = flatten_outputs(teacher(x))
             with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 out = flatten_outputs(student(x)).float()
-            if output == "logits":
-                loss = F.kl_div(F.log_softmax(out / temperature, dim=1), F.softmax(target / temperature, dim=1),
-                                reduction="batchmean") * temperature ** 2
+            if output == "logits":  # softened by the temperature (Hinton et al.), rescaled by its square
+                loss = distortion(target / temperature, out / temperature, output) * temperature ** 2
             else:
                 loss = distortion(target, out, output)
             opt.zero_grad(set_to_none=True)
