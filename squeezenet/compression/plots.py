@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..weights.caffe_net import read_caffe_net
-from ..weights.sqz import MAGIC, read_compressed
+from ..weights.sqz import MAGIC, load_compressed
 
 
 def plot_weight_distributions(path, out, max_layers: int = 12) -> str:
@@ -21,7 +21,8 @@ def plot_weight_distributions(path, out, max_layers: int = 12) -> str:
         compressed = f.read(len(MAGIC)) == MAGIC
     layers = []
     if compressed:
-        header, state, shared = read_compressed(path)
+        loaded = load_compressed(path)
+        header, state, shared = loaded.extra["header"], loaded.state_dict, loaded.extra["shared_state"]
         for entry in header["layers"]:
             name = entry["name"]
             w = state[f"{name}.weight"].numpy().ravel()

@@ -14,8 +14,8 @@ import torch
 from ..models.fold import has_batch_norm
 from ..training import Dist, TrainingError, build_data, evaluate, load_config, train
 from ..weights import LoadedWeights, load_weights
-from ..weights.sqz import decode
-from .api import Calibration, compress_, fold_for_compression, fp32_bytes, prune_stage_, save_compressed
+from ..weights.sqz import decode, save_compressed
+from .api import Calibration, compress_, fold_for_compression, fp32_bytes, prune_stage_
 from ..errors import ConfigError
 from .config import CompressionConfig, RetrainConfig
 from .report import CompressionReport

@@ -17,7 +17,7 @@ from ..compression import CompressionConfig
 from ..compression.api import compress_weights
 from ..download import ASSETS, cache_dir
 from ..weights import load_weights
-from ..weights.sqz import ALEXNET_FP32, SQUEEZENET_FP32, read_compressed
+from ..weights.sqz import ALEXNET_FP32, SQUEEZENET_FP32, load_compressed
 from .evaluate import accuracy_on_tensors, preload
 
 SHARED = Path("../shared/data")
@@ -91,7 +91,7 @@ def reproduce(data=None, weights=None, out="reproduce", calibration=None, points
                                    finetune_steps=steps, codec=codec, error_feedback=error_feedback)
         _, _, rep = compress_weights(published, config, calibration=calibration, out=path)
         t = time.perf_counter()
-        header, state, _ = read_compressed(path)
+        state = load_compressed(path).state_dict
         decode_s = time.perf_counter() - t
         model = published.build_model()
         model.load_state_dict(state)

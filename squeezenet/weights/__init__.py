@@ -2,7 +2,7 @@
 
 - ``loading``: ``LoadedWeights`` (a state dict with its architecture, preprocessing and class
   names) and ``load_weights`` for any file below; our checkpoints (``save_checkpoint``).
-- ``sqz``: the container of our compressed format (``.sqz``), versions 1-3; ``codecs`` its layer
+- ``sqz``: the container of our compressed format (``.sqz``), versions 1-4; ``codecs`` its layer
   codings by name (``range`` over ``entropy``, ``huffman`` over ``huffman``), ``positions`` the
   relative position coding the Huffman layers share with ``caffe_net``.
 - ``caffe_net``: the published Deep Compression ``.net`` file.
@@ -10,8 +10,8 @@
 """
 from .loading import LoadedWeights, load_weights, save_checkpoint, save_safetensors, save_state_dict
 from .pretrained import PretrainedWeights, SqueezeNet1_0_Weights, SqueezeNet1_1_Weights
-from .sqz import decode, read_compressed, size_report, write_compressed
+from .sqz import decode, encode, load_compressed, save_compressed, size_report
 
 __all__ = ["PretrainedWeights", "SqueezeNet1_0_Weights", "SqueezeNet1_1_Weights", "LoadedWeights", "load_weights",
-           "save_checkpoint", "save_safetensors", "save_state_dict", "decode", "read_compressed", "size_report",
-           "write_compressed"]
+           "load_compressed", "save_compressed", "encode", "decode", "size_report", "save_checkpoint",
+           "save_safetensors", "save_state_dict"]

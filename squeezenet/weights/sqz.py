@@ -105,7 +105,7 @@ def file_version(layers: list[LayerRecord]) -> int:
     return version
 
 
-def serialize(model_name: str, model_kwargs: dict, num_classes: int | None, preprocessing: dict | None,
+def _assemble(model_name: str, model_kwargs: dict, num_classes: int | None, preprocessing: dict | None,
               layers: list[LayerRecord], raw: dict[str, torch.Tensor] | None = None,
               class_names: list | None = None, extra: dict | None = None) -> bytes:
     """Assemble a complete file from coded layers and raw (exactly stored) tensors.
@@ -152,13 +152,34 @@ def layer_input(name: str, m: nn.Module, codebook_dtype: str = "f4", bias_dtype:
                       bias_dtype, float(step) if step is not None else None)
 
 
-def encode_model(model: nn.Module, model_name: str = "", *, model_kwargs: dict | None = None,
-                 preprocessing: dict | None = None, class_names: list | None = None,
-                 codebook_dtype: str | dict = "f4", extra: dict | None = None, codec: str = "range",
-                 bias_dtype: str = "f4", num_classes: int | None = None) -> bytes:
-    """Serialize a model whose conv/linear layers carry ``weight_codebook`` / ``weight_index`` /
-    ``weight_mask`` buffers (see ``compression.share_weights_``); every other entry of its
-    state dict (batch-norm statistics, other modules' parameters) is stored exactly.
+def encode(model: nn.Module, model_name: str | None = None, **options) -> bytes:
+    """The file's bytes for a model whose conv/linear layers carry ``weight_codebook`` /
+    ``weight_index`` / ``weight_mask`` buffers (``compression.compress_`` or ``share_weights_``);
+    every other entry of its state dict (batch-norm statistics, other modules' parameters) is
+    stored exactly.
+
+    The options default to what ``compress_`` recorded on the model (``model.compressed_as``);
+    those given here override them. Args as ``_encode``.
+    """
+    info = dict(getattr(model, "compressed_as", None) or {})
+    if model_name is not None:
+        info["model_name"] = model_name
+    info.update(options)
+    return _encode(model, **info)
+
+
+def save_compressed(model: nn.Module, path: str | os.PathLike, model_name: str | None = None, **options) -> int:
+    """Write a compressed model's file atomically (options as ``encode``); returns its size in bytes."""
+    data = encode(model, model_name, **options)
+    atomic_write_bytes(path, data)
+    return len(data)
+
+
+def _encode(model: nn.Module, model_name: str = "", *, model_kwargs: dict | None = None,
+            preprocessing: dict | None = None, class_names: list | None = None,
+            codebook_dtype: str | dict = "f4", extra: dict | None = None, codec: str = "range",
+            bias_dtype: str = "f4", num_classes: int | None = None) -> bytes:
+    """``encode`` with every option spelled out.
 
     Args:
         model_name: a registered name, ``torchvision:NAME``, ``package.module:function``, or ""
@@ -199,13 +220,7 @@ def encode_model(model: nn.Module, model_name: str = "", *, model_kwargs: dict |
         num_classes = getattr(model, "num_classes", None)
         if num_classes is None and layers:
             num_classes = layers[-1].meta["shape"][0]
-    return serialize(model_name or "", model_kwargs or {}, num_classes, preprocessing, layers, raw, class_names, extra)
-
-
-def write_compressed(path: str | os.PathLike, data: bytes) -> int:
-    """Write a compressed file's bytes atomically; returns its size."""
-    atomic_write_bytes(path, data)
-    return len(data)
+    return _assemble(model_name or "", model_kwargs or {}, num_classes, preprocessing, layers, raw, class_names, extra)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -478,7 +493,7 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
     return header, state, shared
 
 
-def read_compressed(path: str | os.PathLike) -> tuple[dict, dict, dict]:
+def _read(path: str | os.PathLike) -> tuple[dict, dict, dict]:
     """``decode`` a file from disk, refusing oversized files before reading them."""
     path = Path(path)
     if not path.is_file():
@@ -491,7 +506,7 @@ def read_compressed(path: str | os.PathLike) -> tuple[dict, dict, dict]:
 def load_compressed(path: str | os.PathLike):
     """A compressed file as ``LoadedWeights``: its ``state_dict`` (strict-loadable into the
     model it came from) and, where the file names the architecture, ``build_model()``."""
-    header, state, shared = read_compressed(path)
+    header, state, shared = _read(path)
     try:  # a model compressed without its preprocessing gets torchvision's, as a bare state dict does
         prep = (TORCHVISION_IMAGENET if header.get("preprocessing") is None
                 else Preprocessing.from_dict(header["preprocessing"]))

@@ -10,7 +10,8 @@ import torch.nn as nn
 from PIL import Image
 
 from squeezenet.compression import CompressionConfig, compress_
-from squeezenet.compression.api import Calibration, as_calibration, encode, load_calibration
+from squeezenet.compression.api import Calibration, as_calibration, load_calibration
+from squeezenet.weights import encode
 from squeezenet.compression.budget import model_outputs
 from squeezenet.compression.finetune import distill_shared_
 from squeezenet.compression.outputs import detect_output_kind, distortion, resolve_output_kind

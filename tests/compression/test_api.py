@@ -8,8 +8,8 @@ import torch.nn as nn
 import torchvision
 
 from squeezenet.cli.main import main
-from squeezenet.compression import CompressionConfig, compress_, load_compressed, save_compressed
-from squeezenet.compression.api import encode
+from squeezenet.compression import CompressionConfig, compress_
+from squeezenet.weights import encode, load_compressed, save_compressed
 from squeezenet.errors import FormatError
 from squeezenet.models import prunable_layers
 from squeezenet.weights import decode, size_report

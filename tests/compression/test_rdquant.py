@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from squeezenet.compression import rdquant
-from squeezenet.weights.sqz import decode, encode_model
+from squeezenet.weights.sqz import decode, encode
 from squeezenet.compression.pruning import prunable_layers
 from squeezenet.models import create_model
 from squeezenet.preprocessing import CIFAR10
@@ -114,7 +114,7 @@ def test_quantize_for_budget_is_a_hard_limit_and_round_trips():
     sens = {n: 1.0 for n in prunable_layers(model)}
 
     def serialize(m):
-        return encode_model(m, "squeezenet_from_metaparameters", model_kwargs=TINY, preprocessing=CIFAR10.to_dict(),
+        return encode(m, "squeezenet_from_metaparameters", model_kwargs=TINY, preprocessing=CIFAR10.to_dict(),
                               codebook_dtype="f2")
 
     full = len(serialize(_shared_copy(model)))
@@ -144,10 +144,10 @@ def test_error_feedback_takes_a_coarser_grid_by_default(monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(rdquant, "quantize_layers", spy)
-    size = len(encode_model(_shared_copy(model), "squeezenet_from_metaparameters", model_kwargs=TINY))
+    size = len(encode(_shared_copy(model), "squeezenet_from_metaparameters", model_kwargs=TINY))
 
     def serialize(m):
-        return encode_model(m, "squeezenet_from_metaparameters", model_kwargs=TINY)
+        return encode(m, "squeezenet_from_metaparameters", model_kwargs=TINY)
 
     for kw, scale in (({}, 0.6), ({"hessians": hessians}, 1.7), ({"hessians": hessians, "step_scale": 0.9}, 0.9)):
         seen.clear()

@@ -12,7 +12,7 @@ from squeezenet.compression import CompressionConfig, compress_, rdquant
 from squeezenet.compression.budget import _restore, _snapshot
 from squeezenet.compression.trellis import _viterbi, ideal_bits, trellis_layer
 from squeezenet.weights.codecs.trellis import NEXT, integers, reconstruct
-from squeezenet.weights.sqz import decode, encode_model, size_report
+from squeezenet.weights.sqz import decode, encode, size_report
 
 
 def _walk(k):
@@ -67,7 +67,7 @@ def _model():
 
 
 def _serialize(m):
-    return encode_model(m, "", codebook_dtype="f2", bias_dtype="f2")
+    return encode(m, "", codebook_dtype="f2", bias_dtype="f2")
 
 
 def test_budget_on_the_trellis_fits_and_decodes_to_the_installed_weights():

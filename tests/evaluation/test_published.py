@@ -6,7 +6,7 @@ import torch
 
 from squeezenet.cli.main import main
 from squeezenet.compression import CompressionConfig, compress_weights
-from squeezenet.weights.sqz import write_compressed
+from squeezenet.utils import atomic_write_bytes
 from squeezenet.evaluation import predict
 from squeezenet.preprocessing import CAFFE_IMAGENET
 from squeezenet.weights import load_weights
@@ -34,7 +34,7 @@ def test_lossless_reencoding_predicts_identically(tmp_path):
     data, _, _ = compress_weights(lw, CompressionConfig(bits=8, density="keep"))
     assert len(data) < 600_000
     path = tmp_path / "sq.sqz"
-    write_compressed(path, data)
+    atomic_write_bytes(path, data)
     a = predict(lw, images, top=5)
     b = predict(path, images, top=5)
     assert [r["predictions"] for r in a] == [r["predictions"] for r in b]

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from squeezenet.weights.sqz import write_compressed
 from squeezenet.utils import atomic_write_bytes
 from squeezenet.weights import load_weights
 from tests.training.conftest import make_image_folder
@@ -47,7 +46,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
 
 def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     target = tmp_path / "model.sqz"
-    write_compressed(target, b"previous good file")
+    atomic_write_bytes(target, b"previous good file")
 
     def disk_full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -67,7 +66,7 @@ def test_read_only_output_folder_is_clear_and_keeps_previous(tmp_path, monkeypat
     # Root ignores permission bits, so the refusal the OS gives an ordinary user is simulated.
     import tempfile
     target = tmp_path / "model.sqz"
-    write_compressed(target, b"previous good file")
+    atomic_write_bytes(target, b"previous good file")
 
     def refuse(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")

@@ -122,7 +122,7 @@ def test_huffman_files_of_an_unnamed_architecture_are_refused_not_written_unread
     import torch.nn as nn
 
     from squeezenet.compression import CompressionConfig, compress_
-    from squeezenet.compression.api import encode
+    from squeezenet.weights import encode
     model = nn.Sequential(nn.Linear(8, 4))
     with pytest.raises(ConfigError, match="Huffman"):
         compress_(model, CompressionConfig(codec="huffman", bits=4, density="keep"))
