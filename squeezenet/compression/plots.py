@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..models.layers import coded_key
 from ..weights.caffe_net import read_caffe_net
 from ..weights.sqz import MAGIC, load_compressed
 
@@ -25,8 +26,9 @@ def plot_weight_distributions(path, out, max_layers: int = 12) -> str:
         header, state, shared = loaded.extra["header"], loaded.state_dict, loaded.extra["shared_state"]
         for entry in header["layers"]:
             name = entry["name"]
-            w = state[f"{name}.weight"].numpy().ravel()
-            layers.append((name, w[w != 0], shared[f"{name}.weight_codebook"].numpy()))
+            whole = entry.get("tensor", False)
+            w = state[coded_key(name, "weight", whole)].numpy().ravel()
+            layers.append((name, w[w != 0], shared[coded_key(name, "weight_codebook", whole)].numpy()))
     else:
         for layer in read_caffe_net(path):
             w = layer.weight().ravel()

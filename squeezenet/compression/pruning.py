@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..models.layers import prunable_layers
+from ..models.layers import coded_key, is_tensor_layer, prunable_layers
 from ..models.squeezenet import Fire
 
 # Paper Table 1 / the published file (squeeze, expand1x1, expand3x3) per fire module.
@@ -36,9 +36,11 @@ def default_density(model: nn.Module) -> dict[str, float]:
     Rule: SqueezeNet-family models (any with Fire modules) take the paper's per-fire profile
     by fire position (fire2..fire9; a model with other fire counts repeats the last entry),
     100% for conv1, 50% for 1x1 bypass convolutions and 20% for the classifier conv10.
-    AlexNet takes Han et al.'s Table 4 densities. Any other model: its first and last layer and
-    every layer under 10,000 weights dense (small layers save few bytes and carry much of the
-    accuracy: depthwise convolutions, classifiers of few classes), 33% everywhere else.
+    AlexNet takes Han et al.'s Table 4 densities. Any other model: its first and last layer,
+    every layer under 10,000 weights (small layers save few bytes and carry much of the
+    accuracy: depthwise convolutions, classifiers of few classes) and every tensor layer
+    (recurrent and attention matrices, embedding tables: pruned without retraining, they lose
+    what a conv layer keeps) dense, 33% everywhere else.
     """
     layers = prunable_layers(model)
     names = list(layers)
@@ -55,7 +57,8 @@ def default_density(model: nn.Module) -> dict[str, float]:
         return {n: out.get(n, 1.0) for n in names}
     if type(model).__name__ == "AlexNet" and len(names) == len(ALEXNET_DENSITY):
         return dict(zip(names, ALEXNET_DENSITY))
-    return {n: (1.0 if i in (0, len(names) - 1) or layers[n].weight.numel() < SMALL_LAYER else OTHER_DENSITY)
+    return {n: (1.0 if i in (0, len(names) - 1) or layers[n].weight.numel() < SMALL_LAYER
+                or is_tensor_layer(layers[n]) else OTHER_DENSITY)
             for i, n in enumerate(names)}
 
 
@@ -148,7 +151,7 @@ def remove_masks_(model: nn.Module) -> None:
 @torch.no_grad()
 def apply_masks_(model: nn.Module) -> None:
     """Zero every pruned weight again (call after each optimizer step)."""
-    for m in model.modules():
+    for m in prunable_layers(model).values():
         mask = get_mask(m)
         if mask is not None:
             m.weight.mul_(mask)
@@ -156,7 +159,7 @@ def apply_masks_(model: nn.Module) -> None:
 
 def mask_gradients_(model: nn.Module) -> None:
     """Zero gradients of pruned weights, so momentum cannot move them either."""
-    for m in model.modules():
+    for m in prunable_layers(model).values():
         mask = get_mask(m)
         if mask is not None and m.weight.grad is not None:
             m.weight.grad.mul_(mask)
@@ -165,6 +168,6 @@ def mask_gradients_(model: nn.Module) -> None:
 def attach_masks_(model: nn.Module, state_dict: dict) -> None:
     """Register ``weight_mask`` buffers for masks present in ``state_dict`` (before loading it)."""
     for name, m in prunable_layers(model).items():
-        key = f"{name}.weight_mask" if name else "weight_mask"
+        key = coded_key(name, "weight_mask", is_tensor_layer(m))
         if key in state_dict:
             set_mask_(m, state_dict[key])

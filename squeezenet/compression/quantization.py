@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..models.layers import coded_key, is_tensor_layer
 from ..weights.sqz import CODING_BUFFERS
 from .pruning import get_mask, prunable_layers
 
@@ -202,6 +203,6 @@ def attach_shared_state_(model: nn.Module, state_dict: dict) -> None:
     """Register codebook / index / mask buffers present in ``state_dict`` before loading it."""
     for name, m in prunable_layers(model).items():
         for buf in CODING_BUFFERS:
-            key = f"{name}.{buf}"
+            key = coded_key(name, buf, is_tensor_layer(m))
             if key in state_dict:
                 _set_buffer(m, buf, state_dict[key].clone())

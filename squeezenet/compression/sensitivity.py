@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..weights.codecs import LayerInput, get_codec
+from ..models.layers import is_tensor_layer
 from .pruning import magnitude_mask, prunable_layers
 from .quantization import kmeans_1d
 
@@ -46,10 +47,10 @@ def _apply(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Te
 
 @torch.no_grad()
 def capture_inputs(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The input each conv / linear layer receives for ``images``."""
+    """The input each conv / linear layer receives for ``images`` (tensor layers have none)."""
     seen: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: seen.__setitem__(n, inp[0].detach().clone()))
-             for n, m in prunable_layers(model).items()]
+             for n, m in prunable_layers(model).items() if not is_tensor_layer(m)]
     try:
         model.eval()(images)
     finally:
@@ -81,6 +82,8 @@ def sensitivity(model: nn.Module, images: torch.Tensor, bits_options=(2, 3, 4, 5
     result = {"bits": {}, "density": {}, "metric": metric}
 
     def error(name: str, module: nn.Module, new_weight: torch.Tensor) -> float:
+        if metric == "layer" and is_tensor_layer(module):  # no input of its own: the weights' error
+            return float(((new_weight - module.weight) ** 2).sum() / (module.weight ** 2).sum().clamp_min(1e-30))
         if metric == "layer":
             x = inputs[name]
             ref = _apply(module, x, module.weight)

@@ -1,13 +1,121 @@
-"""Which modules carry the weights that Deep Compression codes."""
+"""Which tensors carry the weights that Deep Compression codes."""
 from __future__ import annotations
 
+from collections.abc import Iterator, MutableMapping
+
+import torch
 import torch.nn as nn
 
 # Convolutions (grouped and depthwise included: their weights are ordinary tensors) and linear
-# layers. Everything else (batch norm, embeddings, biases of other modules) is stored exactly.
+# layers, coded with their biases. Batch norm, biases of other modules and 1-D tensors are stored
+# exactly; other parameters of 2-5 dimensions are coded as ``TensorLayer``s.
 CODED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+TENSOR_DIMS = (2, 5)
 
 
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Convolution and linear layers in definition order, by module name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, CODED_TYPES)}
+class _OwnerBuffers(MutableMapping):
+    """A tensor layer's coding buffers by their layer names (``weight_mask``), kept on the owner
+    under the parameter's (``weight_ih_l0_mask``)."""
+
+    def __init__(self, owner: nn.Module, param: str):
+        self._owner, self._param = owner, param
+
+    def _key(self, name: str) -> str:
+        if not name.startswith("weight_"):
+            raise KeyError(name)
+        return self._param + name[len("weight"):]
+
+    def __getitem__(self, name: str):
+        return self._owner._buffers[self._key(name)]
+
+    def __setitem__(self, name: str, value) -> None:
+        self._owner._buffers[self._key(name)] = value
+
+    def __delitem__(self, name: str) -> None:
+        del self._owner._buffers[self._key(name)]
+
+    def __contains__(self, name) -> bool:
+        return isinstance(name, str) and name.startswith("weight_") and self._key(name) in self._owner._buffers
+
+    def __iter__(self) -> Iterator[str]:
+        prefix = self._param + "_"
+        return iter(["weight_" + k[len(prefix):] for k in self._owner._buffers if k.startswith(prefix)])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class TensorLayer:
+    """A floating-point parameter of 2-5 dimensions owned by a module that is not a conv or
+    linear layer (``nn.LSTM``'s ``weight_ih_l0``, ``nn.MultiheadAttention``'s ``in_proj_weight``,
+    an embedding table), seen as a coded layer without a bias.
+
+    Compression reads and writes it as it does a linear layer (``weight``, ``weight_mask``,
+    ``weight_codebook``, ...; ``register_buffer``); its coding buffers live on the owner as
+    ``<param>_mask``, ``<param>_codebook``, ..., so the model's state dict and checkpoints carry
+    them. Not a module: nothing hooks its inputs (error feedback leaves it out).
+    """
+
+    bias = None
+
+    def __init__(self, owner: nn.Module, param: str):
+        object.__setattr__(self, "owner", owner)
+        object.__setattr__(self, "param", param)
+        object.__setattr__(self, "_buffers", _OwnerBuffers(owner, param))
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.owner._parameters[self.param]
+
+    def register_buffer(self, name: str, value: torch.Tensor) -> None:
+        self.owner.register_buffer(self._buffers._key(name), value)
+
+    def __getattr__(self, name: str):  # only reached for names the class does not have
+        try:
+            return self._buffers[name]
+        except KeyError:
+            raise AttributeError(f"tensor layer {self.param!r} has no {name!r}") from None
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in self._buffers:
+            raise AttributeError(f"tensor layer {self.param!r}: register {name!r} with register_buffer first")
+        self._buffers[name] = value
+
+    def __repr__(self) -> str:
+        return f"TensorLayer({type(self.owner).__name__}.{self.param}, {tuple(self.weight.shape)})"
+
+
+def _is_coded_tensor(p: torch.Tensor | None) -> bool:
+    return p is not None and p.is_floating_point() and TENSOR_DIMS[0] <= p.dim() <= TENSOR_DIMS[1]
+
+
+def prunable_layers(model: nn.Module) -> dict:
+    """The coded layers in definition order: conv / linear modules by module name, other
+    modules' parameters of 2-5 dimensions as ``TensorLayer``s by parameter name."""
+    out: dict = {}
+    for name, m in model.named_modules():
+        if isinstance(m, CODED_TYPES):
+            out[name] = m
+            continue
+        for pname, p in m._parameters.items():
+            if _is_coded_tensor(p):
+                out[f"{name}.{pname}" if name else pname] = TensorLayer(m, pname)
+    return out
+
+
+def is_tensor_layer(layer) -> bool:
+    """Whether a coded layer is a parameter of its own (``TensorLayer``), not a conv / linear module."""
+    return isinstance(layer, TensorLayer)
+
+
+def coded_key(layer: str, tensor: str, whole: bool = False) -> str:
+    """The state-dict key of a coded layer's ``tensor`` ("weight", "bias", "weight_mask", ...).
+
+    A module layer holds them as attributes (``fc.weight``, ``fc.weight_mask``); a tensor layer
+    (``whole``) is its parameter (``lstm.weight_ih_l0``, ``lstm.weight_ih_l0_mask``).
+    """
+    if whole:
+        if not tensor.startswith("weight"):
+            raise ValueError(f"a tensor layer has no {tensor}")
+        return layer + tensor[len("weight"):]
+    return f"{layer}.{tensor}" if layer else tensor

@@ -11,7 +11,9 @@ _BY_RANK = {2: nn.Linear, 3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}
 
 class StateDictModule(nn.Module):
     """Holds a state dict as modules: every ``*.weight`` of rank 2-5 becomes a linear or
-    convolution layer (with its ``*.bias``), everything else a buffer, under the same keys.
+    convolution layer (with its ``*.bias``), other floating-point tensors of rank 2-5 (an
+    LSTM's ``weight_ih_l0``) parameters, coded as tensor layers, and everything else a buffer,
+    under the same keys.
 
     It has no forward: it exists so that compression can code a state dict whose architecture
     it was not given. Its ``state_dict()`` has the original keys, shapes and dtypes. A rank-2
@@ -61,7 +63,10 @@ def module_from_state_dict(state_dict: dict[str, torch.Tensor]) -> nn.Module:
             continue
         *path, leaf = key.split(".")
         parent = _child(root, path)
-        parent.register_buffer(leaf, value.detach().clone())
+        if value.is_floating_point() and 2 <= value.dim() <= 5:  # coded as a tensor layer
+            parent.register_parameter(leaf, nn.Parameter(value.detach().clone(), requires_grad=False))
+        else:
+            parent.register_buffer(leaf, value.detach().clone())
     out_keys = list(root.state_dict())
     if sorted(out_keys) != sorted(state_dict):
         raise ConfigError("this state dict cannot be held as modules (a key is both a tensor and a module)")

@@ -34,7 +34,7 @@ from torchvision.models import SqueezeNet1_0_Weights
 
 from ..errors import ConfigError, FormatError
 from ..models import create_model
-from ..models.layers import prunable_layers
+from ..models.layers import coded_key, is_tensor_layer, prunable_layers
 from ..models.registry import UnknownModelError, is_registered
 from ..preprocessing import TORCHVISION_IMAGENET, Preprocessing
 from ..utils import atomic_write_bytes
@@ -65,10 +65,6 @@ def _default_class_names(names, num_classes):
         if list(names) == list(SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"]):
             return "imagenet1k"
     return list(names)
-
-
-def _key(module: str, tensor: str) -> str:
-    return f"{module}.{tensor}" if module else tensor
 
 
 # Raw (exactly stored) tensors: dtype code -> (numpy dtype of the stored bytes, torch dtype).
@@ -201,7 +197,12 @@ def _encode(model: nn.Module, model_name: str = "", *, model_kwargs: dict | None
         layers.append(codec_l.encode(layer_input(name, m, cb_dtype, bias_dtype)))
         if m.weight.dtype != torch.float32 and layer_codec.versions[0] != HUFFMAN_VERSION:
             layers[-1].meta["dtype"] = raw_dtype_code(m.weight)  # decoded weights come back in it
-        coded.update({_key(name, "weight"), _key(name, "bias")} | {_key(name, b) for b in CODING_BUFFERS})
+        whole = is_tensor_layer(m)
+        if whole:  # the record names the parameter itself (lstm.weight_ih_l0), not a module
+            layers[-1].meta["tensor"] = True
+        coded.update(coded_key(name, t, whole) for t in ("weight",) + CODING_BUFFERS)
+        if not whole:
+            coded.add(coded_key(name, "bias"))
     if file_version(layers) == HUFFMAN_VERSION:  # version 1 holds the float parameters only, as it always did
         if not _from_architecture(model_name or ""):  # its reader rebuilds the layout from the architecture
             raise ConfigError("the Huffman (version 1) format needs a registered or torchvision architecture "
@@ -282,7 +283,7 @@ def _from_architecture(name: str) -> bool:
 
 
 def _layout(header: dict, path) -> tuple[dict, dict, bool]:
-    """What the file must hold: (coded layers: name -> (shape, has_bias), every state-dict
+    """What the file must hold: (coded layers: name -> (shape, has_bias, whole tensor), every state-dict
     entry: key -> (shape, dtype code), whether that came from the architecture).
 
     Versions 1 and 2, and version 3 files of a buildable architecture, are checked against
@@ -342,10 +343,13 @@ def _self_described(header: dict, path) -> tuple[dict, dict]:
         dtype = layer.get("dtype", "f4")
         if dtype not in ("f4", "f2", "bf16", "f8"):
             raise _bad(path, f"{name}: unknown weight type {dtype!r}")
-        coded[name] = (shape, n_bias > 0)
-        add(_key(name, "weight"), shape, dtype)
+        whole = _whole_tensor(layer, path)
+        if whole and n_bias:
+            raise _bad(path, f"{name}: a tensor layer has no biases")
+        coded[name] = (shape, n_bias > 0, whole)
+        add(coded_key(name, "weight", whole), shape, dtype)
         if n_bias:
-            add(_key(name, "bias"), (shape[0],), dtype)
+            add(coded_key(name, "bias"), (shape[0],), dtype)
     for r in raws:
         if not isinstance(r, dict):
             raise _bad(path, f"raw tensor record {r!r} is not an object")
@@ -369,9 +373,18 @@ def _shapes_for(key: str) -> tuple[dict, dict]:
         raise ConfigError(f"model {name} cannot be built with {kwargs}: {e}") from None
     if sum(p.numel() for p in model.parameters()) > 256_000_000:
         raise ConfigError(f"model {name} with {kwargs} is larger than any model this tool writes")
-    coded = {n: (tuple(m.weight.shape), m.bias is not None) for n, m in prunable_layers(model).items()}
+    coded = {n: (tuple(m.weight.shape), m.bias is not None, is_tensor_layer(m))
+             for n, m in prunable_layers(model).items()}
     state = {k: (tuple(v.shape), _DTYPE_CODES.get(v.dtype, "?")) for k, v in model.state_dict().items()}
     return coded, state
+
+
+def _whole_tensor(layer: dict, path) -> bool:
+    """Whether a layer record codes a parameter of its own (``"tensor": true``), not a module's weight."""
+    whole = layer.get("tensor", False)
+    if not isinstance(whole, bool):
+        raise _bad(path, f"{layer['name']}: tensor flag {whole!r} is not a boolean")
+    return whole
 
 
 def _whole_state(version: int) -> bool:
@@ -394,9 +407,11 @@ def _check_layers(header: dict, expected: dict, path) -> int:
     total = 0
     for layer in header["layers"]:
         name = layer["name"]
-        shape, has_bias = expected[name]
+        shape, has_bias, whole = expected[name]
         if layer.get("shape") != list(shape):
             raise _bad(path, f"{name}: shape {layer.get('shape')} does not match the architecture's {list(shape)}")
+        if _whole_tensor(layer, path) != whole:
+            raise _bad(path, f"{name}: the record and the architecture disagree on whether it is a tensor layer")
         numel = math.prod(shape)
         if numel > MAX_LAYER_WEIGHTS:
             raise _bad(path, f"{name}: too many weights")
@@ -423,9 +438,9 @@ def _check_raws(header: dict, expected: dict, state_layout: dict, from_arch: boo
         total += np.dtype(RAW_DTYPES[dtype][0]).itemsize * math.prod(state_layout[r["name"]][0])
     if v3:  # version 3 holds the whole state dict: every entry coded or stored, none twice
         held = set(raw_names)
-        for name, (_, has_bias) in expected.items():
-            held |= {_key(name, "weight")} | ({_key(name, "bias")} if has_bias else set())
-        if held != set(state_layout) or len(held) != len(raw_names) + sum(1 + b for _, b in expected.values()):
+        for name, (_, has_bias, whole) in expected.items():
+            held |= {coded_key(name, "weight", whole)} | ({coded_key(name, "bias")} if has_bias else set())
+        if held != set(state_layout) or len(held) != len(raw_names) + sum(1 + b for _, b, _ in expected.values()):
             missing = sorted(set(state_layout) - held)[:3]
             raise _bad(path, f"the tensors stored do not make the model's state dict (missing e.g. {missing})")
     return total
@@ -436,7 +451,7 @@ def _decode_layers(data: bytes, off: int, header: dict, expected: dict, path) ->
     state: dict[str, torch.Tensor] = {}
     shared: dict[str, torch.Tensor] = {}
     for layer in header["layers"]:
-        name, shape = layer["name"], expected[layer["name"]][0]
+        name, (shape, _, whole) = layer["name"], expected[layer["name"]]
         sections = []
         for size in layer["sizes"]:
             sections.append(data[off:off + size])
@@ -446,13 +461,13 @@ def _decode_layers(data: bytes, off: int, header: dict, expected: dict, path) ->
         except LayerError as e:
             raise _bad(path, f"{name}: {e}") from None
         dtype = RAW_DTYPES[layer.get("dtype", "f4") if _whole_state(header["version"]) else "f4"][1]
-        state[_key(name, "weight")] = torch.from_numpy(out.weight.reshape(shape)).to(dtype)
+        state[coded_key(name, "weight", whole)] = torch.from_numpy(out.weight.reshape(shape)).to(dtype)
         if out.bias is not None:
-            state[_key(name, "bias")] = torch.from_numpy(out.bias).to(dtype)
-        shared[_key(name, "weight_codebook")] = torch.from_numpy(out.codebook)
-        shared[_key(name, "weight_index")] = torch.from_numpy(out.index.reshape(shape))
-        shared[_key(name, "weight_mask")] = torch.from_numpy(out.mask.reshape(shape))
-        shared[_key(name, "weight_bits")] = torch.tensor(out.bits, dtype=torch.int16)
+            state[coded_key(name, "bias")] = torch.from_numpy(out.bias).to(dtype)
+        shared[coded_key(name, "weight_codebook", whole)] = torch.from_numpy(out.codebook)
+        shared[coded_key(name, "weight_index", whole)] = torch.from_numpy(out.index.reshape(shape))
+        shared[coded_key(name, "weight_mask", whole)] = torch.from_numpy(out.mask.reshape(shape))
+        shared[coded_key(name, "weight_bits", whole)] = torch.tensor(out.bits, dtype=torch.int16)
     return state, shared, off
 
 
