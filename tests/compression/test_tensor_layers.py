@@ -132,3 +132,19 @@ def test_a_tensor_flag_that_is_not_a_boolean_or_a_tensor_layer_with_biases_is_re
     for change in (bad_flag, biased):
         with pytest.raises(FormatError):
             decode(_rewrite_header(data, change))
+
+
+def test_a_bare_state_dict_holds_recurrent_matrices_as_tensor_layers_and_keeps_its_keys():
+    from squeezenet.models.standin import module_from_state_dict
+    sd = _model().state_dict()
+    held = module_from_state_dict(sd)
+    assert held.state_dict().keys() == sd.keys()
+    layers = prunable_layers(held)
+    assert isinstance(layers["lstm.weight_hh_l1"], TensorLayer) and isinstance(layers["head"], nn.Linear)
+    assert "lstm.bias_hh_l1" not in layers and "norm.weight" not in layers  # 1-D: stored exactly
+    prune_(held)
+    share_weights_(held, 5)
+    header, state, _ = decode(encode(held, ""))
+    assert state.keys() == sd.keys()
+    assert any(layer.get("tensor") for layer in header["layers"])
+    assert torch.unique(state["lstm.weight_hh_l1"]).numel() <= 32
