@@ -178,11 +178,13 @@ def add_compress(sub) -> None:
                                    "profile to dense weights and keeps already-pruned ones as they are. With no bits "
                                    "and no budget, an already-shared model (the published .net) is re-encoded "
                                    "losslessly. --size-budget B writes at most B bytes or fails. Any model's "
-                                   "state dict works: convolutions and linear layers are coded, every other "
-                                   "tensor (batch norm, embeddings with --model) is stored exactly. Without "
-                                   "--model, every weight of rank 2-5 is coded as a linear/conv weight. Default "
-                                   "density for models other than SqueezeNet/AlexNet: the first and last layer "
-                                   "and layers under 10,000 weights dense, 33%% elsewhere.")
+                                   "state dict works: convolutions, linear layers and every other floating-point "
+                                   "tensor of rank 2-5 (LSTM matrices, embeddings) are coded; 1-D tensors (batch "
+                                   "norm, biases of other modules) and integer ones are stored exactly. Without "
+                                   "--model, every *.weight of rank 2-5 is coded as a linear/conv weight. Default "
+                                   "density for models other than SqueezeNet/AlexNet: the first and last layer, "
+                                   "layers under 10,000 weights and tensors that are not conv/linear weights "
+                                   "dense, 33%% elsewhere.")
     s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
     s.add_argument("--out", required=True, type=Path, help="output .sqz file")
     g = s.add_mutually_exclusive_group()

@@ -6,10 +6,13 @@
     save_compressed(model, "model.sqz")                                  # the exact file
     state_dict = load_compressed("model.sqz").state_dict                 # strict-loadable
 
-Convolutions (1-D/2-D/3-D, grouped and depthwise) and linear layers are pruned, weight-shared
-and entropy-coded; every other tensor of the state dict is stored exactly. Masks and codebooks
-stay on the modules as buffers (``weight_mask``, ``weight_codebook``, ``weight_index``), so
-training with ``after_step_`` keeps them in place and checkpoints carry them.
+Convolutions (1-D/2-D/3-D, grouped and depthwise), linear layers and every other floating-point
+parameter of 2-5 dimensions (LSTM matrices, attention in-projections, embedding tables:
+``models.layers.TensorLayer``) are pruned, weight-shared and entropy-coded; 1-D and integer
+tensors of the state dict are stored exactly. Masks and codebooks stay on the modules as buffers
+(``weight_mask``, ``weight_codebook``, ``weight_index``; ``<param>_mask``, ... on the module
+that owns a tensor layer), so training with ``after_step_`` keeps them in place and checkpoints
+carry them.
 """
 from __future__ import annotations
 
