@@ -91,14 +91,21 @@ def _is_coded_tensor(p: torch.Tensor | None) -> bool:
 
 def prunable_layers(model: nn.Module) -> dict:
     """The coded layers in definition order: conv / linear modules by module name, other
-    modules' parameters of 2-5 dimensions as ``TensorLayer``s by parameter name."""
+    modules' parameters of 2-5 dimensions as ``TensorLayer``s by parameter name.
+
+    A parameter is coded once: one that a conv / linear layer also uses (an embedding tied to
+    the output layer) is coded as that layer's weight, and a parameter shared by two modules
+    as the first one's.
+    """
+    seen = {id(m.weight) for m in model.modules() if isinstance(m, CODED_TYPES)}
     out: dict = {}
     for name, m in model.named_modules():
         if isinstance(m, CODED_TYPES):
             out[name] = m
             continue
         for pname, p in m._parameters.items():
-            if _is_coded_tensor(p):
+            if _is_coded_tensor(p) and id(p) not in seen:
+                seen.add(id(p))
                 out[f"{name}.{pname}" if name else pname] = TensorLayer(m, pname)
     return out
 

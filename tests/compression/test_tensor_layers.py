@@ -148,3 +148,21 @@ def test_a_bare_state_dict_holds_recurrent_matrices_as_tensor_layers_and_keeps_i
     assert state.keys() == sd.keys()
     assert any(layer.get("tensor") for layer in header["layers"])
     assert torch.unique(state["lstm.weight_hh_l1"]).numel() <= 32
+
+
+def test_a_tied_embedding_is_coded_once_as_the_output_layers_weight():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(50, 16)
+            self.rnn = nn.GRU(16, 16, batch_first=True)
+            self.out = nn.Linear(16, 50, bias=False)
+            self.out.weight = self.embed.weight
+
+        def forward(self, tokens):
+            return self.out(self.rnn(self.embed(tokens))[0])
+
+    model = Tied()
+    layers = prunable_layers(model)
+    assert "out" in layers and "embed.weight" not in layers
+    assert {"rnn.weight_ih_l0", "rnn.weight_hh_l0"} <= set(layers)
