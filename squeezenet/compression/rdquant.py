@@ -487,7 +487,8 @@ BINNED_LAYER = 1 << 16
 
 def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget: int, serialize,
                          step_scale: float | None = None, log=None,
-                         hessians: dict[str, list] | None = None, trellis: bool = False) -> dict:
+                         hessians: dict[str, list] | None = None, trellis: bool = False,
+                         factors: dict[str, tuple] | None = None) -> dict:
     """ECSQ every layer of ``model`` in place at the slope whose file fits ``budget`` bytes.
 
     Args:
@@ -502,17 +503,20 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
             ``TRELLIS_STEP_SCALE`` on the trellis.
         trellis: quantize on the trellis codec's four-state trellis (``trellis.py``; no error
             feedback) instead of ECSQ.
+        factors: ``feedback_factors`` of ``hessians``, where the caller has them already (they
+            depend on the inputs only, so candidates of one budget share them).
     Returns:
         ``{"lam", "bytes", "levels", "kept_weights"}``.
     """
-    if trellis and hessians:
+    if trellis and (hessians or factors):
         raise ConfigError("the trellis quantizer does not take error feedback")
     if step_scale is None:
-        step_scale = TRELLIS_STEP_SCALE if trellis else 1.7 if hessians else 0.6
+        step_scale = TRELLIS_STEP_SCALE if trellis else 1.7 if (hessians or factors) else 0.6
     weights, masks = model_weights_and_masks(model)
     reference = {n: torch.from_numpy(w.astype(np.float32)) for n, w in weights.items()}
     # factored once, not at every slope of the search
-    factors = {n: feedback_factors(h) for n, h in (hessians or {}).items()}
+    if factors is None:
+        factors = {n: feedback_factors(h) for n, h in (hessians or {}).items()}
     columns = sum(f[0][-1][1] for f in factors.values())
     exact = sum(w.size for w in weights.values()) <= EXACT_SEARCH_WEIGHTS and columns <= EXACT_SEARCH_COLUMNS
     bins = {} if exact else {n: ValueBins(w[masks[n]]) for n, w in weights.items() if masks[n].sum() > BINNED_LAYER}
