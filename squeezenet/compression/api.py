@@ -439,8 +439,9 @@ def compress_weights(weights, config: CompressionConfig | None = None, *, calibr
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
     model = model_for_compression(lw)
     calib = None
-    if isinstance(calibration, (str, os.PathLike)) and (config.size_budget or config.distill_steps()):
-        calib = load_calibration(calibration, lw.preprocessing, calibration_images, config.distill_steps())
+    if isinstance(calibration, (str, os.PathLike)):
+        if config.size_budget or config.distill_steps():  # otherwise nothing reads it: not loaded
+            calib = load_calibration(calibration, lw.preprocessing, calibration_images, config.distill_steps())
     elif calibration is not None:
         calib = as_calibration(calibration)
     data, report = _compress(model, config, calib, lw.model_name, lw.model_kwargs,

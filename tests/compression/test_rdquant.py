@@ -219,3 +219,16 @@ def test_error_feedback_at_a_budget_is_plumbed_through_and_stays_within_it(tmp_p
         assert 50_000 < len(data) <= 60_000
         files[feedback] = decode(data)[1]
     assert any(not torch.equal(files[True][k], files[False][k]) for k in files[True] if k.endswith("weight"))
+
+
+def test_a_calibration_folder_is_read_only_by_the_stages_that_use_it(tmp_path):
+    """``squeezenet reproduce`` passes its folder to every row, the lossless and bits-only ones too."""
+    from squeezenet.compression import CompressionConfig, compress_weights
+    from squeezenet.errors import DataError
+    _, lw = _random_calibration_and_tiny_weights(tmp_path, images=1, seed=0)
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    data, _, rep = compress_weights(lw, CompressionConfig(bits=6, density=0.5), calibration=empty)
+    assert len(data) == rep["bytes"] > 0
+    with pytest.raises(DataError, match="no images"):  # a budget reads it
+        compress_weights(lw, CompressionConfig(size_budget=150_000, finetune_steps=0), calibration=empty)
