@@ -486,9 +486,8 @@ BINNED_LAYER = 1 << 16
 
 
 def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget: int, serialize,
-                         step_scale: float | None = None, log=None,
-                         hessians: dict[str, list] | None = None, trellis: bool = False,
-                         factors: dict[str, tuple] | None = None) -> dict:
+                         step_scale: float | None = None, log=None, factors: dict[str, tuple] | None = None,
+                         trellis: bool = False) -> dict:
     """ECSQ every layer of ``model`` in place at the slope whose file fits ``budget`` bytes.
 
     Args:
@@ -497,26 +496,25 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
         budget: bytes.
         serialize: ``model -> bytes`` (the exact file), called once per bisection step.
         step_scale: grid step relative to the high-rate optimum. Default: 0.6 for plain ECSQ,
-            1.7 with error feedback (``hessians``), each measured best on SqueezeNet v1.0:
+            1.7 with error feedback (``factors``), each measured best on SqueezeNet v1.0:
             fed-back errors make a coarser grid with fewer coded levels pay (350 kB, 2-fold
             ImageNet agreement: 83-84% at 0.6, 87.0% at 1.0, 88.3-88.4% at 1.7, 87.0% at 2.2);
             ``TRELLIS_STEP_SCALE`` on the trellis.
+        factors: error feedback: ``feedback_factors`` of each layer's ``layer_hessians``
+            (factored once by the caller: they depend on the inputs only, so the candidates of
+            one budget and every slope of the search share them).
         trellis: quantize on the trellis codec's four-state trellis (``trellis.py``; no error
             feedback) instead of ECSQ.
-        factors: ``feedback_factors`` of ``hessians``, where the caller has them already (they
-            depend on the inputs only, so candidates of one budget share them).
     Returns:
         ``{"lam", "bytes", "levels", "kept_weights"}``.
     """
-    if trellis and (hessians or factors):
+    if trellis and factors:
         raise ConfigError("the trellis quantizer does not take error feedback")
     if step_scale is None:
-        step_scale = TRELLIS_STEP_SCALE if trellis else 1.7 if (hessians or factors) else 0.6
+        step_scale = TRELLIS_STEP_SCALE if trellis else 1.7 if factors else 0.6
+    factors = factors or {}
     weights, masks = model_weights_and_masks(model)
     reference = {n: torch.from_numpy(w.astype(np.float32)) for n, w in weights.items()}
-    # factored once, not at every slope of the search
-    if factors is None:
-        factors = {n: feedback_factors(h) for n, h in (hessians or {}).items()}
     columns = sum(f[0][-1][1] for f in factors.values())
     exact = sum(w.size for w in weights.values()) <= EXACT_SEARCH_WEIGHTS and columns <= EXACT_SEARCH_COLUMNS
     bins = {} if exact else {n: ValueBins(w[masks[n]]) for n, w in weights.items() if masks[n].sum() > BINNED_LAYER}

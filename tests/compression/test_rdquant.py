@@ -149,7 +149,8 @@ def test_error_feedback_takes_a_coarser_grid_by_default(monkeypatch):
     def serialize(m):
         return encode(m, "squeezenet_from_metaparameters", model_kwargs=TINY)
 
-    for kw, scale in (({}, 0.6), ({"hessians": hessians}, 1.7), ({"hessians": hessians, "step_scale": 0.9}, 0.9)):
+    factors = {n: rdquant.feedback_factors(h) for n, h in hessians.items()}
+    for kw, scale in (({}, 0.6), ({"factors": factors}, 1.7), ({"factors": factors, "step_scale": 0.9}, 0.9)):
         seen.clear()
         assert rdquant.quantize_for_budget_(_copy(model), sens, size // 2, serialize, **kw)["bytes"] <= size // 2
         assert seen and set(seen) == {scale}
