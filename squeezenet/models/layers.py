@@ -23,7 +23,7 @@ class _OwnerBuffers(MutableMapping):
     def _key(self, name: str) -> str:
         if not name.startswith("weight_"):
             raise KeyError(name)
-        return self._param + name[len("weight"):]
+        return coded_key(self._param, name, whole=True)
 
     def __getitem__(self, name: str):
         return self._owner._buffers[self._key(name)]
