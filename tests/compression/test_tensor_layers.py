@@ -1,9 +1,6 @@
 """Parameters of modules that are not conv / linear layers (LSTM, attention, embeddings) are coded
 as layers of their own, through every stage: pruning, sharing, the budget path, the file, training."""
 import copy
-import json
-import struct
-import zlib
 
 import pytest
 import torch
@@ -15,6 +12,7 @@ from squeezenet.compression.quantization import attach_shared_state_
 from squeezenet.errors import FormatError
 from squeezenet.models.layers import TensorLayer, coded_key, prunable_layers
 from squeezenet.weights import decode, encode, size_report
+from tests.weights.test_format import _rewrite_header
 
 
 class Recurrent(nn.Module):
@@ -104,16 +102,6 @@ def test_checkpointed_coding_state_reloads_and_training_keeps_tensor_layers_on_t
     assert torch.all(w[~layer.weight_mask] == 0)
     kept = w[layer.weight_mask]
     assert torch.isin(kept, layer.weight_codebook.to(kept.dtype)).all()
-
-
-def _rewrite_header(data: bytes, change) -> bytes:
-    magic, version, flags, hlen = struct.unpack_from("<8sHHI", data)
-    header = json.loads(zlib.decompress(data[16:16 + hlen]))
-    change(header)
-    new = zlib.compress(json.dumps(header).encode(), 9)
-    body = data[16:-4][hlen:]
-    out = struct.pack("<8sHHI", magic, version, flags, len(new)) + new + body
-    return out + struct.pack("<I", zlib.crc32(out))
 
 
 def test_a_tensor_flag_that_is_not_a_boolean_or_a_tensor_layer_with_biases_is_refused():
