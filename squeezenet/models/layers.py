@@ -85,7 +85,8 @@ class TensorLayer:
         return f"TensorLayer({type(self.owner).__name__}.{self.param}, {tuple(self.weight.shape)})"
 
 
-def _is_coded_tensor(p: torch.Tensor | None) -> bool:
+def is_coded_tensor(p: torch.Tensor | None) -> bool:
+    """Whether a tensor outside a conv / linear layer is coded (a floating-point one of 2-5 dimensions)."""
     return p is not None and p.is_floating_point() and TENSOR_DIMS[0] <= p.dim() <= TENSOR_DIMS[1]
 
 
@@ -104,7 +105,7 @@ def prunable_layers(model: nn.Module) -> dict:
             out[name] = m
             continue
         for pname, p in m._parameters.items():
-            if _is_coded_tensor(p) and id(p) not in seen:
+            if is_coded_tensor(p) and id(p) not in seen:
                 seen.add(id(p))
                 out[f"{name}.{pname}" if name else pname] = TensorLayer(m, pname)
     return out

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from .layers import is_coded_tensor
 
 _BY_RANK = {2: nn.Linear, 3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}
 
@@ -63,7 +64,7 @@ def module_from_state_dict(state_dict: dict[str, torch.Tensor]) -> nn.Module:
             continue
         *path, leaf = key.split(".")
         parent = _child(root, path)
-        if value.is_floating_point() and 2 <= value.dim() <= 5:  # coded as a tensor layer
+        if is_coded_tensor(value):  # a parameter, so compression codes it as a tensor layer
             parent.register_parameter(leaf, nn.Parameter(value.detach().clone(), requires_grad=False))
         else:
             parent.register_buffer(leaf, value.detach().clone())
