@@ -8,7 +8,9 @@ NNC's recipe, safe when they are not), ``trellis`` the same on NNC's dependent q
 magnitude on models they do not describe well (a layer pruned to 2% of its weights destroyed a
 pitch tracker at 2 MB), so by default every candidate is fitted to the budget and the one whose
 outputs on calibration inputs the fit did not see stay closest to the original model's is kept:
-never worse, on those inputs, than the uniform quantizer at the same size.
+never worse, on those inputs, than the uniform quantizer at the same size. Models sized on
+estimates (``rdquant.sized_on_estimates``: millions of weights, seconds an exact size) judge
+their candidates within ``CANDIDATE_TOLERANCE`` of the budget and fit only the one kept.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from ..weights.sqz import CODING_BUFFERS
 from .config import CompressionConfig
 from .outputs import distortion, flatten_outputs, resolve_output_kind
 from .quantization import _set_buffer
-from .rdquant import feedback_factors, feedback_memory, fisher_sensitivity, layer_hessians, quantize_for_budget_
+from .rdquant import (feedback_factors, feedback_memory, fisher_sensitivity, layer_hessians, quantize_for_budget_,
+                      sized_on_estimates)
 
 # Sensitivity exponent of each quantizer: a layer's slope is lam / s**exponent. "trellis" is
 # "uniform" on the trellis codec's dependent quantizer, without error feedback (MPEG NNC's DQ).
@@ -28,6 +31,14 @@ QUANTIZER_EXPONENT = {"fisher": 1.0, "middle": 0.5, "uniform": 0.0, "trellis": 0
 TRELLIS = "trellis"
 # Inputs whose outputs judge the candidates (a forward pass each).
 JUDGE_INPUTS = 128
+# Where sizes are estimated, candidates are judged at the first size within this fraction of the
+# budget, either side (3% of the bytes moves a distortion by a few percent at most; the
+# candidates of one budget differ by tens of percent, CREPE full at 2.3 MB 0.23 to 0.74).
+CANDIDATE_TOLERANCE = 0.03
+# Inputs whose Fisher information weighs the layers of a model sized on estimates (a backward pass
+# each: 26 s for 256 on a 22M-weight audio model on 2 cores). Its per-layer means settle early:
+# on 128 inputs within 0.90-0.98 of their value on 384.
+LARGE_MODEL_SENSITIVITY_INPUTS = 128
 
 
 @torch.no_grad()
@@ -59,11 +70,12 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
         (the one kept) and ``candidates`` (each one's bytes and calibration distortion).
     """
     kind = resolve_output_kind(config.output, model, inputs)
-    names = ([config.quantizer] if config.quantizer != "auto"
-             else [n for n in QUANTIZER_EXPONENT if not (tuned_after and n == TRELLIS)])
+    large = sized_on_estimates(model, config.error_feedback)
+    names = [config.quantizer] if config.quantizer != "auto" else auto_candidates(config.error_feedback, large,
+                                                                                   tuned_after)
     inputs, judge = split_calibration(inputs, config.calibration_inputs, judged=len(names) > 1)
     if any(QUANTIZER_EXPONENT[n] for n in names):
-        sens = fisher_sensitivity(model, inputs, output=kind)
+        sens = fisher_sensitivity(model, inputs[:LARGE_MODEL_SENSITIVITY_INPUTS] if large else inputs, output=kind)
     else:  # one step for every layer: no sensitivities to measure (a backward pass per input)
         sens = {n: 1.0 for n in prunable_layers(model)}
     factors = None
@@ -71,31 +83,58 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
         log(f"error feedback: {feedback_memory(model) / 2**20:,.0f} MiB of input second moments")
         # factored once for every candidate (a fifth of a 22M-weight model's time went to
         # factoring them again for each)
-        factors = {n: feedback_factors(h) for n, h in layer_hessians(model, inputs).items()}
+        hessians = layer_hessians(model, inputs)
+        # each layer's second moments freed as soon as factored: the factors reuse their memory
+        factors = {n: feedback_factors(hessians.pop(n)) for n in list(hessians)}
 
-    def fit(name):
+    def fit(name, **search):
         trellis = name == TRELLIS
         return quantize_for_budget_(model, _weighted(sens, name), budget, serialize,
-                                    factors=None if trellis else factors, trellis=trellis)
+                                    factors=None if trellis else factors, trellis=trellis, **search)
 
     counts = {"calibration_inputs": inputs.shape[0], "judge_inputs": judge.shape[0]}
     if len(names) == 1:
         return {**fit(names[0]), **counts, "output": kind, "quantizer": names[0]}
     reference = model_outputs(model, judge)
     original = _snapshot(model)
-    best, candidates = None, {}
+    best, candidates, learnt = None, {}, {}
     for name in names:
         _restore(model, original)
-        info = fit(name)
+        # Judged near the budget, not fitted to it: only the one kept is (a 22M-weight model's
+        # exact sizing is seconds). The ECSQ quantizers share what the estimate is off by and
+        # the exact bytes per order-0 byte; sized on estimates, only the first serializes.
+        family = TRELLIS if name == TRELLIS else "ecsq"
+        info = fit(name, tolerance=CANDIDATE_TOLERANCE, **learnt.get(family, {}))
+        ratio = info["coded_ratio"] or learnt.get(family, {}).get("coded_ratio")
+        learnt[family] = {"aim": info["aim"], "coded_ratio": ratio}
         d = float(distortion(reference, model_outputs(model, judge), kind))
         candidates[name] = {"bytes": info["bytes"], "distortion": d}
         log(f"quantizer {name}: {info['bytes']:,} bytes, {kind} distortion {d:.4g} on {judge.shape[0]} inputs")
         if best is None or d < best[0]:
             best = (d, name, info, _snapshot(model))
     _, name, info, state = best
-    _restore(model, state)
+    if info["fitted"]:
+        _restore(model, state)
+    else:  # fitted to the budget now
+        _restore(model, original)
+        info = fit(name, aim=learnt[TRELLIS if name == TRELLIS else "ecsq"]["aim"])
+        d = float(distortion(reference, model_outputs(model, judge), kind))
+        candidates[name] = {"bytes": info["bytes"], "distortion": d}
+        log(f"quantizer {name} fitted: {info['bytes']:,} bytes, {kind} distortion {d:.4g}")
     log(f"kept quantizer {name}")
     return {**info, **counts, "output": kind, "quantizer": name, "candidates": candidates}
+
+
+def auto_candidates(error_feedback: bool, large: bool, tuned_after: bool = False) -> list[str]:
+    """The quantizers ``auto`` compares, the one most often kept first: without the trellis when
+    centroids are tuned after (its levels stay on the trellis grid, so tuning gives it nothing)
+    or, with error feedback, on models sized on estimates: it was never kept where error
+    feedback ran (four bench models, twelve budgets: docs/any-model.md), and it took 170 s of a
+    22M-weight model's compress."""
+    names = ["middle", "uniform", "fisher", TRELLIS]
+    if tuned_after or (error_feedback and large):
+        names.remove(TRELLIS)
+    return names
 
 
 def split_calibration(inputs: torch.Tensor, fit: int, judged: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -93,8 +93,10 @@ class CompressionConfig:
             the MPEG NNC recipe), "trellis" (one step, on a four-state trellis of two
             quantizers, coded by the trellis codec: NNC's dependent quantization; no error
             feedback), or "auto": all of them and the geometric middle of the first two, each
-            fitted to the budget, keeping the one whose outputs on the calibration inputs are
-            closest to the original model's (without "trellis" when centroids are tuned after).
+            fitted to the budget (on large models: judged within 3% of it), keeping the one
+            whose outputs on the calibration inputs are closest to the original model's
+            (``budget.auto_candidates``: without "trellis" when centroids are tuned after, or
+            with error feedback on a large model).
         calibration_inputs: at most this many calibration inputs go into sensitivities and
             error feedback (a forward and backward pass each; 256 images are what the published
             SqueezeNet's figures were measured with; a 22M-parameter audio model takes about

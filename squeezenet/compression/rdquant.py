@@ -14,6 +14,7 @@ by bisection on ``lam`` with exact encoded sizes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -182,32 +183,70 @@ def _feedback_layers(model: nn.Module) -> dict[str, nn.Module]:
             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and getattr(m, "groups", 1) == 1}
 
 
-def feedback_factor(hessian: np.ndarray, damp: float = 0.01) -> tuple[np.ndarray, float]:
-    """(upper Cholesky factor of the damped inverse, mean damped diagonal) of a layer's input
-    second moment: what ``ecsq_error_feedback`` needs, independent of the step and slope."""
-    h = np.array(hessian, np.float64)
-    dead = np.diag(h) <= 0  # inputs that are always zero: any value of their weights is free
-    h[dead, dead] = 1.0
-    h += damp * float(np.mean(np.diag(h))) * np.eye(h.shape[0])
-    return np.linalg.cholesky(np.linalg.inv(h)).T, float(np.mean(np.diag(h)))  # inv(h) = u.T @ u
+@dataclass
+class FeedbackFactor:
+    """What error feedback needs of a layer's input second moment, independent of the step and
+    slope: the upper Cholesky factor ``u`` of each diagonal block's damped inverse
+    (``inv(h) = u.T @ u``), stacked by block width so that blocks of one width are quantized side
+    by side (``groups``: [(first column of each block (G,), factors (G, B, B))]); the mean damped
+    diagonal over the layer (``scale``: one slope weighs every block alike); the layer's
+    ``columns``."""
+    groups: list[tuple[np.ndarray, np.ndarray]]
+    scale: float
+    columns: int
+
+    def __post_init__(self) -> None:
+        for starts, u in self.groups:
+            if not np.array_equal(starts, starts[0] + u.shape[1] * np.arange(starts.size)):
+                raise ValueError("the blocks of one width must lie side by side")
 
 
-def feedback_factors(blocks: list[tuple[int, int, np.ndarray]], damp: float = 0.01) -> tuple[list, float]:
-    """``feedback_factor`` of each second-moment block: ([(start, end, u)], mean damped diagonal
-    over the whole layer, so that one slope weighs every block alike)."""
-    if len(blocks) == 1:
-        u, scale = feedback_factor(blocks[0][2], damp)
-        return [(blocks[0][0], blocks[0][1], u)], scale
-    factors, diag = [], []
-    for s, e, h in blocks:
-        u, sc = feedback_factor(h, damp)
-        factors.append((s, e, u))
-        diag.append(sc * (e - s))
-    return factors, float(sum(diag) / blocks[-1][1])
+def feedback_factor(hessian: np.ndarray, damp: float = 0.01) -> FeedbackFactor:
+    """``FeedbackFactor`` of a layer's whole input second moment (one block)."""
+    h = np.asarray(hessian, np.float64)
+    return feedback_factors([(0, h.shape[0], h)], damp)
 
 
-def ecsq_error_feedback(weight: np.ndarray, mask: np.ndarray, factor: tuple, delta: float,
-                        lam: float, codebook_dtype: str = "f2", block: int = 64,
+# Blocks factored in one batched call (128 MB of 1,024-column blocks: a 22M-weight model's 64
+# blocks at once took five times as long as in four calls, paging in temporaries).
+FACTOR_CHUNK = 16
+
+
+def feedback_factors(blocks: list[tuple[int, int, np.ndarray]], damp: float = 0.01) -> FeedbackFactor:
+    """``FeedbackFactor`` of a layer's second-moment blocks (``layer_hessians``), each damped by
+    ``damp`` times its mean diagonal; blocks of one width are factored in one batched call."""
+    groups, damped = [], 0.0
+    for width in sorted({e - s for s, e, _ in blocks}, reverse=True):
+        same = [(s, h) for s, e, h in blocks if e - s == width]
+        u = np.empty((len(same), width, width))
+        for i in range(0, len(same), FACTOR_CHUNK):
+            chunk = np.stack([np.asarray(h, np.float64) for _, h in same[i:i + FACTOR_CHUNK]])
+            u[i:i + FACTOR_CHUNK], diag = _factor_stack(chunk, damp)
+            damped += float(diag.sum()) * width
+        groups.append((np.array([s for s, _ in same], np.int64), u))
+    columns = max(e for _, e, _ in blocks)
+    return FeedbackFactor(groups, damped / columns, columns)
+
+
+def _factor_stack(h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    """(upper Cholesky factors of the damped inverses, mean damped diagonal of each) of a stack
+    (G, B, B) of second moments, damped in place.
+
+    With ``J`` the reversal of the columns, ``J h J = l l.T`` gives ``inv(h) = u.T @ u`` for the
+    upper triangular ``u = J inv(l) J``: one factorisation and one triangular inverse, not a
+    full inverse factored again."""
+    h = torch.from_numpy(h)
+    diag = torch.diagonal(h, dim1=1, dim2=2)  # a view: writing it writes h
+    diag[diag <= 0] = 1.0  # inputs that are always zero: any value of their weights is free
+    diag += (damp * diag.mean(1))[:, None]
+    lower = torch.linalg.cholesky(h.flip(1, 2))
+    eye = torch.eye(h.shape[1], dtype=h.dtype).expand_as(h)
+    u = torch.linalg.solve_triangular(lower, eye, upper=False).flip(1, 2)
+    return u.numpy(), diag.mean(1).numpy()
+
+
+def ecsq_error_feedback(weight: np.ndarray, mask: np.ndarray, factor: FeedbackFactor, delta: float,
+                        lam: float, codebook_dtype: str = "f2", block: int = 32,
                         bins: ValueBins | None = None) -> LayerQuant:
     """ECSQ with the layer's output error fed back into the weights not yet quantized (GPTQ).
 
@@ -219,57 +258,76 @@ def ecsq_error_feedback(weight: np.ndarray, mask: np.ndarray, factor: tuple, del
     level minimising its output error, in weight-space units, plus ``lam`` times its bits
     (the bits of a plain ECSQ pass at the same step).
     """
-    w = np.array(weight, np.float64)
+    w = np.asarray(weight, np.float64)
     out, d = w.shape
     mask = np.asarray(mask, bool).reshape(out, d)
     _, _, qmin, bits = _grid_assignment(w.reshape(-1), mask.reshape(-1), delta, lam, 4, bins)
-    u, scale = factor
-    groups = [(0, d, u)] if isinstance(u, np.ndarray) else u
+    span = bits.size
     q = np.zeros((out, d), np.int64)
-    target = np.zeros((out, d))
-    for width in sorted({e - s for s, e, _ in groups}):  # blocks of one width, all at once
-        same = [(s, e, ug) for s, e, ug in groups if e - s == width]
-        qs, ts = _feedback_blocks(np.stack([w[:, s:e] for s, e, _ in same]),
-                                  np.stack([mask[:, s:e] for s, e, _ in same]),
-                                  np.stack([ug for _, _, ug in same]), scale, delta, lam, qmin, bits, block)
-        for k, (s, e, _) in enumerate(same):
-            q[:, s:e], target[:, s:e] = qs[k], ts[k]
-    # levels: the mean of the (compensated) values each grid index stood for
+    sums, counts = np.zeros(span), np.zeros(span)
+    for starts, u in factor.groups:  # blocks of one width, all at once
+        g, width = u.shape[0], u.shape[1]
+        cols = slice(int(starts[0]), int(starts[-1]) + width)  # side by side (``feedback_blocks``)
+        # (G, B, out): a column of every block is one contiguous slice
+        ms = np.ascontiguousarray(mask[:, cols].reshape(out, g, width).transpose(1, 2, 0))
+        qs, ts = _feedback_blocks(w[:, cols].reshape(out, g, width).transpose(1, 2, 0), ms,
+                                  u, factor.scale, delta, lam, qmin, bits, block)
+        # levels: the mean of the (compensated) values each grid index stood for
+        kept = qs[ms] - qmin
+        sums += np.bincount(kept, weights=ts[ms], minlength=span)
+        counts += np.bincount(kept, minlength=span)
+        q[:, cols] = qs.transpose(2, 0, 1).reshape(out, -1)
+    levels = np.where(counts > 0, sums / np.maximum(counts, 1), np.arange(qmin, qmin + span) * delta)
+    levels[-qmin] = 0.0
     flat_q = q[mask]
-    levels = _bin_means(flat_q, target[mask], qmin, np.arange(qmin, qmin + bits.size) * delta)
     return _layer_quant(flat_q, levels, qmin, mask.reshape(-1), codebook_dtype)
 
 
+@torch.no_grad()
 def _feedback_blocks(w, mask, u, scale, delta, lam, qmin, bits, block) -> tuple[np.ndarray, np.ndarray]:
     """GPTQ over the columns of ``G`` independent blocks of equal width at once: ``w`` and
-    ``mask`` (G, out, B), ``u`` (G, B, B). Returns (grid index, compensated value) per weight.
+    ``mask`` (G, B, out), ``u`` (G, B, B). Returns (grid index, compensated value) per weight,
+    (G, B, out).
 
     The blocks go through their columns side by side, so a 65,536-column layer in 64 blocks
-    takes 1,024 steps of the loop, not 65,536."""
-    d = w.shape[2]
-    span = bits.size
-    w = w.copy()
-    q = np.zeros(w.shape, np.int64)
-    target = np.zeros(w.shape)
-    diag = np.diagonal(u, axis1=1, axis2=2)
+    takes 1,024 steps of the loop, not 65,536; each step weighs the two grid neighbours of every
+    weight and zero (torch on contiguous columns: a third of the time of numpy on strided ones
+    per step on a 22M-weight model)."""
+    w = torch.from_numpy(np.ascontiguousarray(w, np.float64))
+    keep = torch.from_numpy(np.ascontiguousarray(mask, bool))
+    u = torch.from_numpy(np.asarray(u, np.float64))
+    d = w.shape[1]
+    rate = torch.from_numpy(lam * np.asarray(bits, np.float64))
+    zero_rate = float(rate[-qmin])
+    top = qmin + bits.size - 2
+    q = torch.zeros(w.shape, dtype=torch.int64)
+    target = torch.empty(w.shape, dtype=torch.float64)
+    diag = torch.diagonal(u, dim1=1, dim2=2)              # (G, B)
+    weight = (1.0 / (diag * diag * scale)).unsqueeze(2)   # output error per squared weight error
     for b0 in range(0, d, block):
         b1 = min(b0 + block, d)
-        wb = w[:, :, b0:b1].copy()
-        err = np.zeros(wb.shape)
+        wb = w[:, b0:b1].clone()
+        err = torch.empty(wb.shape, dtype=torch.float64)
         for j in range(b1 - b0):
-            col, uj = wb[:, :, j], diag[:, b0 + j, None]
-            lo = np.clip(np.floor(col / delta).astype(np.int64), qmin, qmin + span - 2)
-            cand = np.stack([lo, lo + 1, np.zeros_like(lo)])
-            cost = (col[None] - cand * delta) ** 2 / (uj * uj * scale)[None] + lam * bits[cand - qmin]
-            pick = np.take_along_axis(cand, np.argmin(cost, 0)[None], 0)[0]
-            pick[~mask[:, :, b0 + j]] = 0
-            q[:, :, b0 + j] = pick
-            target[:, :, b0 + j] = col
-            e = (col - pick * delta) / uj
-            err[:, :, j] = e
-            wb[:, :, j + 1:] -= e[:, :, None] * u[:, None, b0 + j, b0 + j + 1:b1]
-        w[:, :, b1:] -= err @ u[:, b0:b1, b1:]
-    return q, target
+            c = b0 + j
+            col = wb[:, j]
+            lo = torch.floor(col / delta).clamp_(qmin, top).long()
+            base = lo.double() * delta
+            wc = weight[:, c]
+            cost_lo = (col - base).square_().mul_(wc).add_(rate[lo - qmin])
+            cost_hi = (col - base - delta).square_().mul_(wc).add_(rate[lo + 1 - qmin])
+            cost_zero = col.square().mul_(wc).add_(zero_rate)
+            pick = torch.where(cost_hi < cost_lo, lo + 1, lo)
+            pick.masked_fill_((cost_zero < torch.minimum(cost_lo, cost_hi)) | ~keep[:, c], 0)
+            q[:, c] = pick
+            target[:, c] = col
+            e = (col - pick.double() * delta) / diag[:, c, None]
+            err[:, j] = e
+            if j + 1 < b1 - b0:
+                wb[:, j + 1:] -= u[:, c, c + 1:b1, None] * e.unsqueeze(1)
+        if b1 < d:
+            w[:, b1:] -= torch.bmm(u[:, b0:b1, b1:].transpose(1, 2), err)
+    return q.numpy(), target.numpy()
 
 
 @torch.no_grad()
@@ -282,9 +340,12 @@ def layer_hessians(model: nn.Module, images: torch.Tensor, batch_size: int = 16,
     ``positions`` random output positions an input per convolution (all of them would be
     millions of columns for the early layers); inputs of linear layers with more than two
     dimensions (sequences) count every position. Grouped and 3-D convolutions are left out.
+    Sums run in float32 (batched matrix products in place: a mixed float64 sum took four
+    times as long; tens of thousands of rows put the relative error near 1e-6, far under the
+    1% damping) and come back in float64.
     """
     layers = _feedback_layers(model)
-    blocks = {n: feedback_blocks(*_columns(m)) for n, m in layers.items()}
+    groups = {n: _block_groups(feedback_blocks(*_columns(m))) for n, m in layers.items()}
     acc: dict[str, list] = {}
     g = torch.Generator().manual_seed(seed)
 
@@ -292,22 +353,14 @@ def layer_hessians(model: nn.Module, images: torch.Tensor, batch_size: int = 16,
         def fn(m, inp, _out):
             x = inp[0].detach().float()
             if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-                if isinstance(m, nn.Conv1d):  # as a 2-D convolution of width 1
-                    x = x.unsqueeze(-1)
-                    args = [(k, 1) for k in (m.kernel_size[0], m.dilation[0], m.padding[0], m.stride[0])]
-                else:
-                    args = [m.kernel_size, m.dilation, m.padding, m.stride]
-                if isinstance(m.padding, str):
-                    raise ConfigError(f"{name}: padding={m.padding!r} is not supported by error feedback")
-                cols = F.unfold(x, args[0], dilation=args[1], padding=args[2], stride=args[3])
-                pick = torch.randint(cols.shape[2], (min(positions, cols.shape[2]),), generator=g)
-                x = cols[:, :, pick].permute(0, 2, 1).reshape(-1, cols.shape[1])
+                x = _sampled_patches(name, m, x, positions, g)
             else:
                 x = x.reshape(-1, x.shape[-1])
-            x = x.double()
-            parts = acc.setdefault(name, [0] * len(blocks[name]))
-            for i, (s, e) in enumerate(blocks[name]):
-                parts[i] = parts[i] + x[:, s:e].T @ x[:, s:e]
+            if name not in acc:
+                acc[name] = [torch.zeros(starts.size, width, width) for starts, width, _ in groups[name]]
+            for a, (_, width, cols) in zip(acc[name], groups[name]):
+                xs = x[:, cols].reshape(x.shape[0], -1, width).transpose(0, 1).contiguous()
+                a.baddbmm_(xs.transpose(1, 2), xs)
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
@@ -321,7 +374,42 @@ def layer_hessians(model: nn.Module, images: torch.Tensor, batch_size: int = 16,
             h.remove()
         model.train(was_training)
     n = images.shape[0]
-    return {name: [(s, e, (a / n).numpy()) for (s, e), a in zip(blocks[name], parts)] for name, parts in acc.items()}
+    return {name: [(int(s), int(s) + width, h) for (starts, width, _), a in zip(groups[name], parts)
+                   for s, h in zip(starts, (a.double() / n).numpy())]
+            for name, parts in acc.items()}
+
+
+def _block_groups(blocks: list[tuple[int, int]]) -> list[tuple[np.ndarray, int, slice]]:
+    """Blocks of one width together: [(first column of each, width, the columns they span)]
+    (``feedback_blocks`` gives equal blocks side by side, then at most one narrower)."""
+    out = []
+    for width in sorted({e - s for s, e in blocks}, reverse=True):
+        starts = np.array([s for s, e in blocks if e - s == width], np.int64)
+        assert np.array_equal(starts, starts[0] + width * np.arange(starts.size)), "blocks side by side"
+        out.append((starts, width, slice(int(starts[0]), int(starts[-1]) + width)))
+    return out
+
+
+def _sampled_patches(name: str, m: nn.Module, x: torch.Tensor, positions: int, g: torch.Generator) -> torch.Tensor:
+    """The unfolded inputs (rows, columns in ``F.unfold``'s order) of ``positions`` random output
+    positions of a 1-D / 2-D convolution, the same positions for every input of the batch. Only
+    the patches drawn are copied (unfolding all of a 1,024-channel, 64-tap layer's positions
+    first took half a gigabyte a batch)."""
+    if isinstance(m.padding, str):
+        raise ConfigError(f"{name}: padding={m.padding!r} is not supported by error feedback")
+    if isinstance(m, nn.Conv1d):  # as a 2-D convolution of width 1
+        x = x.unsqueeze(-1)
+        kernel, dilation = (m.kernel_size[0], 1), (m.dilation[0], 1)
+        padding, stride = (m.padding[0], 0), (m.stride[0], 1)
+    else:
+        kernel, dilation, padding, stride = m.kernel_size, m.dilation, m.padding, m.stride
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = kernel, dilation, padding, stride
+    x = F.pad(x, (pw, pw, ph, ph))
+    patches = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)[..., ::dh, ::dw]
+    rows, width = patches.shape[2], patches.shape[3]
+    pick = torch.randint(rows * width, (min(positions, rows * width),), generator=g)
+    picked = patches[:, :, pick // width, pick % width]  # (N, C, P, kh, kw)
+    return picked.permute(0, 2, 1, 3, 4).reshape(-1, picked.shape[1] * kh * kw)
 
 
 def fisher_sensitivity(model: nn.Module, images: torch.Tensor, batch_size: int = 8, seed: int = 0,
@@ -361,7 +449,7 @@ def fisher_sensitivity(model: nn.Module, images: torch.Tensor, batch_size: int =
 
 def quantize_layers(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], sensitivity: dict[str, float],
                     lam: float, step_scale: float = 1.0, codebook_dtype: str = "f2",
-                    factors: dict[str, tuple] | None = None,
+                    factors: dict[str, FeedbackFactor] | None = None,
                     bins: dict[str, ValueBins] | None = None) -> dict[str, LayerQuant]:
     """ECSQ of every layer at the global slope ``lam`` (sensitivity-weighted squared error per bit).
 
@@ -374,9 +462,8 @@ def quantize_layers(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]
         lam_l = lam / sensitivity[n]
         delta = layer_step(w, masks[n], lam_l, step_scale)
         f = factors.get(n)
-        cols = f[0][-1][1] if f is not None else 0  # the end of the last block: the layer's columns
-        if f is not None and w.size % cols == 0:
-            out[n] = ecsq_error_feedback(w.reshape(-1, cols), masks[n], f, delta, lam_l, codebook_dtype,
+        if f is not None and w.size % f.columns == 0:
+            out[n] = ecsq_error_feedback(w.reshape(-1, f.columns), masks[n], f, delta, lam_l, codebook_dtype,
                                          bins=bins.get(n))
         else:
             out[n] = ecsq(w, masks[n], delta, lam_l, codebook_dtype=codebook_dtype, bins=bins.get(n))
@@ -401,10 +488,7 @@ def estimated_bytes(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]
             q, _, qmin, _ = _ecsq_grid(b.value, int(mask.size - mask.sum()), delta, lam_l, 4, b.count)
             hist = np.bincount(q - qmin, weights=b.count)
         hist[-qmin] += mask.size - mask.sum()
-        neg, pos = hist[:-qmin], hist[-qmin + 1:]
-        levels = int((neg > 0).sum() + (pos > 0).sum())
-        total += (code_length(np.array([hist[-qmin], neg.sum(), pos.sum()])) + code_length(neg)
-                  + code_length(pos)) / 8 + 3 * levels + 12
+        total += _order0_bytes(hist[-qmin], hist[:-qmin], hist[-qmin + 1:])
     return total
 
 
@@ -485,9 +569,41 @@ EXACT_SEARCH_COLUMNS = 8192
 BINNED_LAYER = 1 << 16
 
 
+def sized_on_estimates(model: nn.Module, error_feedback: bool) -> bool:
+    """Whether ``quantize_for_budget_`` sizes ``model`` on estimates (a large model: each exact
+    size is seconds) rather than exactly at every step of its search."""
+    layers = prunable_layers(model)
+    columns = sum(_columns(m)[0] for m in _feedback_layers(model).values()) if error_feedback else 0
+    return _sized_on_estimates(sum(m.weight.numel() for m in layers.values()), columns)
+
+
+def _sized_on_estimates(weights: int, feedback_columns: int) -> bool:
+    return weights > EXACT_SEARCH_WEIGHTS or feedback_columns > EXACT_SEARCH_COLUMNS
+
+
+def coded_bytes(quants: dict[str, LayerQuant]) -> float:
+    """Order-0 code length of quantized layers, as ``estimated_bytes`` counts it, but of the
+    levels actually chosen (with error feedback: fewer zeros and other histograms than the
+    plain ECSQ that ``estimated_bytes`` runs)."""
+    total = 0.0
+    for q in quants.values():
+        counts = np.bincount(q.index[q.mask], minlength=q.codebook.size).astype(np.float64)
+        total += _order0_bytes(float(q.mask.size - q.mask.sum()), counts[:q.neg], counts[q.neg:])
+    return total
+
+
+def _order0_bytes(zeros: float, neg: np.ndarray, pos: np.ndarray) -> float:
+    """Bytes of a layer's codes from its counts of zeros and of each negative and positive
+    level: sign-or-zero, then the level within its sign, plus the levels and a header."""
+    levels = int((neg > 0).sum() + (pos > 0).sum())
+    return (code_length(np.array([zeros, neg.sum(), pos.sum()])) + code_length(neg) + code_length(pos)) / 8 \
+        + 3 * levels + 12
+
+
 def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget: int, serialize,
-                         step_scale: float | None = None, log=None, factors: dict[str, tuple] | None = None,
-                         trellis: bool = False) -> dict:
+                         step_scale: float | None = None, log=None, factors: dict[str, FeedbackFactor] | None = None,
+                         trellis: bool = False, tolerance: float | None = None, aim: float = 1.0,
+                         coded_ratio: float | None = None) -> dict:
     """ECSQ every layer of ``model`` in place at the slope whose file fits ``budget`` bytes.
 
     Args:
@@ -505,8 +621,19 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
             one budget and every slope of the search share them).
         trellis: quantize on the trellis codec's four-state trellis (``trellis.py``; no error
             feedback) instead of ECSQ.
+        tolerance: models sized on estimates: stop at the first exact size within this fraction
+            of ``budget``, over it or under (candidates compared before the one kept is fitted);
+            None: the largest file that fits, within 0.5% where the search gets there.
+        aim: estimated bytes to aim at per byte of budget at first: the ``aim`` a search of the
+            same kind of quantizer ended at (saves the exact sizings that learn it again).
+        coded_ratio: with ``tolerance``, on a model sized on estimates: sizes are
+            ``coded_bytes`` times this (the ``coded_ratio`` an earlier search measured) instead
+            of a serialization each; None: the first file serialized measures it.
     Returns:
-        ``{"lam", "bytes", "levels", "kept_weights"}``.
+        ``{"lam", "bytes", "levels", "kept_weights", "aim", "coded_ratio", "fitted"}``:
+        ``coded_ratio`` the exact size per ``coded_bytes`` of the last file serialized (or the
+        one given), ``fitted`` False where ``tolerance`` stopped the search short of what a
+        search without it gives (over the budget, more than 0.5% under it, or not serialized).
     """
     if trellis and factors:
         raise ConfigError("the trellis quantizer does not take error feedback")
@@ -515,11 +642,14 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
     factors = factors or {}
     weights, masks = model_weights_and_masks(model)
     reference = {n: torch.from_numpy(w.astype(np.float32)) for n, w in weights.items()}
-    columns = sum(f[0][-1][1] for f in factors.values())
-    exact = sum(w.size for w in weights.values()) <= EXACT_SEARCH_WEIGHTS and columns <= EXACT_SEARCH_COLUMNS
+    exact = not _sized_on_estimates(sum(w.size for w in weights.values()), sum(f.columns for f in factors.values()))
     bins = {} if exact else {n: ValueBins(w[masks[n]]) for n, w in weights.items() if masks[n].sum() > BINNED_LAYER}
     layers = prunable_layers(model)
-
+    # Judging a candidate on a model sized on estimates: one file serialized (or none, given the
+    # ratio), the other sizes from ``coded_bytes`` times the exact bytes per order-0 byte.
+    judging = tolerance is not None and not exact
+    ratios = [coded_ratio] if coded_ratio is not None else []
+    serialized = set()
     shapes = {n: tuple(m.weight.shape) for n, m in layers.items()}
 
     def size_of(lam):
@@ -528,7 +658,11 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
         else:
             quants = quantize_layers(weights, masks, sensitivity, lam, step_scale, factors=factors, bins=bins)
         install_(model, quants)
+        if judging and ratios:  # a candidate's size, near enough to compare it
+            return int(coded_bytes(quants) * ratios[-1]), quants
         size = len(serialize(model))
+        ratios.append(size / coded_bytes(quants))
+        serialized.add(lam)
         if log:
             log(f"  slope {lam:.3g}: {size:,} bytes")
         return size, quants
@@ -540,9 +674,10 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
 
     try:
         if exact:
-            lam, size, quants = _search_slope(size_of, sensitivity, budget)
+            (lam, size, quants), aim = _search_slope(size_of, sensitivity, budget), 1.0
         else:
-            lam, size, quants = _corrected_search(size_of, estimate, sensitivity, budget, log)
+            lam, size, quants, aim = _corrected_search(size_of, estimate, sensitivity, budget, log,
+                                                       tolerance=tolerance, aim=aim)
     except ValueError:
         with torch.no_grad():  # leave the model as it came
             for n, m in layers.items():
@@ -550,7 +685,9 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
         raise
     install_(model, quants)
     return {"lam": lam, "bytes": size, "levels": {n: int(q.codebook.size) for n, q in quants.items()},
-            "kept_weights": int(sum(q.mask.sum() for q in quants.values()))}
+            "kept_weights": int(sum(q.mask.sum() for q in quants.values())), "aim": aim,
+            "coded_ratio": ratios[-1] if ratios else None,
+            "fitted": size <= budget and (not judging or (lam in serialized and size >= 0.995 * budget))}
 
 
 def _search_slope(size_of, sensitivity: dict[str, float], budget: float):
@@ -568,27 +705,35 @@ def _search_slope(size_of, sensitivity: dict[str, float], budget: float):
 
 
 def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: int, log, tries: int = 6,
-                      refine: int = 4):
+                      refine: int = 4, tolerance: float | None = None, aim: float = 1.0):
     """Search on the estimate for a target, size the slope found exactly, rescale the target by
     how far the estimate was off, and repeat: the largest exact fit within 0.5% of ``budget``
     (or the largest of ``tries``). Where every try overshoots, the slope is raised 10% at a
     time on exact sizes until the file fits (coarser always fits sooner or later). A fit still
     short of 0.5% is refined by up to ``refine`` exact bisection steps between it and the
     finest slope that overshot (the estimate can be off by more than the rescaling mends: a
-    22M-weight model once stopped at 1.66 MB of 2.3)."""
-    target, best, lam, size = float(budget), None, None, None
+    22M-weight model once stopped at 1.66 MB of 2.3).
+
+    With ``tolerance``, the first exact size within that fraction of ``budget`` either side is
+    taken. The first target is ``aim * budget``. Returns (lam, bytes, payload, aim): ``aim``
+    the target per byte of budget that the last exact size says would have hit it.
+    """
+    target, best, lam, size = aim * budget, None, None, None
     over = None  # the largest slope seen to overshoot (larger slopes make smaller files)
     for attempt in range(tries):
-        lam, _, _ = _search_slope(estimate, sensitivity, target)
+        lam = _solve_slope(estimate, sensitivity, target, near=lam)
         size, quants = size_of(lam)
+        aim = target / size
         if log:
             log(f"  estimated target {target:,.0f}: slope {lam:.3g}, exact {size:,} bytes")
+        if tolerance is not None and abs(size - budget) <= tolerance * budget:
+            return lam, size, quants, aim  # near enough to compare
         if size <= budget and (best is None or size > best[1]):
             best = (lam, size, quants)
         elif size > budget:
             over = lam if over is None else max(over, lam)
         if best is not None and best[1] >= 0.995 * budget:
-            return best
+            return (*best, aim)
         # overshooting: aim lower by a margin that grows with each miss
         target *= budget * (1.0 if size <= budget else 0.998 ** (attempt + 1)) / size
     while best is None and lam < 1e6 * max(sensitivity.values()):
@@ -610,4 +755,55 @@ def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: 
             best = (lam, size, quants)
         else:
             over = lam
-    return best
+    return (*best, aim)
+
+
+def _solve_slope(estimate, sensitivity: dict[str, float], target: float, rel: float = 2e-3, steps: int = 40,
+                 near: float | None = None) -> float:
+    """The slope whose estimated size is ``target`` (within ``rel``, from under where it can):
+    false position on log size against log slope (Illinois), a handful of estimates where
+    bisection took fifteen (a trellis estimate of a 22M-weight model is seconds). ``near``: a
+    slope found for a target close to this one; the search brackets it first."""
+    s_max = max(sensitivity.values())
+    a, b = math.log(1e-12 * s_max), math.log(1e-2 * s_max)
+
+    def f(log_lam):
+        return math.log(max(estimate(math.exp(log_lam))[0], 1.0) / target)
+
+    fa = fb = None
+    if near is not None:  # a narrow bracket around the slope found before, if it brackets
+        fa, fb = f(math.log(near) - 0.5), f(math.log(near) + 0.5)
+        if fa > 0 >= fb:
+            a, b = math.log(near) - 0.5, math.log(near) + 0.5
+        else:
+            fa = fb = None
+    if fa is None:
+        fa, fb = f(a), f(b)
+    if fa <= 0:  # even the finest slope fits
+        return math.exp(a)
+    for _ in range(4):  # coarser still, up to pruning everything
+        if fb <= 0:
+            break
+        a, fa = b, fb
+        b += math.log(1e3)
+        fb = f(b)
+    else:
+        if fb > 0:
+            raise ConfigError(f"cannot fit {target:,.0f} estimated bytes: even with every weight pruned it is larger")
+    side, fc = 0, fb
+    for _ in range(steps):
+        if -rel <= fc <= 0 or b - a < 1e-6:
+            break
+        c = (a * fb - b * fa) / (fb - fa)
+        fc = f(c)
+        if fc > 0:  # too big: the root is coarser
+            a, fa = c, fc
+            if side == -1:  # the same end twice: halve the other's weight (Illinois)
+                fb /= 2
+            side = -1
+        else:
+            b, fb = c, fc
+            if side == 1:
+                fa /= 2
+            side = 1
+    return math.exp(b)

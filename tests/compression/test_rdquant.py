@@ -233,3 +233,39 @@ def test_a_calibration_folder_is_read_only_by_the_stages_that_use_it(tmp_path):
     assert len(data) == rep["bytes"] > 0
     with pytest.raises(DataError, match="no images"):  # a budget reads it
         compress_weights(lw, CompressionConfig(size_budget=150_000, finetune_steps=0), calibration=empty)
+
+
+@pytest.mark.parametrize("conv,shape", [(torch.nn.Conv2d(3, 4, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+                                         (5, 3, 11, 13)),
+                                        (torch.nn.Conv1d(20, 4, 64, stride=3, padding=7, dilation=2), (5, 20, 300))])
+def test_sampled_patches_are_the_unfolded_columns_of_the_positions_drawn(conv, shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    got = rdquant._sampled_patches("c", conv, x, 7, torch.Generator().manual_seed(0))
+    if isinstance(conv, torch.nn.Conv1d):
+        args = [(v[0], 1) for v in (conv.kernel_size, conv.dilation)] + [(conv.padding[0], 0), (conv.stride[0], 1)]
+        x = x.unsqueeze(-1)
+    else:
+        args = [conv.kernel_size, conv.dilation, conv.padding, conv.stride]
+    cols = torch.nn.functional.unfold(x, args[0], dilation=args[1], padding=args[2], stride=args[3])
+    pick = torch.randint(cols.shape[2], (7,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(got, cols[:, :, pick].permute(0, 2, 1).reshape(-1, cols.shape[1]))
+
+
+def test_feedback_factors_are_upper_cholesky_factors_of_the_damped_inverses():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 12))
+    h = x.T @ x / 64
+    h[3, :] = h[:, 3] = 0.0  # an input that is always zero
+    blocks = [(0, 5, h[:5, :5]), (5, 10, h[5:10, 5:10]), (10, 12, h[10:, 10:])]
+    f = rdquant.feedback_factors(blocks, damp=0.01)
+    assert f.columns == 12 and [u.shape for _, u in f.groups] == [(2, 5, 5), (1, 2, 2)]
+    for starts, u in f.groups:
+        for s, ub in zip(starts, u):
+            hb = h[s:s + ub.shape[0], s:s + ub.shape[0]].copy()
+            d = np.diag(hb).copy()
+            d[d <= 0] = 1.0
+            np.fill_diagonal(hb, d + 0.01 * d.mean())
+            assert np.allclose(np.triu(ub), ub) and np.allclose(ub.T @ ub, np.linalg.inv(hb))
+    with pytest.raises(ValueError):
+        rdquant.FeedbackFactor([(np.array([0, 7]), f.groups[0][1])], 1.0, 12)  # not side by side
