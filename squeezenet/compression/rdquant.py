@@ -197,8 +197,13 @@ class FeedbackFactor:
 
     def __post_init__(self) -> None:
         for starts, u in self.groups:
-            if not np.array_equal(starts, starts[0] + u.shape[1] * np.arange(starts.size)):
-                raise ValueError("the blocks of one width must lie side by side")
+            _check_side_by_side(starts, u.shape[1])
+
+
+def _check_side_by_side(starts: np.ndarray, width: int) -> None:
+    """Blocks of one width are quantized and accumulated as one slice of columns."""
+    if not np.array_equal(starts, starts[0] + width * np.arange(starts.size)):
+        raise ValueError("the blocks of one width must lie side by side")
 
 
 def feedback_factor(hessian: np.ndarray, damp: float = 0.01) -> FeedbackFactor:
@@ -216,14 +221,14 @@ def feedback_factors(blocks: list[tuple[int, int, np.ndarray]], damp: float = 0.
     """``FeedbackFactor`` of a layer's second-moment blocks (``layer_hessians``), each damped by
     ``damp`` times its mean diagonal; blocks of one width are factored in one batched call."""
     groups, damped = [], 0.0
-    for width in sorted({e - s for s, e, _ in blocks}, reverse=True):
-        same = [(s, h) for s, e, h in blocks if e - s == width]
-        u = np.empty((len(same), width, width))
-        for i in range(0, len(same), FACTOR_CHUNK):
-            chunk = np.stack([np.asarray(h, np.float64) for _, h in same[i:i + FACTOR_CHUNK]])
+    second_moment = {s: h for s, _, h in blocks}
+    for starts, width, _ in _block_groups([(s, e) for s, e, _ in blocks]):
+        u = np.empty((starts.size, width, width))
+        for i in range(0, starts.size, FACTOR_CHUNK):
+            chunk = np.stack([np.asarray(second_moment[int(s)], np.float64) for s in starts[i:i + FACTOR_CHUNK]])
             u[i:i + FACTOR_CHUNK], diag = _factor_stack(chunk, damp)
             damped += float(diag.sum()) * width
-        groups.append((np.array([s for s, _ in same], np.int64), u))
+        groups.append((starts, u))
     columns = max(e for _, e, _ in blocks)
     return FeedbackFactor(groups, damped / columns, columns)
 
@@ -385,7 +390,7 @@ def _block_groups(blocks: list[tuple[int, int]]) -> list[tuple[np.ndarray, int, 
     out = []
     for width in sorted({e - s for s, e in blocks}, reverse=True):
         starts = np.array([s for s, e in blocks if e - s == width], np.int64)
-        assert np.array_equal(starts, starts[0] + width * np.arange(starts.size)), "blocks side by side"
+        _check_side_by_side(starts, width)
         out.append((starts, width, slice(int(starts[0]), int(starts[-1]) + width)))
     return out
 
