@@ -111,13 +111,13 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
         candidates[name] = {"bytes": info["bytes"], "distortion": d}
         log(f"quantizer {name}: {info['bytes']:,} bytes, {kind} distortion {d:.4g} on {judge.shape[0]} inputs")
         if best is None or d < best[0]:
-            best = (d, name, info, _snapshot(model))
-    _, name, info, state = best
+            best = (d, name, family, info, _snapshot(model))
+    _, name, family, info, state = best
     if info["fitted"]:
         _restore(model, state)
     else:  # fitted to the budget now
         _restore(model, original)
-        info = fit(name, aim=learnt[TRELLIS if name == TRELLIS else "ecsq"]["aim"])
+        info = fit(name, aim=learnt[family]["aim"])
         d = float(distortion(reference, model_outputs(model, judge), kind))
         candidates[name] = {"bytes": info["bytes"], "distortion": d}
         log(f"quantizer {name} fitted: {info['bytes']:,} bytes, {kind} distortion {d:.4g}")

@@ -197,13 +197,15 @@ class FeedbackFactor:
 
     def __post_init__(self) -> None:
         for starts, u in self.groups:
-            _check_side_by_side(starts, u.shape[1])
+            _block_span(starts, u.shape[1])
 
 
-def _check_side_by_side(starts: np.ndarray, width: int) -> None:
-    """Blocks of one width are quantized and accumulated as one slice of columns."""
+def _block_span(starts: np.ndarray, width: int) -> slice:
+    """The columns that blocks of one width starting at ``starts`` cover: they are quantized
+    and accumulated as one slice, so they must lie side by side."""
     if not np.array_equal(starts, starts[0] + width * np.arange(starts.size)):
         raise ValueError("the blocks of one width must lie side by side")
+    return slice(int(starts[0]), int(starts[-1]) + width)
 
 
 def feedback_factor(hessian: np.ndarray, damp: float = 0.01) -> FeedbackFactor:
@@ -272,7 +274,7 @@ def ecsq_error_feedback(weight: np.ndarray, mask: np.ndarray, factor: FeedbackFa
     sums, counts = np.zeros(span), np.zeros(span)
     for starts, u in factor.groups:  # blocks of one width, all at once
         g, width = u.shape[0], u.shape[1]
-        cols = slice(int(starts[0]), int(starts[-1]) + width)  # side by side (``feedback_blocks``)
+        cols = _block_span(starts, width)
         # (G, B, out): a column of every block is one contiguous slice
         ms = np.ascontiguousarray(mask[:, cols].reshape(out, g, width).transpose(1, 2, 0))
         qs, ts = _feedback_blocks(w[:, cols].reshape(out, g, width).transpose(1, 2, 0), ms,
@@ -390,8 +392,7 @@ def _block_groups(blocks: list[tuple[int, int]]) -> list[tuple[np.ndarray, int, 
     out = []
     for width in sorted({e - s for s, e in blocks}, reverse=True):
         starts = np.array([s for s, e in blocks if e - s == width], np.int64)
-        _check_side_by_side(starts, width)
-        out.append((starts, width, slice(int(starts[0]), int(starts[-1]) + width)))
+        out.append((starts, width, _block_span(starts, width)))
     return out
 
 
@@ -695,17 +696,26 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
             "fitted": size <= budget and (not judging or (lam in serialized and size >= 0.995 * budget))}
 
 
+# The slope search widens its coarse end this many times by this factor, up to pruning
+# everything, before giving up.
+WIDENINGS, WIDENING = 4, 1e3
+
+
+def _slope_range(sensitivity: dict[str, float]) -> tuple[float, float]:
+    """Slopes bracketing the useful range: lam * 1e-6 / s is a squared step around 1e-6 ... 1e2
+    times the largest sensitivity, from near-lossless to a handful of levels per layer."""
+    s_max = max(sensitivity.values())
+    return 1e-12 * s_max, 1e-2 * s_max
+
+
 def _search_slope(size_of, sensitivity: dict[str, float], budget: float):
     """``search_budget`` over the useful range of slopes, widened up to pruning everything."""
-    # Slopes bracket the useful range: lam * 1e-6 / s is a squared step around 1e-6 ... 1e2
-    # times the largest sensitivity, from near-lossless to a handful of levels per layer.
-    s_max = max(sensitivity.values())
-    lam_hi = 1e-2 * s_max
-    for _ in range(4):  # coarser still, up to pruning everything, before giving up
+    lam_lo, lam_hi = _slope_range(sensitivity)
+    for _ in range(WIDENINGS):
         try:
-            return search_budget(size_of, 1e-12 * s_max, lam_hi, budget)
+            return search_budget(size_of, lam_lo, lam_hi, budget)
         except ValueError:
-            lam_hi *= 1e3
+            lam_hi *= WIDENING
     raise ConfigError(f"cannot fit {budget:,} bytes: even with every weight pruned the file is larger")
 
 
@@ -769,8 +779,7 @@ def _solve_slope(estimate, sensitivity: dict[str, float], target: float, rel: fl
     false position on log size against log slope (Illinois), a handful of estimates where
     bisection took fifteen (a trellis estimate of a 22M-weight model is seconds). ``near``: a
     slope found for a target close to this one; the search brackets it first."""
-    s_max = max(sensitivity.values())
-    a, b = math.log(1e-12 * s_max), math.log(1e-2 * s_max)
+    a, b = (math.log(lam) for lam in _slope_range(sensitivity))
 
     def f(log_lam):
         return math.log(max(estimate(math.exp(log_lam))[0], 1.0) / target)
@@ -786,15 +795,14 @@ def _solve_slope(estimate, sensitivity: dict[str, float], target: float, rel: fl
         fa, fb = f(a), f(b)
     if fa <= 0:  # even the finest slope fits
         return math.exp(a)
-    for _ in range(4):  # coarser still, up to pruning everything
+    for _ in range(WIDENINGS):
         if fb <= 0:
             break
         a, fa = b, fb
-        b += math.log(1e3)
+        b += math.log(WIDENING)
         fb = f(b)
-    else:
-        if fb > 0:
-            raise ConfigError(f"cannot fit {target:,.0f} estimated bytes: even with every weight pruned it is larger")
+    if fb > 0:
+        raise ConfigError(f"cannot fit {target:,.0f} estimated bytes: even with every weight pruned it is larger")
     side, fc = 0, fb
     for _ in range(steps):
         if -rel <= fc <= 0 or b - a < 1e-6:
