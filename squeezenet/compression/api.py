@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from ..models.fold import fold_batch_norm_, has_batch_norm
 from ..models.layers import prunable_layers
 from ..models.standin import StateDictModule, module_from_state_dict
-from ..utils import atomic_write_bytes
+from ..utils import atomic_write_bytes, numpy_small_pages
 from ..weights import LoadedWeights, load_weights
 from ..weights.sqz import encode
 from .budget import JUDGE_INPUTS, fit_budget_
@@ -336,8 +336,9 @@ def _budget_stage_(model: nn.Module, config: CompressionConfig, calibration, ser
     # Fine-tuned centroids (distilled or retrained) pack a few bytes longer or shorter: leave
     # them 16 bytes a layer.
     margin = 16 * len(prunable_layers(model)) if tuned_after else 0
-    info = fit_budget_(model, config, calibration.inputs[:n], max(config.size_budget - margin, 1), serialize,
-                       tuned_after=tuned_after, log=log)
+    with numpy_small_pages():  # arrays of tens of megabytes made and freed by each quantization pass
+        info = fit_budget_(model, config, calibration.inputs[:n], max(config.size_budget - margin, 1), serialize,
+                           tuned_after=tuned_after, log=log)
     log(f"quantized: {info['kept_weights']:,} weights kept, levels per layer {min(info['levels'].values())}.."
         f"{max(info['levels'].values())}, {info['bytes']:,} bytes")
     report = {key: info[key] for key in ("output", "quantizer", "calibration_inputs", "judge_inputs", "levels",

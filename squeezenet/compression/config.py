@@ -93,8 +93,9 @@ class CompressionConfig:
             the MPEG NNC recipe), "trellis" (one step, on a four-state trellis of two
             quantizers, coded by the trellis codec: NNC's dependent quantization; no error
             feedback), or "auto": all of them and the geometric middle of the first two, each
-            fitted to the budget (on large models: judged within 3% of it), keeping the one
-            whose outputs on the calibration inputs are closest to the original model's
+            fitted to the budget (on large models, but for the first: judged within 10% of it,
+            their distortions carried to it), keeping the one whose outputs on the
+            calibration inputs are closest to the original model's
             (``budget.auto_candidates``: without "trellis" when centroids are tuned after, or
             with error feedback on a large model).
         calibration_inputs: at most this many calibration inputs go into sensitivities and

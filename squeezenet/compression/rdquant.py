@@ -219,37 +219,57 @@ def feedback_factor(hessian: np.ndarray, damp: float = 0.01) -> FeedbackFactor:
 FACTOR_CHUNK = 16
 
 
-def feedback_factors(blocks: list[tuple[int, int, np.ndarray]], damp: float = 0.01) -> FeedbackFactor:
+def feedback_factors(blocks: list[tuple[int, int, np.ndarray]], damp: float = 0.01,
+                     overwrite: bool = False) -> FeedbackFactor:
     """``FeedbackFactor`` of a layer's second-moment blocks (``layer_hessians``), each damped by
-    ``damp`` times its mean diagonal; blocks of one width are factored in one batched call."""
+    ``damp`` times its mean diagonal; blocks of one width are factored in one batched call.
+
+    ``overwrite``: where the blocks of one width are consecutive slices of one array (as
+    ``layer_hessians`` gives them), their factors are written over them, not into a copy (a
+    22M-weight model's 866 MiB of fresh memory; on a virtual machine paging it in took longer
+    than the factoring)."""
     groups, damped = [], 0.0
     second_moment = {s: h for s, _, h in blocks}
     for starts, width, _ in _block_groups([(s, e) for s, e, _ in blocks]):
-        u = np.empty((starts.size, width, width))
+        stack = _block_stack([second_moment[int(s)] for s in starts], overwrite)
         for i in range(0, starts.size, FACTOR_CHUNK):
-            chunk = np.stack([np.asarray(second_moment[int(s)], np.float64) for s in starts[i:i + FACTOR_CHUNK]])
-            u[i:i + FACTOR_CHUNK], diag = _factor_stack(chunk, damp)
+            diag = _factor_stack_(stack[i:i + FACTOR_CHUNK], damp)
             damped += float(diag.sum()) * width
-        groups.append((starts, u))
+        groups.append((starts, stack.numpy()))
     columns = max(e for _, e, _ in blocks)
     return FeedbackFactor(groups, damped / columns, columns)
 
 
-def _factor_stack(h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
-    """(upper Cholesky factors of the damped inverses, mean damped diagonal of each) of a stack
-    (G, B, B) of second moments, damped in place.
+def _block_stack(parts: list[np.ndarray], overwrite: bool) -> torch.Tensor:
+    """The blocks of one width as one float64 (G, B, B) tensor: the array they are consecutive
+    slices of, with ``overwrite``, else a copy (torch's allocator: numpy's huge pages took
+    seconds a gigabyte to page in on a virtual machine)."""
+    base = parts[0].base
+    if overwrite and isinstance(base, np.ndarray) and base.dtype == np.float64 and base.flags.c_contiguous \
+            and base.shape == (len(parts),) + parts[0].shape \
+            and all(p.base is base and p.ctypes.data == base[i].ctypes.data for i, p in enumerate(parts)):
+        return torch.from_numpy(base)
+    stack = torch.empty((len(parts),) + parts[0].shape, dtype=torch.float64)
+    for i, p in enumerate(parts):
+        stack[i] = torch.from_numpy(np.asarray(p, np.float64))
+    return stack
+
+
+def _factor_stack_(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Damp a stack (G, B, B) of second moments and write over each the upper Cholesky factor
+    of its damped inverse; returns the mean damped diagonal of each.
 
     With ``J`` the reversal of the columns, ``J h J = l l.T`` gives ``inv(h) = u.T @ u`` for the
     upper triangular ``u = J inv(l) J``: one factorisation and one triangular inverse, not a
     full inverse factored again."""
-    h = torch.from_numpy(h)
     diag = torch.diagonal(h, dim1=1, dim2=2)  # a view: writing it writes h
     diag[diag <= 0] = 1.0  # inputs that are always zero: any value of their weights is free
     diag += (damp * diag.mean(1))[:, None]
+    mean_diag = diag.mean(1)
     lower = torch.linalg.cholesky(h.flip(1, 2))
     eye = torch.eye(h.shape[1], dtype=h.dtype).expand_as(h)
-    u = torch.linalg.solve_triangular(lower, eye, upper=False).flip(1, 2)
-    return u.numpy(), diag.mean(1).numpy()
+    h.copy_(torch.linalg.solve_triangular(lower, eye, upper=False).flip(1, 2))
+    return mean_diag
 
 
 def ecsq_error_feedback(weight: np.ndarray, mask: np.ndarray, factor: FeedbackFactor, delta: float,
@@ -382,7 +402,7 @@ def layer_hessians(model: nn.Module, images: torch.Tensor, batch_size: int = 16,
         model.train(was_training)
     n = images.shape[0]
     return {name: [(int(s), int(s) + width, h) for (starts, width, _), a in zip(groups[name], parts)
-                   for s, h in zip(starts, (a.double() / n).numpy())]
+                   for s, h in zip(starts, a.double().div_(n).numpy())]
             for name, parts in acc.items()}
 
 
@@ -609,7 +629,7 @@ def _order0_bytes(zeros: float, neg: np.ndarray, pos: np.ndarray) -> float:
 def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget: int, serialize,
                          step_scale: float | None = None, log=None, factors: dict[str, FeedbackFactor] | None = None,
                          trellis: bool = False, tolerance: float | None = None, aim: float = 1.0,
-                         coded_ratio: float | None = None) -> dict:
+                         coded_ratio: float | None = None, near: float | None = None) -> dict:
     """ECSQ every layer of ``model`` in place at the slope whose file fits ``budget`` bytes.
 
     Args:
@@ -629,12 +649,16 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
             feedback) instead of ECSQ.
         tolerance: models sized on estimates: stop at the first exact size within this fraction
             of ``budget``, over it or under (candidates compared before the one kept is fitted);
-            None: the largest file that fits, within 0.5% where the search gets there.
+            None: the largest file that fits, within 0.5% where the search gets there (on a
+            model sized on estimates, within ``CONFIRMED_FIT`` where a fit sized on the ratio
+            is confirmed).
         aim: estimated bytes to aim at per byte of budget at first: the ``aim`` a search of the
             same kind of quantizer ended at (saves the exact sizings that learn it again).
-        coded_ratio: with ``tolerance``, on a model sized on estimates: sizes are
-            ``coded_bytes`` times this (the ``coded_ratio`` an earlier search measured) instead
-            of a serialization each; None: the first file serialized measures it.
+        coded_ratio: on a model sized on estimates: sizes are ``coded_bytes`` times this (the
+            ``coded_ratio`` an earlier search measured) instead of a serialization each; None:
+            the first file serialized measures it. A fit is serialized before it is taken; where
+            the ratio was off, the search goes on with the ratio that file measured.
+        near: a slope found before for this quantizer near this budget (the search starts there).
     Returns:
         ``{"lam", "bytes", "levels", "kept_weights", "aim", "coded_ratio", "fitted"}``:
         ``coded_ratio`` the exact size per ``coded_bytes`` of the last file serialized (or the
@@ -651,12 +675,22 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
     exact = not _sized_on_estimates(sum(w.size for w in weights.values()), sum(f.columns for f in factors.values()))
     bins = {} if exact else {n: ValueBins(w[masks[n]]) for n, w in weights.items() if masks[n].sum() > BINNED_LAYER}
     layers = prunable_layers(model)
-    # Judging a candidate on a model sized on estimates: one file serialized (or none, given the
-    # ratio), the other sizes from ``coded_bytes`` times the exact bytes per order-0 byte.
+    # On a model sized on estimates one file is serialized (or none, given the ratio) and the
+    # other sizes are ``coded_bytes`` times the exact bytes per order-0 byte; a fit is
+    # serialized before it is taken (``confirm``).
     judging = tolerance is not None and not exact
     ratios = [coded_ratio] if coded_ratio is not None else []
-    serialized = set()
+    serialized = {}
     shapes = {n: tuple(m.weight.shape) for n, m in layers.items()}
+    on_ratio = [not exact]
+
+    def measure(lam, quants):
+        size = len(serialize(model))
+        ratios.append(size / coded_bytes(quants))
+        serialized[lam] = size
+        if log:
+            log(f"  slope {lam:.3g}: {size:,} bytes")
+        return size
 
     def size_of(lam):
         if trellis:
@@ -664,14 +698,9 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
         else:
             quants = quantize_layers(weights, masks, sensitivity, lam, step_scale, factors=factors, bins=bins)
         install_(model, quants)
-        if judging and ratios:  # a candidate's size, near enough to compare it
+        if on_ratio[0] and ratios:
             return int(coded_bytes(quants) * ratios[-1]), quants
-        size = len(serialize(model))
-        ratios.append(size / coded_bytes(quants))
-        serialized.add(lam)
-        if log:
-            log(f"  slope {lam:.3g}: {size:,} bytes")
-        return size, quants
+        return measure(lam, quants), quants
 
     def estimate(lam):
         if trellis:
@@ -682,8 +711,20 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
         if exact:
             (lam, size, quants), aim = _search_slope(size_of, sensitivity, budget), 1.0
         else:
-            lam, size, quants, aim = _corrected_search(size_of, estimate, sensitivity, budget, log,
-                                                       tolerance=tolerance, aim=aim)
+            for _ in range(CONFIRMATIONS + 1):
+                lam, size, quants, aim = _corrected_search(size_of, estimate, sensitivity, budget, log,
+                                                           tolerance=tolerance, aim=aim, near=near)
+                if judging or lam in serialized:
+                    break
+                install_(model, quants)
+                size = measure(lam, quants)
+                if CONFIRMED_FIT * budget <= size <= budget:
+                    break
+                aim, near = aim * ratios[-2] / ratios[-1], lam  # the ratio was off: its own now
+            else:  # the ratio kept missing: every size exact
+                on_ratio[0] = False
+                lam, size, quants, aim = _corrected_search(size_of, estimate, sensitivity, budget, log, aim=aim,
+                                                           near=lam)
     except ValueError:
         with torch.no_grad():  # leave the model as it came
             for n, m in layers.items():
@@ -694,6 +735,15 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
             "kept_weights": int(sum(q.mask.sum() for q in quants.values())), "aim": aim,
             "coded_ratio": ratios[-1] if ratios else None,
             "fitted": size <= budget and (not judging or (lam in serialized and size >= 0.995 * budget))}
+
+
+# Fits sized on the ratio that a serialization may find off, and searched again, before every
+# size of the search is serialized instead.
+CONFIRMATIONS = 2
+# A fit sized on the ratio is taken where its file comes within this fraction of the budget (the
+# ratio drifts a few tenths of a percent between slopes: CREPE full's 0.3% from one slope to the
+# next cost a quantization pass at 0.995 to gain 0.4% of the bytes).
+CONFIRMED_FIT = 0.99
 
 
 # The slope search widens its coarse end this many times by this factor, up to pruning
@@ -720,25 +770,32 @@ def _search_slope(size_of, sensitivity: dict[str, float], budget: float):
 
 
 def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: int, log, tries: int = 6,
-                      refine: int = 4, tolerance: float | None = None, aim: float = 1.0):
-    """Search on the estimate for a target, size the slope found exactly, rescale the target by
+                      refine: int = 4, tolerance: float | None = None, aim: float = 1.0,
+                      near: float | None = None):
+    """Search on the estimate for a target, size the slope found exactly, correct the target by
     how far the estimate was off, and repeat: the largest exact fit within 0.5% of ``budget``
-    (or the largest of ``tries``). Where every try overshoots, the slope is raised 10% at a
-    time on exact sizes until the file fits (coarser always fits sooner or later). A fit still
-    short of 0.5% is refined by up to ``refine`` exact bisection steps between it and the
-    finest slope that overshot (the estimate can be off by more than the rescaling mends: a
-    22M-weight model once stopped at 1.66 MB of 2.3).
+    (or the largest of ``tries``). The first correction rescales the target by the miss; later
+    ones follow the secant through the last two (target, exact size) pairs (an error-feedback
+    file grows about two thirds as fast as its estimate, so rescaling alone closed in a third
+    of the gap a step). Where every try overshoots, the slope is raised 10% at a time on exact
+    sizes until the file fits (coarser always fits sooner or later). A fit still short of 0.5%
+    is refined by up to ``refine`` exact bisection steps between it and the finest slope that
+    overshot (a 22M-weight model once stopped at 1.66 MB of 2.3).
 
     With ``tolerance``, the first exact size within that fraction of ``budget`` either side is
-    taken. The first target is ``aim * budget``. Returns (lam, bytes, payload, aim): ``aim``
-    the target per byte of budget that the last exact size says would have hit it.
+    taken. The first target is ``aim * budget``, searched from ``near`` (a slope). Returns (lam,
+    bytes, payload, aim): ``aim`` the target per byte of budget that the last exact size says
+    would have hit it.
     """
-    target, best, lam, size = aim * budget, None, None, None
+    target, best, lam, size = aim * budget, None, near, None
+    goal = budget if tolerance is not None else 0.9975 * budget  # the middle of the window
     over = None  # the largest slope seen to overshoot (larger slopes make smaller files)
+    seen = []  # (log target, log exact size)
     for attempt in range(tries):
         lam = _solve_slope(estimate, sensitivity, target, near=lam)
         size, quants = size_of(lam)
         aim = target / size
+        seen.append((math.log(target), math.log(size)))
         if log:
             log(f"  estimated target {target:,.0f}: slope {lam:.3g}, exact {size:,} bytes")
         if tolerance is not None and abs(size - budget) <= tolerance * budget:
@@ -749,8 +806,10 @@ def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: 
             over = lam if over is None else max(over, lam)
         if best is not None and best[1] >= 0.995 * budget:
             return (*best, aim)
+        growth = _secant_growth(seen)
         # overshooting: aim lower by a margin that grows with each miss
-        target *= budget * (1.0 if size <= budget else 0.998 ** (attempt + 1)) / size
+        miss = math.log(goal * (1.0 if size <= budget else 0.998 ** (attempt + 1)) / size)
+        target *= math.exp(miss / growth)
     while best is None and lam < 1e6 * max(sensitivity.values()):
         over = lam
         lam *= 1.1
@@ -771,6 +830,18 @@ def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: 
         else:
             over = lam
     return (*best, aim)
+
+
+def _secant_growth(seen: list[tuple[float, float]]) -> float:
+    """How fast the exact size grows with the estimated target (log-log) between the last two
+    tries; 1 (rescaling) with one try, or where the two give a slope outside [0.25, 4]."""
+    if len(seen) < 2:
+        return 1.0
+    (t0, s0), (t1, s1) = seen[-2], seen[-1]
+    if abs(t1 - t0) < 1e-9:
+        return 1.0
+    growth = (s1 - s0) / (t1 - t0)
+    return growth if 0.25 <= growth <= 4.0 else 1.0
 
 
 def _solve_slope(estimate, sensitivity: dict[str, float], target: float, rel: float = 2e-3, steps: int = 40,

@@ -269,3 +269,17 @@ def test_feedback_factors_are_upper_cholesky_factors_of_the_damped_inverses():
             assert np.allclose(np.triu(ub), ub) and np.allclose(ub.T @ ub, np.linalg.inv(hb))
     with pytest.raises(ValueError):
         rdquant.FeedbackFactor([(np.array([0, 7]), f.groups[0][1])], 1.0, 12)  # not side by side
+
+
+def test_feedback_factors_overwrite_the_second_moments_layer_hessians_gives_and_equal_a_copys():
+    model = torch.nn.Sequential(torch.nn.Conv1d(8, 4, 3))
+    x = torch.randn(6, 8, 20)
+    kept = rdquant.layer_hessians(model, x)["0"]
+    copies = [(s, e, h.copy()) for s, e, h in kept]
+    given = rdquant.feedback_factors(copies, overwrite=False)
+    assert all(np.array_equal(h, c) for (_, _, h), (_, _, c) in zip(kept, copies))  # left as they were
+    assert not any(np.shares_memory(u, h) for _, u in given.groups for _, _, h in copies)
+    written = rdquant.feedback_factors(kept, overwrite=True)
+    (_, u), = written.groups
+    assert np.shares_memory(u, kept[0][2])  # the factors took the second moments' memory
+    assert np.allclose(u, given.groups[0][1]) and written.scale == pytest.approx(given.scale)
