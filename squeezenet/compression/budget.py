@@ -99,7 +99,7 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
     reference = model_outputs(model, judge)
     original = _snapshot(model)
     weights = sum(m.weight.numel() for m in prunable_layers(model).values())
-    best, candidates, learnt = None, {}, {}
+    best, fitted, candidates, learnt = None, None, {}, {}
     for i, name in enumerate(names):
         _restore(model, original)
         # Sized on estimates, the first candidate is fitted to the budget (it is the one most
@@ -120,6 +120,8 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
             f"inputs" + (f" ({d:.4g} at {budget:,} bytes)" if d != measured else ""))
         if best is None or d < best[0]:
             best = (d, name, info, _snapshot(model))
+        if info["fitted"] and (fitted is None or measured < fitted[0]):
+            fitted = best if best[1] == name else (measured, name, info, _snapshot(model))
     _, name, info, state = best
     if info["fitted"]:
         _restore(model, state)
@@ -129,6 +131,13 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
         d = float(distortion(reference, model_outputs(model, judge), kind))
         candidates[name] = {"bytes": info["bytes"], "distortion": d}
         log(f"quantizer {name} fitted: {info['bytes']:,} bytes, {kind} distortion {d:.4g}")
+        # A distortion judged off the budget is an estimate (a few percent of the bytes moved
+        # CIFAR's uniform candidate from 0.00112 to 0.00132 where middle, fitted, had 0.00118):
+        # a candidate already fitted and closer stays.
+        if fitted is not None and fitted[0] < d:
+            _, name, info, state = fitted
+            _restore(model, state)
+            log(f"quantizer {fitted[1]}, fitted first, is closer: kept")
     log(f"kept quantizer {name}")
     return {**info, **counts, "output": kind, "quantizer": name, "candidates": candidates}
 

@@ -287,3 +287,24 @@ def test_slope_solver_hits_the_target_in_a_few_estimates():
     calls.clear()
     rdquant._solve_slope(estimate, {"a": 1.0}, 390_000, near=lam)
     assert len(calls) <= 6
+
+
+def test_a_candidate_judged_off_the_budget_does_not_displace_a_closer_fitted_one(monkeypatch):
+    # every candidate after the first made to look perfect when judged: the refit one is
+    # measured again, found further from the model than the first (fitted) one, which stays
+    from squeezenet.compression import budget
+    monkeypatch.setattr(rdquant, "EXACT_SEARCH_WEIGHTS", 0)
+    calls = []
+    monkeypatch.setattr(budget, "at_budget", lambda d, *size: 0.0 if calls.append(d) or len(calls) > 1 else d)
+    model, x = _trained_regressor()
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():  # the budget judges against the model with the file's half-precision biases
+        for m in rounded:
+            if isinstance(m, nn.Linear):
+                m.bias.copy_(m.bias.half().float())
+    reference = model_outputs(rounded, x[256:384])
+    report = compress_(model, CompressionConfig(size_budget=20_000, output="mse"), calibration=x[:512])
+    cands = report["candidates"]
+    assert report["quantizer"] == "middle"
+    assert float(distortion(reference, model_outputs(model, x[256:384]), "mse")) == pytest.approx(
+        cands["middle"]["distortion"], rel=1e-6)
