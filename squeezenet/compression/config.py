@@ -94,7 +94,8 @@ class CompressionConfig:
             quantizers, coded by the trellis codec: NNC's dependent quantization; no error
             feedback), or "auto": all of them and the geometric middle of the first two, each
             fitted to the budget (on large models, but for the first: judged within 10% of it,
-            their distortions carried to it), keeping the one whose outputs on the
+            their distortions carried to it, and a middle closer than both ends refined once,
+            halfway toward the closer end), keeping the one whose outputs on the
             calibration inputs are closest to the original model's
             (``budget.auto_candidates``: without "trellis" when centroids are tuned after, or
             with error feedback on a large model).
