@@ -15,6 +15,8 @@ their distortions carried to it (``at_budget``), and fit only the one kept.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -108,10 +110,16 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
         # (``at_budget``): only the one kept is then fitted (a 22M-weight model's quantization
         # pass is seconds). The ECSQ quantizers start from what the first one learnt of the
         # estimate and share the exact bytes per order-0 byte; only the first serializes.
+        # The refinement between the middle and an end is fitted too: it is kept more often
+        # than not where it is tried, and a judged candidate kept costs two passes more. It
+        # starts from the estimate corrections of the two it lies between.
         family = TRELLIS if name == TRELLIS else "ecsq"
-        known = learnt.get(family, {})
-        info = fit(name, tolerance=CANDIDATE_TOLERANCE if i or not large else None,
-                   aim=known.get("aim", 1.0), coded_ratio=known.get("coded_ratio"))
+        known = dict(learnt.get(family, {}))
+        if name in BETWEEN:
+            known["aim"] = math.sqrt(learnt["middle"]["aim"] * learnt[BETWEEN[name]]["aim"])
+        fitted_now = large and (i == 0 or name in BETWEEN)
+        info = fit(name, tolerance=None if fitted_now else CANDIDATE_TOLERANCE,
+                   aim=known.get("aim"), coded_ratio=known.get("coded_ratio"))
         learnt.setdefault(family, {"aim": info["aim"]})["coded_ratio"] = info["coded_ratio"]
         learnt[name] = {"aim": info["aim"], "near": info["lam"], "coded_ratio": info["coded_ratio"]}
         measured = float(distortion(reference, model_outputs(model, judge), kind))
@@ -143,6 +151,10 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
             log(f"quantizer {fitted[1]}, fitted first, is closer: kept")
     log(f"kept quantizer {name}")
     return {**info, **counts, "output": kind, "quantizer": name, "candidates": candidates}
+
+
+# The refinements of the middle, and the end of each.
+BETWEEN = {"quarter": "uniform", "three_quarters": "fisher"}
 
 
 def _between(candidates: dict) -> str:

@@ -283,3 +283,17 @@ def test_feedback_factors_overwrite_the_second_moments_layer_hessians_gives_and_
     (_, u), = written.groups
     assert np.shares_memory(u, kept[0][2])  # the factors took the second moments' memory
     assert np.allclose(u, given.groups[0][1]) and written.scale == pytest.approx(given.scale)
+
+
+def test_value_bins_know_the_largest_kept_magnitude_and_steps_use_it():
+    from squeezenet.compression.levels import layer_step
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=5000) * 0.1
+    w[17] = -3.0  # the largest magnitude, negative
+    mask = np.ones(w.size, bool)
+    mask[3] = False
+    bins = rdquant.ValueBins(w[mask], n_bins=64)
+    assert bins.abs_max == 3.0
+    for lam in (1e-12, 1e-4):  # the floor of the step (2,000 levels a side), then the slope's step
+        assert layer_step(w, mask, lam, 1.0, bins.abs_max) == layer_step(w, mask, lam, 1.0)
+    assert layer_step(w, mask, 1e-12, 1.0) == pytest.approx(3.0 / 2000)
