@@ -37,7 +37,7 @@ from ..models import create_model
 from ..models.layers import coded_key, is_tensor_layer, prunable_layers
 from ..models.registry import UnknownModelError, is_registered
 from ..preprocessing import TORCHVISION_IMAGENET, Preprocessing
-from ..utils import atomic_write_bytes
+from ..utils import atomic_write_bytes, numpy_small_pages
 from .codecs import CODECS, LayerError, LayerInput, LayerRecord, get_codec
 from .codecs.base import int_field
 from .loaded import LoadedWeights
@@ -501,8 +501,9 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
     if off + total + 4 != len(data):
         raise _bad(path, f"sections add up to {off + total + 4} bytes but the file has {len(data)}"
                    + (" (truncated)" if off + total + 4 > len(data) else " (trailing bytes)"))
-    state, shared, off = _decode_layers(data, off, header, expected, path)
-    _decode_raws(data, off, header, state_layout, state, path)
+    with numpy_small_pages():  # a 22M-weight model's first decode in a process: 2.0 s on huge pages, 0.6 s
+        state, shared, off = _decode_layers(data, off, header, expected, path)
+        _decode_raws(data, off, header, state_layout, state, path)
     if _whole_state(header["version"]):  # the state dict in the order the model lists it
         state = {k: state[k] for k in state_layout}
     return header, state, shared
