@@ -681,12 +681,12 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
     layers = prunable_layers(model)
     # On a model sized on estimates one file is serialized (or none, given the ratio) and the
     # other sizes are ``coded_bytes`` times the exact bytes per order-0 byte; a fit is
-    # serialized before it is taken (``confirm``).
+    # serialized (``measure``) before it is taken.
     judging = tolerance is not None and not exact
     ratios = [coded_ratio] if coded_ratio is not None else []
     serialized = {}
     shapes = {n: tuple(m.weight.shape) for n, m in layers.items()}
-    on_ratio = [not exact]
+    on_ratio = not exact
 
     def measure(lam, quants):
         size = len(serialize(model))
@@ -702,7 +702,7 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
         else:
             quants = quantize_layers(weights, masks, sensitivity, lam, step_scale, factors=factors, bins=bins)
         install_(model, quants)
-        if on_ratio[0] and ratios:
+        if on_ratio and ratios:
             return int(coded_bytes(quants) * ratios[-1]), quants
         return measure(lam, quants), quants
 
@@ -727,7 +727,7 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
                     break
                 aim, near = aim * ratios[-2] / ratios[-1], lam  # the ratio was off: its own now
             else:  # the ratio kept missing: every size exact
-                on_ratio[0] = False
+                on_ratio = False
                 lam, size, quants, aim = _corrected_search(size_of, estimate, sensitivity, budget, log, aim=aim,
                                                            near=lam)
     except ValueError:
@@ -782,20 +782,19 @@ def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: 
                       refine: int = 4, tolerance: float | None = None, aim: float = 1.0,
                       near: float | None = None, floor: float = 0.995):
     """Search on the estimate for a target, size the slope found exactly, correct the target by
-    how far the estimate was off, and repeat: the largest exact fit within 0.5% of ``budget``
+    how far the estimate was off, and repeat: the largest exact fit from ``floor * budget`` up
     (or the largest of ``tries``). The first correction rescales the target by the miss; later
     ones follow the secant through the last two (target, exact size) pairs (an error-feedback
     file grows about two thirds as fast as its estimate, so rescaling alone closed in a third
     of the gap a step). Where every try overshoots, the slope is raised 10% at a time on exact
-    sizes until the file fits (coarser always fits sooner or later). A fit still short of 0.5%
+    sizes until the file fits (coarser always fits sooner or later). A fit still short of that
     is refined by up to ``refine`` exact bisection steps between it and the finest slope that
     overshot (a 22M-weight model once stopped at 1.66 MB of 2.3).
 
     With ``tolerance``, the first exact size within that fraction of ``budget`` either side is
-    taken; else a fit from ``floor * budget`` up. The first target is ``aim * budget``, searched
-    from ``near`` (a slope). Returns (lam,
-    bytes, payload, aim): ``aim`` the target per byte of budget that the last exact size says
-    would have hit it.
+    taken instead. The first target is ``aim * budget``, searched from ``near`` (a slope).
+    Returns (lam, bytes, payload, aim): ``aim`` the target per byte of budget that the last
+    exact size says would have hit it.
     """
     target, best, lam, size = aim * budget, None, near, None
     goal = budget if tolerance is not None else 0.9975 * budget  # the middle of the window
