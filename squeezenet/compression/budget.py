@@ -129,8 +129,8 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
             f"inputs" + (f" ({d:.4g} at {budget:,} bytes)" if d != measured else ""))
         if best is None or d < best[0]:
             best = (d, name, info, _snapshot(model))
-        if info["fitted"] and (fitted is None or measured < fitted[0]):
-            fitted = best if best[1] == name else (measured, name, info, _snapshot(model))
+        if info["fitted"] and (fitted is None or measured < fitted[0]):  # measured, as a refit is
+            fitted = (measured, name, info, best[3] if best[1] == name else _snapshot(model))
         if large and name == names[-1] == "fisher" and best[1] == "middle":
             names.append(_between(candidates))  # the loop takes it next
     _, name, info, state = best
