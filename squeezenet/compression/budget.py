@@ -25,8 +25,8 @@ from ..weights.sqz import CODING_BUFFERS
 from .config import CompressionConfig
 from .outputs import distortion, flatten_outputs, resolve_output_kind
 from .quantization import _set_buffer
-from .rdquant import (feedback_factors, feedback_memory, fisher_sensitivity, layer_hessians, quantize_for_budget_,
-                      sized_on_estimates)
+from .rdquant import (feedback_damping, feedback_factors, feedback_memory, fisher_sensitivity, layer_hessians,
+                      quantize_for_budget_, sized_on_estimates)
 
 # Sensitivity exponent of each quantizer: a layer's slope is lam / s**exponent. "trellis" is
 # "uniform" on the trellis codec's dependent quantizer, without error feedback (MPEG NNC's DQ).
@@ -87,9 +87,13 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
         log(f"error feedback: {feedback_memory(model) / 2**20:,.0f} MiB of input second moments")
         # factored once for every candidate (a fifth of a 22M-weight model's time went to
         # factoring them again for each)
-        hessians = layer_hessians(model, inputs)
+        rows: dict[str, int] = {}
+        hessians = layer_hessians(model, inputs, rows=rows)
         # each layer's second moments overwritten by their factors (no second copy in memory)
-        factors = {n: feedback_factors(hessians.pop(n), overwrite=True) for n in list(hessians)}
+        factors = {}
+        for n in list(hessians):
+            blocks = hessians.pop(n)
+            factors[n] = feedback_factors(blocks, feedback_damping(blocks, rows[n]), overwrite=True)
 
     def fit(name, **search):
         trellis = name == TRELLIS

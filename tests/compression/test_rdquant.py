@@ -52,9 +52,47 @@ def test_error_feedback_halves_output_error_at_the_same_step_and_keeps_pruned_we
     assert err[1] < 0.7 * err[0]
 
 
+def test_error_feedback_levels_stay_on_the_grid_its_errors_were_fed_back_from():
+    # coarse step and a rate term: the weights an index takes after compensation do not average
+    # to its grid value, and a level moved to their mean would shift all of them after the fact
+    w, mask, x = _correlated_layer(2)
+    h = x.T @ x / x.shape[0]
+    fed = rdquant.ecsq_error_feedback(w, mask, rdquant.feedback_factor(h), 0.05, 1e-3, codebook_dtype="f4")
+    assert fed.codebook.size > 1
+    assert np.allclose(fed.codebook / 0.05, np.rint(fed.codebook / 0.05), atol=1e-5)
+
+
+def test_error_feedback_beats_plain_ecsq_on_held_out_inputs_when_calibrated_on_fewer_than_its_columns():
+    # inputs with a common offset (post-ReLU activations have one) and 48 calibration inputs
+    # for 64 columns: the second moment is singular, and only the damping keeps the fed-back
+    # errors out of directions calibration never saw
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(8, 64))
+
+    def inputs(n):
+        return 2.0 + 0.3 * rng.normal(size=(n, 8)) @ mix + 0.3 * rng.normal(size=(n, 64))
+    w, calibration, held_out = rng.normal(0, 0.05, (32, 64)), inputs(48), inputs(4000)
+    mask = np.ones(w.shape, bool)
+    blocks = [(0, 64, calibration.T @ calibration / 48)]
+    damp = rdquant.feedback_damping(blocks, rows=48)
+    assert damp == rdquant.FEEDBACK_DAMPING_PARTIAL
+    factor = rdquant.feedback_factors(blocks, damp)
+    plain = rdquant.ecsq(w.reshape(-1), mask.reshape(-1), 0.1, 0.002).weight().reshape(w.shape)
+    fed = rdquant.ecsq_error_feedback(w, mask, factor, 0.1, 0.002).weight().reshape(w.shape)
+    err = [np.linalg.norm((w - q) @ held_out.T) for q in (plain, fed)]
+    assert err[1] < 0.75 * err[0]
+
+
+def test_feedback_damping_is_gptqs_for_whole_second_moments_of_enough_rows_else_larger():
+    whole, split = [(0, 64, None)], [(0, 32, None), (32, 64, None)]
+    assert rdquant.feedback_damping(whole, rows=64) == rdquant.FEEDBACK_DAMPING == 0.01
+    assert rdquant.feedback_damping(whole, rows=63) == rdquant.FEEDBACK_DAMPING_PARTIAL
+    assert rdquant.feedback_damping(split, rows=10_000) == rdquant.FEEDBACK_DAMPING_PARTIAL
+
+
 def test_error_feedback_with_uncorrelated_inputs_changes_no_later_column():
     # identity second moment: the inverse's Cholesky factor is diagonal, nothing to feed back;
-    # each weight takes its nearest grid level (no rate term); levels are their bins' means
+    # each weight takes its nearest grid level (no rate term)
     w, mask, _ = _correlated_layer(1)
     factor = rdquant.feedback_factor(np.eye(w.shape[1]), damp=0.0)
     fed = rdquant.ecsq_error_feedback(w, mask, factor, 0.01, 0.0, codebook_dtype="f4")
@@ -67,7 +105,9 @@ def test_layer_hessians_are_the_second_moment_of_each_layers_inputs():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 4), torch.nn.Flatten(), torch.nn.Linear(3, 2))
     x = torch.randn(10, 2, 4, 4)  # the 4x4 conv has one output position: its unfolded input is x itself
-    h = rdquant.layer_hessians(model, x, batch_size=3)
+    rows = {}
+    h = rdquant.layer_hessians(model, x, batch_size=3, rows=rows)
+    assert rows == {"0": 10, "2": 10}  # one output position of the conv per input
     flat = x.reshape(10, -1).double()
     assert [(s, e) for s, e, _ in h["0"]] == [(0, 32)]
     assert np.allclose(h["0"][0][2], (flat.T @ flat / 10).numpy())
