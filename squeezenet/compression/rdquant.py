@@ -664,8 +664,9 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
         step_scale: grid step relative to the high-rate optimum. Default: 0.6 for plain ECSQ,
             1.7 with error feedback (``factors``), each measured best on SqueezeNet v1.0:
             fed-back errors make a coarser grid with fewer coded levels pay (350 kB, 2-fold
-            ImageNet agreement: 83-84% at 0.6, 87.0% at 1.0, 88.3-88.4% at 1.7, 87.0% at 2.2);
-            ``TRELLIS_STEP_SCALE`` on the trellis.
+            ImageNet agreement: 83-84% at 0.6, 87.0% at 1.0, 88.3-88.4% at 1.7, 87.0% at 2.2;
+            measured when error feedback's levels were the means of the values each took, not
+            measured again on its grid); ``TRELLIS_STEP_SCALE`` on the trellis.
         factors: error feedback: ``feedback_factors`` of each layer's ``layer_hessians``
             (factored once by the caller: they depend on the inputs only, so the candidates of
             one budget and every slope of the search share them).
