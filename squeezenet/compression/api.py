@@ -31,11 +31,11 @@ import torch.nn as nn
 from ..data.unlabelled import UnlabelledImages
 from ..errors import ConfigError
 from ..models.fold import fold_batch_norm_, has_batch_norm
-from ..models.layers import prunable_layers
+from ..models.layers import prunable_layers, state_aliases
 from ..models.standin import StateDictModule, module_from_state_dict
 from ..utils import atomic_write_bytes, numpy_small_pages
 from ..weights import LoadedWeights, load_weights
-from ..weights.sqz import encode
+from ..weights.sqz import RAW_DTYPES, encode
 from .budget import JUDGE_INPUTS, fit_budget_
 from .config import CompressionConfig, parse_layer_spec
 from .finetune import batch_inputs, distill_shared_
@@ -46,6 +46,9 @@ from .report import CompressionReport
 from .sensitivity import choose_bits_for_budget
 
 __all__ = ["Calibration", "compress_", "compress_weights", "calibration_from_folder", "load_calibration"]
+
+
+RAW_TYPES = {t for _, t in RAW_DTYPES.values()}
 
 
 def _quiet(*_args, **_kwargs) -> None:
@@ -322,6 +325,11 @@ def _check_request(model: nn.Module, config: CompressionConfig, calibration, ste
                           "architecture (--model package.module:function, or a checkpoint that records it)")
     if not prunable_layers(model):
         raise ConfigError("the model has no convolution or linear layer to compress")
+    unstorable = [f"{k} ({v.dtype})" for k, v in model.state_dict().items() if v.dtype not in RAW_TYPES]
+    if unstorable:
+        raise ConfigError(f"the file format cannot store {', '.join(unstorable[:5])}"
+                          + (f" and {len(unstorable) - 5} more" if len(unstorable) > 5 else "")
+                          + f"; it stores {', '.join(sorted(str(t).removeprefix('torch.') for t in RAW_TYPES))}")
 
 
 def _budget_stage_(model: nn.Module, config: CompressionConfig, calibration, serialize, tuned_after: bool,
@@ -388,9 +396,12 @@ def model_for_compression(weights) -> nn.Module:
 
 
 def fp32_bytes(model: nn.Module) -> int:
-    """Bytes of the model's state dict with floats at 4 bytes (the size ratios are against this)."""
+    """Bytes of the model's state dict with floats at 4 bytes (the size ratios are against this),
+    each tensor counted once however many names it has (a tied embedding)."""
+    state = model.state_dict()
+    aliases = state_aliases(state)
     return sum(4 * v.numel() if v.is_floating_point() else v.numel() * v.element_size()
-               for v in model.state_dict().values())
+               for k, v in state.items() if k not in aliases)
 
 
 def _fold_(model: nn.Module, model_name: str, model_kwargs: dict | None, log) -> tuple[str, dict]:

@@ -90,21 +90,42 @@ def is_coded_tensor(p: torch.Tensor | None) -> bool:
     return p is not None and p.is_floating_point() and TENSOR_DIMS[0] <= p.dim() <= TENSOR_DIMS[1]
 
 
+def owns_weight(m: nn.Module) -> bool:
+    """Whether a conv / linear module's ``weight`` and ``bias`` are parameters of its own.
+
+    Not so where a parametrization (``torch.nn.utils.parametrizations.weight_norm``,
+    ``spectral_norm``, ``orthogonal``, ``register_parametrization``) or a weight-norm hook (the
+    older ``torch.nn.utils.weight_norm``: ``weight_g``, ``weight_v``) computes them: the state
+    dict then holds the originals, and those are what is coded.
+    """
+    return isinstance(m._parameters.get("weight"), nn.Parameter) and "bias" in m._parameters
+
+
 def prunable_layers(model: nn.Module) -> dict:
     """The coded layers in definition order: conv / linear modules by module name, other
-    modules' parameters of 2-5 dimensions as ``TensorLayer``s by parameter name.
+    floating-point parameters of 2-5 dimensions as ``TensorLayer``s by parameter name.
 
-    A parameter is coded once: one that a conv / linear layer also uses (an embedding tied to
-    the output layer) is coded as that layer's weight, and a parameter shared by two modules
-    as the first one's.
+    A tensor is coded once, whatever names it has: one that a conv / linear layer uses (an
+    embedding tied to the output layer) is coded as that layer's weight, one shared by two
+    layers as the first one's (the other names are aliases in the file). A conv / linear module
+    whose weight a parametrization or hook computes is not a module layer: its originals
+    (``parametrizations.weight.original0``, ``weight_v``, ...) are tensor layers.
     """
-    seen = {id(m.weight) for m in model.modules() if isinstance(m, CODED_TYPES)}
+    modules = [(name, m) for name, m in model.named_modules() if isinstance(m, CODED_TYPES) and owns_weight(m)]
+    seen: set[int] = set()
+    firsts = set()
+    for name, m in modules:
+        if id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            firsts.add(name)
     out: dict = {}
     for name, m in model.named_modules():
-        if isinstance(m, CODED_TYPES):
+        layer_module = isinstance(m, CODED_TYPES) and owns_weight(m)
+        if layer_module and name in firsts:
             out[name] = m
-            continue
         for pname, p in m._parameters.items():
+            if layer_module and pname in ("weight", "bias"):
+                continue
             if is_coded_tensor(p) and id(p) not in seen:
                 seen.add(id(p))
                 out[f"{name}.{pname}" if name else pname] = TensorLayer(m, pname)
@@ -127,3 +148,28 @@ def coded_key(layer: str, tensor: str, whole: bool = False) -> str:
             raise ValueError(f"a tensor layer has no {tensor}")
         return layer + tensor[len("weight"):]
     return f"{layer}.{tensor}" if layer else tensor
+
+
+def storage_key(t: torch.Tensor) -> tuple | None:
+    """What identifies a tensor by its memory rather than its name: two state-dict entries with
+    the same key are one tensor (a tied embedding, a parameter registered twice). ``None`` for
+    tensors without memory of their own to compare (empty, or on the meta device)."""
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    return (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+            t.dtype)
+
+
+def state_aliases(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Entries of a state dict that repeat an earlier entry's tensor: alias key -> the first key."""
+    first: dict[tuple, str] = {}
+    aliases = {}
+    for k, v in state.items():
+        key = storage_key(v)
+        if key is None:
+            continue
+        if key in first:
+            aliases[k] = first[key]
+        else:
+            first[key] = k
+    return aliases

@@ -13,7 +13,7 @@ from ..data.imagenet import read_synset_mapping
 from ..errors import FormatError
 from ..models import create_model
 from ..models.fold import fold_batch_norm, has_batch_norm
-from ..models.layers import prunable_layers
+from ..models.layers import prunable_layers, state_aliases
 from ..preprocessing import Preprocessing
 
 
@@ -69,11 +69,26 @@ class LoadedWeights:
                               f"(torchvision:NAME or package.module:function) to build it")
         model = create_model(self.model_name, num_classes=self.num_classes, **self.model_kwargs)
         try:
-            model.load_state_dict(self.state_dict)
+            model.load_state_dict(with_tied_keys(model, self.state_dict))
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
             raise FormatError(f"{self.path}: weights do not fit {self.model_name}: {first}") from None
         return model.eval()
+
+
+def with_tied_keys(model: nn.Module, state: dict) -> dict:
+    """``state`` with the names a tied tensor has in ``model`` that the file left out (safetensors
+    files written by other tools keep one name of a tied embedding), taken from a name it kept."""
+    groups: dict[str, list[str]] = {}
+    for alias, first in state_aliases(model.state_dict()).items():
+        groups.setdefault(first, [first]).append(alias)
+    out = state
+    for names in groups.values():
+        kept = [n for n in names if n in state]
+        if kept and len(kept) < len(names):
+            out = dict(out) if out is state else out
+            out.update({n: state[kept[0]] for n in names if n not in state})
+    return out
 
 
 def _num_classes(create_model, name: str, kwargs: dict, sd: dict) -> int | None:

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from ..errors import FormatError
+from ..models.layers import state_aliases
 from ..preprocessing import CAFFE_IMAGENET, TORCHVISION_IMAGENET, Preprocessing
 from ..utils import atomic_write_bytes
 from .caffe_net import layers_to_state_dict, parse_caffe_net
@@ -40,9 +41,13 @@ def save_checkpoint(path: str | os.PathLike, model_name: str, state_dict: dict, 
 
 
 def save_safetensors(path: str | os.PathLike, state_dict: dict) -> None:
-    """Write a plain state dict as ``.safetensors`` (the ``safetensors`` package), atomically."""
+    """Write a plain state dict as ``.safetensors`` (the ``safetensors`` package), atomically.
 
-    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}))
+    safetensors holds no tensor twice: a tensor under several names (a tied embedding) is written
+    under each as a copy, so every key of the state dict is there for a strict load."""
+    aliases = state_aliases(state_dict)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    atomic_write_bytes(path, save({k: v.clone() if k in aliases else v for k, v in tensors.items()}))
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:

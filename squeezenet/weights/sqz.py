@@ -34,7 +34,7 @@ from torchvision.models import SqueezeNet1_0_Weights
 
 from ..errors import ConfigError, FormatError
 from ..models import create_model
-from ..models.layers import coded_key, is_tensor_layer, prunable_layers
+from ..models.layers import coded_key, is_tensor_layer, prunable_layers, storage_key
 from ..models.registry import UnknownModelError, is_registered
 from ..preprocessing import TORCHVISION_IMAGENET, Preprocessing
 from ..utils import atomic_write_bytes, numpy_small_pages
@@ -45,7 +45,8 @@ from .loaded import LoadedWeights
 MAGIC = b"SQZDC\x00\r\n"
 VERSION = 3             # the whole state dict: coded layers plus every other entry, any dtype
 HUFFMAN_VERSION = 1     # float32 parameters only (buffers are rebuilt by the architecture)
-READ_VERSIONS = (1, 2, 3, 4)
+ALIAS_VERSION = 5       # version 4 plus aliases: one tensor under several names (tied weights)
+READ_VERSIONS = (1, 2, 3, 4, 5)
 FORMAT_NAME = "squeezenet-compressed"
 MAX_HEADER = 1 << 20
 MAX_FILE = 512 << 20
@@ -103,14 +104,21 @@ def file_version(layers: list[LayerRecord]) -> int:
 
 def _assemble(model_name: str, model_kwargs: dict, num_classes: int | None, preprocessing: dict | None,
               layers: list[LayerRecord], raw: dict[str, torch.Tensor] | None = None,
-              class_names: list | None = None, extra: dict | None = None) -> bytes:
+              class_names: list | None = None, extra: dict | None = None,
+              aliases: dict[str, str] | None = None) -> bytes:
     """Assemble a complete file from coded layers and raw (exactly stored) tensors.
 
     The layers' codec sets the version: range-coded layers make a version 3 file, Huffman ones
-    version 1 (which stores raw float32 parameters only).
+    version 1 (which stores raw float32 parameters only); ``aliases`` (state-dict key -> the
+    coded or raw key holding the same tensor) make it version 5.
     """
     raw = raw or {}
     version = file_version(layers)
+    if aliases:
+        if version == HUFFMAN_VERSION:
+            raise ConfigError("the Huffman (version 1) format cannot hold a tensor under two names (tied weights); "
+                              "use the range codec")
+        version = max(version, ALIAS_VERSION)
     if version == HUFFMAN_VERSION:
         records = [{"name": k, "shape": list(v.shape)} for k, v in raw.items()]
         if any(v.dtype != torch.float32 for v in raw.values()):
@@ -121,6 +129,8 @@ def _assemble(model_name: str, model_kwargs: dict, num_classes: int | None, prep
               "num_classes": None if num_classes is None else int(num_classes), "preprocessing": preprocessing,
               "class_names": _default_class_names(class_names, num_classes),
               "layers": [layer.meta for layer in layers], "raw": records}
+    if aliases:
+        header["aliases"] = dict(aliases)
     if extra:
         header["extra"] = extra
     hjson = json.dumps(header, separators=(",", ":")).encode()
@@ -203,6 +213,7 @@ def _encode(model: nn.Module, model_name: str = "", *, model_kwargs: dict | None
         coded.update(coded_key(name, t, whole) for t in ("weight",) + CODING_BUFFERS)
         if not whole:
             coded.add(coded_key(name, "bias"))
+    aliases: dict[str, str] = {}
     if file_version(layers) == HUFFMAN_VERSION:  # version 1 holds the float parameters only, as it always did
         if not _from_architecture(model_name or ""):  # its reader rebuilds the layout from the architecture
             raise ConfigError("the Huffman (version 1) format needs a registered or torchvision architecture "
@@ -213,7 +224,9 @@ def _encode(model: nn.Module, model_name: str = "", *, model_kwargs: dict | None
             raise ConfigError("the Huffman (version 1) format cannot hold buffers (e.g. batch-norm statistics); "
                              "use the range codec")
     else:
-        raw = {k: v for k, v in model.state_dict().items() if k not in coded}
+        raw, aliases = _raw_and_aliases(model.state_dict(), coded, [coded_key(layer.meta["name"], "weight",
+                                                                            layer.meta.get("tensor", False))
+                                                                  for layer in layers])
     model_kwargs = dict(model_kwargs or {})
     if "num_classes" in model_kwargs:  # the header has a field of its own for it
         num_classes = model_kwargs.pop("num_classes")
@@ -221,7 +234,27 @@ def _encode(model: nn.Module, model_name: str = "", *, model_kwargs: dict | None
         num_classes = getattr(model, "num_classes", None)
         if num_classes is None and layers:
             num_classes = layers[-1].meta["shape"][0]
-    return _assemble(model_name or "", model_kwargs or {}, num_classes, preprocessing, layers, raw, class_names, extra)
+    return _assemble(model_name or "", model_kwargs or {}, num_classes, preprocessing, layers, raw, class_names, extra,
+                     aliases)
+
+
+def _raw_and_aliases(state: dict[str, torch.Tensor], coded: set[str],
+                     coded_weights: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state-dict entries stored exactly, and those that repeat a coded or stored tensor
+    (by memory, not by name: a tied embedding is the output layer's weight) as aliases."""
+    holder = {storage_key(state[k]): k for k in reversed(coded_weights)}  # the first layer coding a tensor holds it
+    raw, aliases = {}, {}
+    for k, v in state.items():
+        if k in coded:
+            continue
+        key = storage_key(v)
+        if key is not None and key in holder:
+            aliases[k] = holder[key]
+            continue
+        if key is not None:
+            holder[key] = k
+        raw[k] = v
+    return raw, aliases
 
 
 # ----------------------------------------------------------------------------- reading
@@ -356,6 +389,10 @@ def _self_described(header: dict, path) -> tuple[dict, dict]:
         if r.get("dtype") not in RAW_DTYPES:
             raise _bad(path, f"raw tensor {str(r.get('name'))[:80]!r}: unknown type {r.get('dtype')!r}")
         add(r.get("name"), _shape(r.get("shape"), 0, 8, str(r.get("name"))[:80], path), r["dtype"])
+    for alias, target in _alias_records(header, path).items():
+        if target not in state:
+            raise _bad(path, f"alias {alias[:80]!r} names {target[:80]!r}, which the file does not hold")
+        add(alias, *state[target])
     if sum(math.prod(s) for s, _ in state.values()) > 256_000_000:
         raise _bad(path, "more weights than any model this tool writes")
     return coded, state
@@ -423,6 +460,29 @@ def _check_layers(header: dict, expected: dict, path) -> int:
     return total
 
 
+def _alias_records(header: dict, path) -> dict[str, str]:
+    """The header's aliases (version 5): state-dict key -> the key that holds its tensor."""
+    aliases = header.get("aliases", {})
+    if aliases and header["version"] < ALIAS_VERSION:
+        raise _bad(path, f"aliases in a version {header['version']} file")
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 1000
+                                                for k, v in aliases.items()):
+        raise _bad(path, "aliases must map tensor names to tensor names")
+    if any(v in aliases for v in aliases.values()):
+        raise _bad(path, "an alias names another alias")
+    return aliases
+
+
+def _check_aliases(header: dict, state_layout: dict, held: set, path) -> set:
+    """Each alias names a tensor the file holds, of the alias's shape and type; returns their keys."""
+    aliases = _alias_records(header, path)
+    for alias, target in aliases.items():
+        if alias in held or alias not in state_layout or target not in held \
+                or state_layout[alias] != state_layout[target]:
+            raise _bad(path, f"alias {alias[:80]!r} -> {target[:80]!r} does not fit the model's state dict")
+    return set(aliases)
+
+
 def _check_raws(header: dict, expected: dict, state_layout: dict, from_arch: bool, path) -> int:
     """Pass 1 over the raw tensors: each belongs to the model, once; version 3 files hold the
     whole state dict. Returns the bytes they take."""
@@ -440,7 +500,9 @@ def _check_raws(header: dict, expected: dict, state_layout: dict, from_arch: boo
         held = set(raw_names)
         for name, (_, has_bias, whole) in expected.items():
             held |= {coded_key(name, "weight", whole)} | ({coded_key(name, "bias")} if has_bias else set())
-        if held != set(state_layout) or len(held) != len(raw_names) + sum(1 + b for _, b, _ in expected.values()):
+        n_held = len(held)
+        held |= _check_aliases(header, state_layout, held, path)
+        if held != set(state_layout) or n_held != len(raw_names) + sum(1 + b for _, b, _ in expected.values()):
             missing = sorted(set(state_layout) - held)[:3]
             raise _bad(path, f"the tensors stored do not make the model's state dict (missing e.g. {missing})")
     return total
@@ -504,6 +566,8 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
     with numpy_small_pages():  # a 22M-weight model's first decode in a process: 2.0 s on huge pages, 0.6 s
         state, shared, off = _decode_layers(data, off, header, expected, path)
         _decode_raws(data, off, header, state_layout, state, path)
+        for alias, target in _alias_records(header, path).items():
+            state[alias] = state[target]  # one tensor under each of its names, as in the model
     if _whole_state(header["version"]):  # the state dict in the order the model lists it
         state = {k: state[k] for k in state_layout}
     return header, state, shared

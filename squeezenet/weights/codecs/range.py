@@ -46,7 +46,7 @@ def taps_of(shape) -> int:
 
 class RangeCodec:
     name = "range"
-    versions = (3, 2, 4)
+    versions = (3, 2, 4, 5)
     any_levels = True
 
     def encode(self, layer: LayerInput) -> LayerRecord:

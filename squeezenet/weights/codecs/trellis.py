@@ -105,7 +105,7 @@ def _models(table: bytes, sizes) -> tuple[list, list]:
 
 class TrellisCodec:
     name = "trellis"
-    versions = (4,)
+    versions = (4, 5)
     any_levels = True
 
     def encode(self, layer: LayerInput) -> LayerRecord:
