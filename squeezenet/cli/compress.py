@@ -68,7 +68,8 @@ def compress_command(args) -> dict:
     if (args.size_budget or args.finetune_steps) and args.calibration is None:
         raise ConfigError("--size-budget and --finetune-steps need --calibration (a folder of unlabelled images, "
                           "a .pt/.npy/.npz file of inputs, or package.module:function)")
-    _, _, report = compress_weights(lw, config, calibration=args.calibration, out=args.out, log=log)
+    _, _, report = compress_weights(lw, config, calibration=args.calibration, out=args.out, log=log,
+                                    progress=False if args.json else None)
     log(f"wrote {args.out}: {report['bytes']:,} bytes, {report['ratio']:.1f}x smaller than the model's fp32 "
         f"weights ({report['fp32_bytes']:,} bytes) in {report['seconds']:.1f} s")
     return report

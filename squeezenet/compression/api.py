@@ -40,6 +40,7 @@ from .budget import JUDGE_INPUTS, fit_budget_
 from .config import CompressionConfig, parse_layer_spec
 from .finetune import batch_inputs, distill_shared_
 from .outputs import resolve_output_kind
+from .progress import around_bars, showing, wanted
 from .pruning import PruneConfig, prune_
 from .quantization import place_shared_weights_, share_weights_
 from .report import CompressionReport
@@ -216,7 +217,7 @@ def share_stage_(model: nn.Module, bits: dict[str, int], codebook_dtype: str = "
 def compress_(model: nn.Module, config: CompressionConfig | None = None, *, calibration=None,
               model_name: str = "", model_kwargs: dict | None = None, preprocessing: dict | None = None,
               class_names: list | None = None, retrain: Callable[[nn.Module, str], None] | None = None,
-              log: Callable[..., None] = _quiet) -> CompressionReport:
+              log: Callable[..., None] = _quiet, progress: bool | None = None) -> CompressionReport:
     """Deep Compression of ``model`` in place: prune, share weights (k-means, or rate-distortion
     optimised levels for a size budget), optionally retrain or distil, ready to write.
 
@@ -232,6 +233,8 @@ def compress_(model: nn.Module, config: CompressionConfig | None = None, *, cali
             weight sharing (stage "shared"), e.g. a training loop with ``after_step_`` as its
             hook: the paper's masked retraining and centroid fine-tuning with labels.
         log: progress messages.
+        progress: a bar on stderr for each named stage (sensitivities, second moments, each
+            quantizer tried, distillation); None: where stderr is a terminal.
 
     Returns:
         A ``CompressionReport``: ``bytes`` (the exact file size), ``fp32_bytes`` and ``ratio``
@@ -241,11 +244,20 @@ def compress_(model: nn.Module, config: CompressionConfig | None = None, *, cali
     Raises:
         ValueError: bad options, missing calibration, or a budget nothing fits.
     """
-    return _compress(model, config, calibration, model_name, model_kwargs, preprocessing, class_names, retrain, log)[1]
+    return _compress(model, config, calibration, model_name, model_kwargs, preprocessing, class_names, retrain, log,
+                     progress)[1]
 
 
 def _compress(model, config, calibration, model_name, model_kwargs, preprocessing, class_names, retrain,
-              log) -> tuple[bytes, CompressionReport]:
+              log, progress=None) -> tuple[bytes, CompressionReport]:
+    shown = wanted(progress)
+    with showing(shown):
+        return _compress_shown(model, config, calibration, model_name, model_kwargs, preprocessing, class_names,
+                               retrain, around_bars(log), shown)
+
+
+def _compress_shown(model, config, calibration, model_name, model_kwargs, preprocessing, class_names, retrain,
+                    log, shown: bool) -> tuple[bytes, CompressionReport]:
     config = config or CompressionConfig()
     config = replace(config, error_feedback=config.feedback(retraining=retrain is not None))
     fp32 = fp32_bytes(model)  # the model as given, before any folding
@@ -298,7 +310,7 @@ def _compress(model, config, calibration, model_name, model_kwargs, preprocessin
         loader = calibration.loader if calibration.loader is not None else \
             torch.utils.data.DataLoader(calibration.inputs, batch_size=16, shuffle=True,
                                         generator=torch.Generator().manual_seed(0))
-        losses = distill_shared_(model, teacher, loader, steps, config.finetune_lr, output=kind)
+        losses = distill_shared_(model, teacher, loader, steps, config.finetune_lr, output=kind, progress=shown)
         _round_to_file_precision_(model, cb_dtype, bias_dtype)
         report["finetune"] = {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}
         log(f"distillation: KL {losses[0]:.4f} -> {losses[-1]:.4f} over {steps} steps")
@@ -433,7 +445,7 @@ def fold_for_compression(model: nn.Module, weights, log: Callable[..., None] = _
 
 def compress_weights(weights, config: CompressionConfig | None = None, *, calibration=None,
                      calibration_images: int = 256, out: str | os.PathLike | None = None,
-                     log: Callable[..., None] = _quiet) -> tuple[bytes, nn.Module, dict]:
+                     log: Callable[..., None] = _quiet, progress: bool | None = None) -> tuple[bytes, nn.Module, dict]:
     """``compress_`` for a weights file (or ``LoadedWeights``): what ``squeezenet compress`` runs.
 
     Args:
@@ -443,6 +455,7 @@ def compress_weights(weights, config: CompressionConfig | None = None, *, calibr
             tensor file, ``package.module:function`` (``load_calibration``), a tensor or batches.
         calibration_images: how many of them to take for sensitivities.
         out: where to write the file, if anywhere.
+        log, progress: as ``compress_``.
 
     Returns:
         (file bytes, compressed model, ``CompressionReport``).
@@ -457,7 +470,8 @@ def compress_weights(weights, config: CompressionConfig | None = None, *, calibr
     elif calibration is not None:
         calib = as_calibration(calibration)
     data, report = _compress(model, config, calib, lw.model_name, lw.model_kwargs,
-                             lw.preprocessing.to_dict() if lw.has_architecture else None, lw.class_names, None, log)
+                             lw.preprocessing.to_dict() if lw.has_architecture else None, lw.class_names, None, log,
+                             progress)
     if out is not None:
         atomic_write_bytes(out, data)
         report = report.with_details(out=str(out))

@@ -23,6 +23,7 @@ import torch.nn as nn
 from ..models.layers import prunable_layers
 from ..weights.sqz import CODING_BUFFERS
 from .config import CompressionConfig
+from .progress import stage, tick
 from .outputs import distortion, flatten_outputs, resolve_output_kind
 from .quantization import _set_buffer
 from .rdquant import (feedback_damping, feedback_factors, feedback_memory, fisher_sensitivity, layer_hessians,
@@ -91,14 +92,17 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
         hessians = layer_hessians(model, inputs, rows=rows)
         # each layer's second moments overwritten by their factors (no second copy in memory)
         factors = {}
-        for n in list(hessians):
-            blocks = hessians.pop(n)
-            factors[n] = feedback_factors(blocks, feedback_damping(blocks, rows[n]), overwrite=True)
+        with stage("factoring second moments", total=len(hessians), unit="layer"):
+            for n in list(hessians):
+                blocks = hessians.pop(n)
+                factors[n] = feedback_factors(blocks, feedback_damping(blocks, rows[n]), overwrite=True)
+                tick()
 
-    def fit(name, **search):
+    def fit(name, what="quantizer", **search):
         trellis = name == TRELLIS
-        return quantize_for_budget_(model, _weighted(sens, name), budget, serialize,
-                                    factors=None if trellis else factors, trellis=trellis, **search)
+        with stage(f"{what} {name}", unit="quantization passes"):
+            return quantize_for_budget_(model, _weighted(sens, name), budget, serialize,
+                                        factors=None if trellis else factors, trellis=trellis, **search)
 
     counts = {"calibration_inputs": inputs.shape[0], "judge_inputs": judge.shape[0]}
     if len(names) == 1:
@@ -142,7 +146,7 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
         _restore(model, state)
     else:  # fitted to the budget now, from where it was judged
         _restore(model, original)
-        info = fit(name, **learnt[name])
+        info = fit(name, "fitting", **learnt[name])
         d = float(distortion(reference, model_outputs(model, judge), kind))
         candidates[name] = {"bytes": info["bytes"], "distortion": d}
         log(f"quantizer {name} fitted: {info['bytes']:,} bytes, {kind} distortion {d:.4g}")

@@ -26,6 +26,7 @@ from ..weights.codecs.base import index_bits
 from ..weights.entropy import code_length
 from .levels import LayerQuant, layer_step
 from .outputs import fisher_sample_loss, flatten_outputs
+from .progress import stage, tick
 from .pruning import get_mask, prunable_layers
 from .quantization import _set_buffer
 from .trellis import estimated_bytes_trellis, quantize_layers_trellis
@@ -418,8 +419,10 @@ def layer_hessians(model: nn.Module, images: torch.Tensor, batch_size: int = 16,
     was_training = model.training
     model.eval()
     try:
-        for i in range(0, images.shape[0], batch_size):
-            model(images[i:i + batch_size])
+        with torch.no_grad(), stage("input second moments", total=-(-images.shape[0] // batch_size), unit="batch"):
+            for i in range(0, images.shape[0], batch_size):
+                model(images[i:i + batch_size])
+                tick()
     finally:
         for h in handles:
             h.remove()
@@ -479,13 +482,15 @@ def fisher_sensitivity(model: nn.Module, images: torch.Tensor, batch_size: int =
     was_training = model.training
     model.eval()
     try:
-        for i in range(0, images.shape[0], batch_size):
-            y = flatten_outputs(model(images[i:i + batch_size]))
-            model.zero_grad(set_to_none=True)
-            fisher_sample_loss(y, output, g).backward()
-            for n, m in layers.items():
-                if m.weight.grad is not None:  # a layer the output does not depend on has none
-                    acc[n] += m.weight.grad.detach() ** 2
+        with stage("sensitivities", total=-(-images.shape[0] // batch_size), unit="batch"):
+            for i in range(0, images.shape[0], batch_size):
+                y = flatten_outputs(model(images[i:i + batch_size]))
+                model.zero_grad(set_to_none=True)
+                fisher_sample_loss(y, output, g).backward()
+                for n, m in layers.items():
+                    if m.weight.grad is not None:  # a layer the output does not depend on has none
+                        acc[n] += m.weight.grad.detach() ** 2
+                tick()
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
@@ -721,6 +726,7 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
         return size
 
     def size_of(lam):
+        tick()  # a quantization pass
         if trellis:
             quants = quantize_layers_trellis(weights, masks, sensitivity, lam, step_scale, shapes)
         else:
