@@ -14,7 +14,7 @@ LN2 = math.log(2.0)
 class LayerQuant:
     """A quantized layer: sorted nonzero levels, an index per position, and the kept mask."""
     codebook: np.ndarray   # float32[k], ascending
-    index: np.ndarray      # int64[numel], index into codebook where mask
+    index: np.ndarray      # int16[numel], index into codebook where mask
     mask: np.ndarray       # bool[numel]
     step: float | None = None  # the trellis quantizer's step (``trellis.py``): levels are on its trellis
 

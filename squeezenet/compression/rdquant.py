@@ -26,6 +26,7 @@ from ..weights.codecs.base import index_bits
 from ..weights.entropy import code_length
 from .levels import LayerQuant, layer_step
 from .outputs import fisher_sample_loss, flatten_outputs
+from . import kernels
 from .progress import stage, tick
 from .pruning import get_mask, prunable_layers
 from .quantization import _set_buffer
@@ -90,36 +91,11 @@ def _ecsq_grid(kept: np.ndarray, n_pruned: int, delta: float, lam: float, iters:
     """ECSQ on the grid: (grid index per kept weight, level per grid index, lowest index, bits per index).
 
     ``counts``: how many weights each entry of ``kept`` stands for (``ValueBins``); None: one each.
+    Compiled (``kernels.ecsq_grid``).
     """
     if not delta > 0:
         raise ConfigError(f"delta must be positive, got {delta}")
-    lo = np.floor(kept / delta).astype(np.int64)
-    cand = np.stack([lo, lo + 1, np.zeros_like(lo)])          # the two grid neighbours, and zero
-    qmin, qmax = int(cand.min(initial=0)), int(cand.max(initial=0))
-    span = qmax - qmin + 1
-    levels = np.arange(qmin, qmax + 1, dtype=np.float64) * delta  # centroids, start on the grid
-    q = np.rint(kept / delta).astype(np.int64)
-    bits = np.zeros(span)
-    for _ in range(max(iters, 1)):
-        hist = np.bincount(q - qmin, weights=counts, minlength=span).astype(np.float64)
-        hist[-qmin] += n_pruned
-        bits = -np.log2((hist + 0.5) / (hist.sum() + 0.5 * span))
-        cost = (kept[None, :] - levels[cand - qmin]) ** 2 + lam * bits[cand - qmin]
-        q = np.take_along_axis(cand, np.argmin(cost, axis=0)[None, :], 0)[0]
-        levels = _bin_means(q, kept, qmin, levels, counts)
-    return q, levels, qmin, bits
-
-
-def _bin_means(q: np.ndarray, values: np.ndarray, qmin: int, empty: np.ndarray,
-               counts: np.ndarray | None = None) -> np.ndarray:
-    """Level per grid index: the mean of the ``values`` that took it (``empty`` where none did),
-    the zero index held at exactly zero."""
-    span = empty.size
-    sums = np.bincount(q - qmin, weights=values if counts is None else values * counts, minlength=span)
-    n = np.bincount(q - qmin, weights=counts, minlength=span)
-    levels = np.where(n > 0, sums / np.maximum(n, 1), empty)
-    levels[-qmin] = 0.0
-    return levels
+    return kernels.ecsq_grid(kept, n_pruned, delta, lam, iters, counts)
 
 
 def _layer_quant(q: np.ndarray, levels: np.ndarray, qmin: int, mask: np.ndarray, codebook_dtype: str) -> LayerQuant:
@@ -127,21 +103,27 @@ def _layer_quant(q: np.ndarray, levels: np.ndarray, qmin: int, mask: np.ndarray,
     present = np.bincount(q - qmin, minlength=levels.size) > 0  # np.unique without its sort
     present[-qmin] = False
     used = np.flatnonzero(present) + qmin
-    cb = levels[used - qmin].astype(np.float32)
-    if codebook_dtype == "f2":
-        cb = cb.astype(np.float16).astype(np.float32)
-    order = np.argsort(cb, kind="stable")
-    cb = cb[order]
-    rank = np.empty(used.size, np.int64)
-    rank[order] = np.arange(used.size)
+    cb, rank = _sorted_codebook(levels, present, codebook_dtype)
     new_mask = mask.copy()
     nonzero = q != 0
     new_mask[mask] = nonzero
-    index = np.zeros(mask.size, np.int64)
+    index = np.zeros(mask.size, np.int16)
     slot = np.zeros(levels.size, np.int64)  # grid index -> position in ``used``
     slot[used - qmin] = np.arange(used.size)
     index[new_mask] = rank[slot[q[nonzero] - qmin]]
     return LayerQuant(cb, index, new_mask)
+
+
+def _sorted_codebook(levels: np.ndarray, present: np.ndarray, codebook_dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the levels of the grid indices ``present``, sorted, as the file stores them; the rank
+    of each of them in that order)."""
+    cb = levels[present].astype(np.float32)
+    if codebook_dtype == "f2":
+        cb = cb.astype(np.float16).astype(np.float32)
+    order = np.argsort(cb, kind="stable")
+    rank = np.empty(order.size, np.int64)
+    rank[order] = np.arange(order.size)
+    return cb[order], rank
 
 
 # Error feedback couples the input columns of a layer through their second moment: (D, D) in
@@ -320,63 +302,51 @@ def ecsq_error_feedback(weight: np.ndarray, mask: np.ndarray, factor: FeedbackFa
     w = np.asarray(weight, np.float64)
     out, d = w.shape
     mask = np.asarray(mask, bool).reshape(out, d)
-    _, _, qmin, bits = _grid_assignment(w.reshape(-1), mask.reshape(-1), delta, lam, 4, bins)
-    q = np.zeros((out, d), np.int64)
+    qmin, bits = _grid_range(w.reshape(-1), mask.reshape(-1), delta, lam, bins)
+    parts = []
     for starts, u in factor.groups:  # blocks of one width, all at once
         g, width = u.shape[0], u.shape[1]
         cols = _block_span(starts, width)
         # (G, B, out): a column of every block is one contiguous slice
         ms = np.ascontiguousarray(mask[:, cols].reshape(out, g, width).transpose(1, 2, 0))
-        qs = _feedback_blocks(w[:, cols].reshape(out, g, width).transpose(1, 2, 0), ms,
-                              u, factor.scale, delta, lam, qmin, bits, block)
-        q[:, cols] = qs.transpose(2, 0, 1).reshape(out, -1)
+        parts.append((cols.start, _feedback_blocks(w[:, cols].reshape(out, g, width).transpose(1, 2, 0), ms,
+                                                   u, factor.scale, delta, lam, qmin, bits, block)))
     levels = np.arange(qmin, qmin + bits.size, dtype=np.float64) * delta
-    flat_q = q[mask]
-    return _layer_quant(flat_q, levels, qmin, mask.reshape(-1), codebook_dtype)
+    return _blocks_quant(parts, levels, qmin, (out, d), codebook_dtype)
 
 
-@torch.no_grad()
+def _grid_range(values: np.ndarray, mask: np.ndarray, delta: float, lam: float, bins: ValueBins | None):
+    """(lowest grid index, bits per grid index) of plain ECSQ at ``delta``, ``lam``: the grid
+    and rates error feedback decides on (from the value bins where the layer has them)."""
+    if bins is not None:
+        _, _, qmin, bits = _ecsq_grid(bins.value, int(mask.size - mask.sum()), delta, lam, 4, bins.count)
+    else:
+        _, _, qmin, bits = _grid_assignment(values, mask, delta, lam, 4, None)
+    return qmin, bits
+
+
+def _blocks_quant(parts: list[tuple[int, np.ndarray]], levels: np.ndarray, qmin: int, shape: tuple[int, int],
+                  codebook_dtype: str) -> LayerQuant:
+    """``_layer_quant`` from the blocks' grid indices ``(first column, (G, B, out))`` of a layer
+    of ``shape`` (out, D): the same codebook, index and mask, without a layer-sized int64 pass."""
+    present = kernels.used_levels([q for _, q in parts], qmin, levels.size)
+    present[-qmin] = False
+    cb, rank = _sorted_codebook(levels, present, codebook_dtype)
+    rank_of = np.zeros(levels.size, np.int16)  # grid index - qmin -> rank; indexed with q - qmin ...
+    rank_of[np.flatnonzero(present)] = rank
+    rank_of = np.roll(rank_of, qmin)  # ... rolled so that the kernel indexes with q itself (negative wraps)
+    index, kept = kernels.scatter_ranks(parts, rank_of, shape)
+    return LayerQuant(cb, index.reshape(-1), kept.reshape(-1))
+
+
 def _feedback_blocks(w, mask, u, scale, delta, lam, qmin, bits, block) -> np.ndarray:
     """GPTQ over the columns of ``G`` independent blocks of equal width at once: ``w`` and
     ``mask`` (G, B, out), ``u`` (G, B, B). Returns the grid index of each weight, (G, B, out).
 
     The blocks go through their columns side by side, so a 65,536-column layer in 64 blocks
-    takes 1,024 steps of the loop, not 65,536; each step weighs the two grid neighbours of every
-    weight and zero (torch on contiguous columns: a third of the time of numpy on strided ones
-    per step on a 22M-weight model)."""
-    w = torch.from_numpy(np.ascontiguousarray(w, np.float64))
-    keep = torch.from_numpy(np.ascontiguousarray(mask, bool))
-    u = torch.from_numpy(np.asarray(u, np.float64))
-    d = w.shape[1]
-    rate = torch.from_numpy(lam * np.asarray(bits, np.float64))
-    zero_rate = float(rate[-qmin])
-    top = qmin + bits.size - 2
-    q = torch.zeros(w.shape, dtype=torch.int64)
-    diag = torch.diagonal(u, dim1=1, dim2=2)              # (G, B)
-    weight = (1.0 / (diag * diag * scale)).unsqueeze(2)   # output error per squared weight error
-    for b0 in range(0, d, block):
-        b1 = min(b0 + block, d)
-        wb = w[:, b0:b1].clone()
-        err = torch.empty(wb.shape, dtype=torch.float64)
-        for j in range(b1 - b0):
-            c = b0 + j
-            col = wb[:, j]
-            lo = torch.floor(col / delta).clamp_(qmin, top).long()
-            base = lo.double() * delta
-            wc = weight[:, c]
-            cost_lo = (col - base).square_().mul_(wc).add_(rate[lo - qmin])
-            cost_hi = (col - base - delta).square_().mul_(wc).add_(rate[lo + 1 - qmin])
-            cost_zero = col.square().mul_(wc).add_(zero_rate)
-            pick = torch.where(cost_hi < cost_lo, lo + 1, lo)
-            pick.masked_fill_((cost_zero < torch.minimum(cost_lo, cost_hi)) | ~keep[:, c], 0)
-            q[:, c] = pick
-            e = (col - pick.double() * delta) / diag[:, c, None]
-            err[:, j] = e
-            if j + 1 < b1 - b0:
-                wb[:, j + 1:] -= u[:, c, c + 1:b1, None] * e.unsqueeze(1)
-        if b1 < d:
-            w[:, b1:] -= torch.bmm(u[:, b0:b1, b1:].transpose(1, 2), err)
-    return q.numpy()
+    takes 1,024 steps, not 65,536; each step weighs the two grid neighbours of every weight and
+    zero (``kernels.feedback_blocks``: compiled, the rows of every block on every core)."""
+    return kernels.feedback_blocks(w, mask, u, scale, delta, lam, qmin, bits, block)
 
 
 @torch.no_grad()

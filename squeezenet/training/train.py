@@ -26,6 +26,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -176,6 +177,34 @@ def _announce(cfg: TrainConfig, images: int, d, lr: float, autocast: bool, budge
         f"bf16 {'on' if autocast else 'off'}, channels_last {cfg.channels_last}")
 
 
+@dataclass
+class _Run:
+    """What one training run carries from epoch to epoch (``train``)."""
+    cfg: TrainConfig
+    d: object
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    sched: object
+    train_b: object
+    eval_b: object
+    classes: list
+    budget: float
+    started: float
+    ema: object
+    lookahead: object
+    after_step: Callable | None
+    autocast: bool
+    out: Path | None
+    board: object
+    show: object
+    say: Callable
+    stage: str
+    start_epoch: int = 0
+    best: float = -1.0
+    history: list = field(default_factory=list)
+    eval_seconds: float | None = None
+
+
 def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | None = None,
           resume: str | os.PathLike | None = None, *, model: nn.Module | None = None,
           before_step: Callable | None = None, after_step: Callable | None = None,
@@ -185,6 +214,25 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
     Writes ``metrics.csv``, ``last.pt`` (every epoch) and ``best.pt`` into ``out`` on rank 0.
     """
     started = time.monotonic()  # a time budget counts from here: data loading is part of the run
+    run = _prepare_run(cfg, data, out, resume, model, after_step, stage, progress, log, started)
+    metrics: dict = {}
+    for epoch in range(run.start_epoch, cfg.epochs):
+        metrics, last = _train_epoch(run, epoch, before_step)
+        if last:
+            if run.budget and epoch + 1 < cfg.epochs:
+                run.say(f"time budget of {cfg.time_budget_min:g} minutes spent after {epoch + 1} epochs "
+                        f"({time.monotonic() - started:.0f} s)")
+            break
+    if run.d.world > 1:
+        dist.barrier()
+    result = dict(metrics)
+    result.update({"best_top1": run.best, "classes": run.classes, "processes": run.d.world,
+                   "out": str(run.out) if run.out else None})
+    return result
+
+
+def _prepare_run(cfg: TrainConfig, data, out, resume, model, after_step, stage, progress, log, started) -> _Run:
+    """Processes, seeds, data, model, optimizer, schedule and averaging of a run, resumed where asked."""
     cfg.validate()
     d = setup_distributed()
     if d.world > 1 and cfg.batch_size % d.world:
@@ -218,46 +266,42 @@ def train(cfg: TrainConfig, data: str | os.PathLike, out: str | os.PathLike | No
         save_config(cfg, out / "config.yaml")  # the resolved recipe: --config reads it back
     show = (progress if progress is not None else (True if sys.stderr.isatty() else "lines")) if d.main else False
     _announce(cfg, len(train_b) * per_rank * d.world, d, lr, autocast, budget, say)
-    metrics: dict = {}
-    eval_seconds = None
     board = _tensorboard(out) if (out and d.main) else None
-    for epoch in range(start_epoch, cfg.epochs):
-        tr = train_one_epoch(net, train_b, opt, sched, d=d, epoch=epoch, autocast=autocast,
-                             label_smoothing=cfg.label_smoothing, max_steps=cfg.max_steps_per_epoch,
-                             before_step=before_step, after_step=after_step, progress=show)
-        last = epoch + 1 == cfg.epochs or getattr(sched, "done", False)
-        if last and lookahead is not None:
-            lookahead.finish(net)
-        if budget and not last:  # keep back time for the final evaluation: the same images x views
-            sched.reserve_s = _evaluation_seconds(cfg, len(eval_b.sampler) * d.world, tr, eval_seconds)
-        t_eval = time.perf_counter()
-        ev = {}
-        if (epoch + 1) % cfg.eval_every == 0 or last:
-            ev = evaluate(ema.module if ema else net, eval_b, d, autocast, cfg.eval_flip, cfg.eval_translate)
-        if ev:
-            eval_seconds = time.perf_counter() - t_eval
-            if last:
-                _warn_dead_classes(ev, classes, say)
-        metrics = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_top1": tr["top1"],
-                   "val_loss": ev.get("loss"), "top1": ev.get("top1"), "top5": ev.get("top5"),
-                   "lr": sched.get_last_lr()[0], "seconds": tr["seconds"], "images_per_s": tr["images_per_s"]}
-        history.append(metrics)
-        improved = ev and ev["top1"] > best
-        if improved:
-            best = ev["top1"]
-        _report_epoch(cfg, metrics, tr, ev, sched.progress if budget else None, board, say)
-        if out and d.main:
-            _append_csv(out / "metrics.csv", metrics)
-            for name in ("last.pt", "best.pt") if improved else ("last.pt",):
-                save_training_checkpoint(out / name, net, opt, sched, cfg, epoch, best, classes, history, stage,
-                                         ema, lookahead)
+    return _Run(cfg, d, net, opt, sched, train_b, eval_b, classes, budget, started, ema, lookahead, after_step,
+                autocast, out, board, show, say, stage, start_epoch, best, history)
+
+
+def _train_epoch(run: _Run, epoch: int, before_step: Callable | None) -> tuple[dict, bool]:
+    """One epoch: train, evaluate when due, report, checkpoint on rank 0. Returns (metrics, last)."""
+    cfg, sched = run.cfg, run.sched
+    tr = train_one_epoch(run.net, run.train_b, run.opt, sched, d=run.d, epoch=epoch, autocast=run.autocast,
+                         label_smoothing=cfg.label_smoothing, max_steps=cfg.max_steps_per_epoch,
+                         before_step=before_step, after_step=run.after_step, progress=run.show)
+    last = epoch + 1 == cfg.epochs or getattr(sched, "done", False)
+    if last and run.lookahead is not None:
+        run.lookahead.finish(run.net)
+    if run.budget and not last:  # keep back time for the final evaluation: the same images x views
+        sched.reserve_s = _evaluation_seconds(cfg, len(run.eval_b.sampler) * run.d.world, tr, run.eval_seconds)
+    t_eval = time.perf_counter()
+    ev = {}
+    if (epoch + 1) % cfg.eval_every == 0 or last:
+        ev = evaluate(run.ema.module if run.ema else run.net, run.eval_b, run.d, run.autocast, cfg.eval_flip,
+                      cfg.eval_translate)
+    if ev:
+        run.eval_seconds = time.perf_counter() - t_eval
         if last:
-            if budget and epoch + 1 < cfg.epochs:
-                say(f"time budget of {cfg.time_budget_min:g} minutes spent after {epoch + 1} epochs "
-                    f"({time.monotonic() - started:.0f} s)")
-            break
-    if d.world > 1:
-        dist.barrier()
-    result = dict(metrics)
-    result.update({"best_top1": best, "classes": classes, "processes": d.world, "out": str(out) if out else None})
-    return result
+            _warn_dead_classes(ev, run.classes, run.say)
+    metrics = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_top1": tr["top1"],
+               "val_loss": ev.get("loss"), "top1": ev.get("top1"), "top5": ev.get("top5"),
+               "lr": sched.get_last_lr()[0], "seconds": tr["seconds"], "images_per_s": tr["images_per_s"]}
+    run.history.append(metrics)
+    improved = ev and ev["top1"] > run.best
+    if improved:
+        run.best = ev["top1"]
+    _report_epoch(cfg, metrics, tr, ev, sched.progress if run.budget else None, run.board, run.say)
+    if run.out and run.d.main:
+        _append_csv(run.out / "metrics.csv", metrics)
+        for name in ("last.pt", "best.pt") if improved else ("last.pt",):
+            save_training_checkpoint(run.out / name, run.net, run.opt, sched, cfg, epoch, run.best, run.classes,
+                                     run.history, run.stage, run.ema, run.lookahead)
+    return metrics, last

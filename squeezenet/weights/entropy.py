@@ -95,10 +95,11 @@ def layer_symbols(index: np.ndarray, mask: np.ndarray, neg: int,
         taps: kernel size (product of the spatial dims); 1 for 1x1 and linear layers.
     """
     mask = np.asarray(mask, bool).reshape(-1)
-    index = np.asarray(index, np.int64).reshape(-1)
-    flags = np.where(mask, np.where(index < neg, 1, 2), 0).astype(np.int32)
-    neg_rank = (neg - 1 - index[flags == 1]).astype(np.int32)
-    pos_rank = (index[flags == 2] - neg).astype(np.int32)
+    index = np.asarray(index).reshape(-1)
+    positive = mask & (index >= neg)
+    flags = mask.astype(np.int8) + positive  # 0 pruned, 1 negative, 2 positive; int8 keeps it SIMD-wide
+    neg_rank = (neg - 1 - index[mask & ~positive]).astype(np.int32)
+    pos_rank = (index[positive] - neg).astype(np.int32)
     return flags.reshape(-1, taps), neg_rank, pos_rank
 
 
@@ -106,14 +107,19 @@ def _flag_contexts(prev: np.ndarray | None, n: int) -> np.ndarray:
     return np.full(n, FIRST_TAP, np.int32) if prev is None else prev
 
 
+def _contexts(flags: np.ndarray) -> np.ndarray:
+    """Each flag's context, in the flags' (rows, taps) layout: the previous tap's flag, FIRST_TAP at tap 0."""
+    ctx = np.empty(flags.shape, np.int8)
+    ctx[:, 0] = FIRST_TAP
+    ctx[:, 1:] = flags[:, :-1]
+    return ctx
+
+
 def flag_histograms(flags: np.ndarray) -> np.ndarray:
     """Counts (contexts x 3) of the flags under the previous-tap context."""
-    rows, taps = flags.shape
-    hist = np.zeros((N_FLAG_CONTEXTS, 3), np.int64)
-    for t in range(taps):
-        ctx = _flag_contexts(flags[:, t - 1] if t else None, rows)
-        np.add.at(hist, (ctx, flags[:, t]), 1)
-    return hist
+    pairs = 3 * _contexts(flags) + flags.astype(np.int8)  # at most 11: int8 throughout (np.bincount widens to int64)
+    counts = [np.count_nonzero(pairs == v) for v in range(3 * N_FLAG_CONTEXTS)]
+    return np.array(counts, np.int64).reshape(N_FLAG_CONTEXTS, 3)
 
 
 def build_model_table(flags: np.ndarray, neg_rank: np.ndarray, pos_rank: np.ndarray, neg: int, k: int) -> bytes:
@@ -154,12 +160,19 @@ def encode_layer(index: np.ndarray, mask: np.ndarray, neg: int, k: int, taps: in
     enc = queue.RangeEncoder()
     rows, n_taps = flags.shape
     models = [Categorical(_probabilities(c), perfect=False) for c in flag_codes]
+    by_tap = np.ascontiguousarray(flags.T)  # tap-major: each tap's column contiguous, as the decoder reads it
     for t in range(n_taps):
-        ctx = _flag_contexts(flags[:, t - 1] if t else None, rows)
-        col = flags[:, t]
-        for c in (range(3) if t else (FIRST_TAP,)):
-            sel = col[ctx == c]
+        col = by_tap[t]
+        if t == 0:
+            groups = [(FIRST_TAP, col)]
+        else:  # contexts 0, 1, 2, each in row order: one stable (radix) sort of the previous tap
+            prev = by_tap[t - 1]
+            ordered = col[np.argsort(prev, kind="stable")]
+            bounds = np.cumsum(_flag_counts(prev))
+            groups = [(c, ordered[lo:hi]) for c, lo, hi in zip(range(3), (0, *bounds[:2]), bounds)]
+        for c, sel in groups:
             if sel.size:
+                sel = sel.astype(np.int32)
                 _check_codable(sel, flag_codes[c], "flags")
                 enc.encode(sel, models[c])
     for ranks, codes in ((neg_rank, neg_codes), (pos_rank, pos_codes)):

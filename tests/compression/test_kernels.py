@@ -1,0 +1,60 @@
+"""The compiled inner loops give what their plain torch / numpy references give, on tiny inputs."""
+import numpy as np
+import pytest
+import torch
+
+from squeezenet.compression import kernels, rdquant
+
+
+def _factors(g: int, width: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(g, width, width + 7))
+    h = torch.from_numpy(x @ x.transpose(0, 2, 1) / width)
+    rdquant._factor_stack_(h, 0.01)
+    return h.numpy()
+
+
+def test_numba_is_installed_so_the_compiled_path_is_the_one_tested():
+    assert kernels.available()
+
+
+@pytest.mark.parametrize("g,width,out", [(1, 5, 3), (1, 70, 9), (3, 40, 33), (2, 64, 70)])
+def test_compiled_error_feedback_matches_the_torch_reference(g, width, out):
+    rng = np.random.default_rng(g * 100 + width)
+    u = _factors(g, width)
+    w = rng.normal(0, 0.05, (g, width, out))
+    mask = rng.random((g, width, out)) < 0.8
+    bits = rng.uniform(1, 6, 31)
+    w_before = w.copy()
+    fast = kernels.feedback_blocks(w, mask, u, 1.3, 0.01, 2e-4, -15, bits, block=16)
+    slow = kernels.feedback_blocks_reference(w, mask, u, 1.3, 0.01, 2e-4, -15, bits, block=16)
+    assert np.array_equal(fast, slow)
+    assert np.array_equal(w, w_before)  # the input is not written into
+    assert (fast[~mask] == 0).all() and (fast != 0).any()
+
+
+@pytest.mark.parametrize("counts", [False, True])
+def test_compiled_ecsq_grid_is_bit_identical_to_numpy(counts):
+    rng = np.random.default_rng(3)
+    v = rng.laplace(0, 0.02, 5000)
+    c = rng.integers(1, 9, v.size).astype(float) if counts else None
+    for delta, lam in ((0.01, 1e-5), (0.002, 1e-7), (0.05, 1e-3)):
+        q, levels, qmin, bits = kernels.ecsq_grid(v, 11, delta, lam, 4, c)
+        rq, rlevels, rqmin, rbits = kernels.ecsq_grid_reference(v, 11, delta, lam, 4, c)
+        assert np.array_equal(q, rq) and qmin == rqmin
+        assert np.array_equal(levels, rlevels) and np.array_equal(bits, rbits)
+
+
+def test_blocks_quant_matches_layer_quant_of_the_same_grid_indices():
+    rng = np.random.default_rng(5)
+    out, g, width = 6, 3, 4
+    full = rng.integers(-3, 4, (out, g * width)).astype(np.int16)  # grid indices of a layer (out, D)
+    mask = full != 0
+    mask[0, :3] = False  # pruned positions: their grid index is 0, as error feedback leaves them
+    full = np.where(mask, full, 0).astype(np.int16)
+    q_blocks = np.ascontiguousarray(full.reshape(out, g, width).transpose(1, 2, 0))  # (G, B, out)
+    levels = np.arange(-5, 6) * 0.1
+    expect = rdquant._layer_quant(full[mask].astype(np.int64), levels, -5, mask.reshape(-1), "f2")
+    got = rdquant._blocks_quant([(0, q_blocks)], levels, -5, (out, g * width), "f2")
+    assert np.array_equal(got.codebook, expect.codebook) and np.array_equal(got.mask, expect.mask)
+    assert np.array_equal(got.index[got.mask], expect.index[expect.mask])
