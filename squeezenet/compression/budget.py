@@ -83,20 +83,7 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
         sens = fisher_sensitivity(model, inputs[:LARGE_MODEL_SENSITIVITY_INPUTS] if large else inputs, output=kind)
     else:  # one step for every layer: no sensitivities to measure (a backward pass per input)
         sens = {n: 1.0 for n in prunable_layers(model)}
-    factors = None
-    if config.error_feedback and names != [TRELLIS]:
-        log(f"error feedback: {feedback_memory(model) / 2**20:,.0f} MiB of input second moments")
-        # factored once for every candidate (a fifth of a 22M-weight model's time went to
-        # factoring them again for each)
-        rows: dict[str, int] = {}
-        hessians = layer_hessians(model, inputs, rows=rows)
-        # each layer's second moments overwritten by their factors (no second copy in memory)
-        factors = {}
-        with stage("factoring second moments", total=len(hessians), unit="layer"):
-            for n in list(hessians):
-                blocks = hessians.pop(n)
-                factors[n] = feedback_factors(blocks, feedback_damping(blocks, rows[n]), overwrite=True)
-                tick()
+    factors = feedback_factors_of(model, inputs, log) if config.error_feedback and names != [TRELLIS] else None
 
     def fit(name, what="quantizer", **search):
         trellis = name == TRELLIS
@@ -107,58 +94,104 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
     counts = {"calibration_inputs": inputs.shape[0], "judge_inputs": judge.shape[0]}
     if len(names) == 1:
         return {**fit(names[0]), **counts, "output": kind, "quantizer": names[0]}
-    reference = model_outputs(model, judge)
-    original = _snapshot(model)
-    weights = sum(m.weight.numel() for m in prunable_layers(model).values())
-    best, fitted, candidates, learnt = None, None, {}, {}
-    for i, name in enumerate(names):
-        _restore(model, original)
-        # Sized on estimates, the first candidate is fitted to the budget (it is the one most
-        # often kept) and the others judged near it, their distortions carried to the budget
-        # (``at_budget``): only the one kept is then fitted (a 22M-weight model's quantization
-        # pass is seconds). The ECSQ quantizers start from what the first one learnt of the
-        # estimate and share the exact bytes per order-0 byte; only the first serializes.
-        # The refinement between the middle and an end is fitted too: it is kept more often
-        # than not where it is tried, and a judged candidate kept costs two passes more. It
-        # starts from the estimate corrections of the two it lies between.
+    chosen = _CandidateSearch(model, judge, kind, budget, large, fit, log).run(names)
+    return {**chosen, **counts, "output": kind}
+
+
+def feedback_factors_of(model: nn.Module, inputs: torch.Tensor, log=print) -> dict:
+    """Error feedback's factors of each layer's input second moments on ``inputs``: factored once
+    for every candidate (a fifth of a 22M-weight model's time went to factoring them again for
+    each), each layer's second moments overwritten by their factors (no second copy in memory)."""
+    log(f"error feedback: {feedback_memory(model) / 2**20:,.0f} MiB of input second moments")
+    rows: dict[str, int] = {}
+    hessians = layer_hessians(model, inputs, rows=rows)
+    factors = {}
+    with stage("factoring second moments", total=len(hessians), unit="layer"):
+        for n in list(hessians):
+            blocks = hessians.pop(n)
+            factors[n] = feedback_factors(blocks, feedback_damping(blocks, rows[n]), overwrite=True)
+            tick()
+    return factors
+
+
+class _CandidateSearch:
+    """``auto``'s search: each candidate quantizer fitted (or, sized on estimates, judged near the
+    budget), the one whose outputs on the judge inputs stay closest to the original model's kept.
+
+    Sized on estimates, the first candidate is fitted to the budget (it is the one most often
+    kept) and the others judged near it, their distortions carried to the budget (``at_budget``):
+    only the one kept is then fitted (a 22M-weight model's quantization pass is seconds). The
+    ECSQ quantizers start from what the first one learnt of the estimate and share the exact
+    bytes per order-0 byte; only the first serializes. The refinement between the middle and an
+    end is fitted too: it is kept more often than not where it is tried, and a judged candidate
+    kept costs two passes more. It starts from the estimate corrections of the two it lies
+    between.
+    """
+
+    def __init__(self, model: nn.Module, judge: torch.Tensor, kind: str, budget: int, large: bool, fit, log):
+        self.model, self.judge, self.kind, self.budget, self.large, self.fit, self.log = \
+            model, judge, kind, budget, large, fit, log
+        self.reference = model_outputs(model, judge)
+        self.original = _snapshot(model)
+        self.weights = sum(m.weight.numel() for m in prunable_layers(model).values())
+        self.best = self.fitted = None
+        self.candidates: dict = {}
+        self.learnt: dict = {}
+
+    def run(self, names: list[str]) -> dict:
+        """Try ``names`` in turn (a refinement may join them); the kept one's report, fitted."""
+        names = list(names)
+        for i, name in enumerate(names):
+            self._try(name, first=i == 0)
+            if self.large and name == names[-1] == "fisher" and self.best[1] == "middle":
+                names.append(_between(self.candidates))  # the loop takes it next
+        return self._kept()
+
+    def _try(self, name: str, first: bool) -> None:
+        _restore(self.model, self.original)
         family = TRELLIS if name == TRELLIS else "ecsq"
-        known = dict(learnt.get(family, {}))
+        known = dict(self.learnt.get(family, {}))
         if name in BETWEEN:
-            known["aim"] = math.sqrt(learnt["middle"]["aim"] * learnt[BETWEEN[name]]["aim"])
-        fitted_now = large and (i == 0 or name in BETWEEN)
-        info = fit(name, tolerance=None if fitted_now else CANDIDATE_TOLERANCE,
-                   aim=known.get("aim"), coded_ratio=known.get("coded_ratio"))
-        learnt.setdefault(family, {"aim": info["aim"]})["coded_ratio"] = info["coded_ratio"]
-        learnt[name] = {"aim": info["aim"], "near": info["lam"], "coded_ratio": info["coded_ratio"]}
-        measured = float(distortion(reference, model_outputs(model, judge), kind))
-        d = at_budget(measured, info["bytes"], budget, weights) if large else measured
-        candidates[name] = {"bytes": info["bytes"], "distortion": d}
-        log(f"quantizer {name}: {info['bytes']:,} bytes, {kind} distortion {measured:.4g} on {judge.shape[0]} "
-            f"inputs" + (f" ({d:.4g} at {budget:,} bytes)" if d != measured else ""))
-        if best is None or d < best[0]:
-            best = (d, name, info, _snapshot(model))
-        if info["fitted"] and (fitted is None or measured < fitted[0]):  # measured, as a refit is
-            fitted = (measured, name, info, best[3] if best[1] == name else _snapshot(model))
-        if large and name == names[-1] == "fisher" and best[1] == "middle":
-            names.append(_between(candidates))  # the loop takes it next
-    _, name, info, state = best
-    if info["fitted"]:
-        _restore(model, state)
-    else:  # fitted to the budget now, from where it was judged
-        _restore(model, original)
-        info = fit(name, "fitting", **learnt[name])
-        d = float(distortion(reference, model_outputs(model, judge), kind))
-        candidates[name] = {"bytes": info["bytes"], "distortion": d}
-        log(f"quantizer {name} fitted: {info['bytes']:,} bytes, {kind} distortion {d:.4g}")
-        # A distortion judged off the budget is an estimate (a few percent of the bytes moved
-        # CIFAR's uniform candidate from 0.00112 to 0.00132 where middle, fitted, had 0.00118):
-        # a candidate already fitted and closer stays.
-        if fitted is not None and fitted[0] < d:
-            _, name, info, state = fitted
-            _restore(model, state)
-            log(f"quantizer {fitted[1]}, fitted first, is closer: kept")
-    log(f"kept quantizer {name}")
-    return {**info, **counts, "output": kind, "quantizer": name, "candidates": candidates}
+            known["aim"] = math.sqrt(self.learnt["middle"]["aim"] * self.learnt[BETWEEN[name]]["aim"])
+        fitted_now = self.large and (first or name in BETWEEN)
+        info = self.fit(name, tolerance=None if fitted_now else CANDIDATE_TOLERANCE,
+                        aim=known.get("aim"), coded_ratio=known.get("coded_ratio"))
+        self.learnt.setdefault(family, {"aim": info["aim"]})["coded_ratio"] = info["coded_ratio"]
+        self.learnt[name] = {"aim": info["aim"], "near": info["lam"], "coded_ratio": info["coded_ratio"]}
+        measured = self._distortion()
+        d = at_budget(measured, info["bytes"], self.budget, self.weights) if self.large else measured
+        self.candidates[name] = {"bytes": info["bytes"], "distortion": d}
+        self.log(f"quantizer {name}: {info['bytes']:,} bytes, {self.kind} distortion {measured:.4g} on "
+                 f"{self.judge.shape[0]} inputs" + (f" ({d:.4g} at {self.budget:,} bytes)" if d != measured else ""))
+        if self.best is None or d < self.best[0]:
+            self.best = (d, name, info, _snapshot(self.model))
+        if info["fitted"] and (self.fitted is None or measured < self.fitted[0]):  # measured, as a refit is
+            self.fitted = (measured, name, info, self.best[3] if self.best[1] == name else _snapshot(self.model))
+
+    def _distortion(self) -> float:
+        return float(distortion(self.reference, model_outputs(self.model, self.judge), self.kind))
+
+    def _kept(self) -> dict:
+        """The best candidate, fitted to the budget now where it was only judged; a candidate
+        already fitted and closer than the refit stays."""
+        _, name, info, state = self.best
+        if info["fitted"]:
+            _restore(self.model, state)
+        else:  # fitted to the budget now, from where it was judged
+            _restore(self.model, self.original)
+            info = self.fit(name, "fitting", **self.learnt[name])
+            d = self._distortion()
+            self.candidates[name] = {"bytes": info["bytes"], "distortion": d}
+            self.log(f"quantizer {name} fitted: {info['bytes']:,} bytes, {self.kind} distortion {d:.4g}")
+            # A distortion judged off the budget is an estimate (a few percent of the bytes moved
+            # CIFAR's uniform candidate from 0.00112 to 0.00132 where middle, fitted, had 0.00118):
+            # a candidate already fitted and closer stays.
+            if self.fitted is not None and self.fitted[0] < d:
+                _, name, info, state = self.fitted
+                _restore(self.model, state)
+                self.log(f"quantizer {self.fitted[1]}, fitted first, is closer: kept")
+        self.log(f"kept quantizer {name}")
+        return {**info, "quantizer": name, "candidates": self.candidates}
 
 
 # The refinements of the middle, and the end of each.

@@ -672,74 +672,96 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
         step_scale = TRELLIS_STEP_SCALE if trellis else 1.7 if factors else 0.6
     if aim is None:
         aim = FEEDBACK_AIM if factors else 1.0
-    factors = factors or {}
-    weights, masks = model_weights_and_masks(model)
-    reference = {n: torch.from_numpy(w.astype(np.float32)) for n, w in weights.items()}
-    exact = not _sized_on_estimates(sum(w.size for w in weights.values()), sum(f.columns for f in factors.values()))
-    bins = {} if exact else {n: ValueBins(w[masks[n]]) for n, w in weights.items() if masks[n].sum() > BINNED_LAYER}
-    layers = prunable_layers(model)
-    # On a model sized on estimates one file is serialized (or none, given the ratio) and the
-    # other sizes are ``coded_bytes`` times the exact bytes per order-0 byte; a fit is
-    # serialized (``measure``) before it is taken.
-    judging = tolerance is not None and not exact
-    ratios = [coded_ratio] if coded_ratio is not None else []
-    serialized = {}
-    shapes = {n: tuple(m.weight.shape) for n, m in layers.items()}
-    on_ratio = not exact
-
-    def measure(lam, quants):
-        size = len(serialize(model))
-        ratios.append(size / coded_bytes(quants))
-        serialized[lam] = size
-        if log:
-            log(f"  slope {lam:.3g}: {size:,} bytes")
-        return size
-
-    def size_of(lam):
-        tick()  # a quantization pass
-        if trellis:
-            quants = quantize_layers_trellis(weights, masks, sensitivity, lam, step_scale, shapes)
-        else:
-            quants = quantize_layers(weights, masks, sensitivity, lam, step_scale, factors=factors, bins=bins)
-        install_(model, quants)
-        if on_ratio and ratios:
-            return int(coded_bytes(quants) * ratios[-1]), quants
-        return measure(lam, quants), quants
-
-    def estimate(lam):
-        if trellis:
-            return estimated_bytes_trellis(weights, masks, sensitivity, lam, step_scale, shapes), None
-        return estimated_bytes(weights, masks, sensitivity, lam, step_scale, bins), None
-
+    sizer = _Sizer(model, sensitivity, serialize, step_scale, factors or {}, trellis, log)
+    judging = tolerance is not None and not sizer.exact
+    if coded_ratio is not None:
+        sizer.ratios.append(coded_ratio)
     try:
-        if exact:
-            (lam, size, quants), aim = _search_slope(size_of, sensitivity, budget), 1.0
+        if sizer.exact:
+            (lam, size, quants), aim = _search_slope(sizer.size_of, sensitivity, budget), 1.0
         else:
-            for _ in range(CONFIRMATIONS + 1):
-                lam, size, quants, aim = _corrected_search(size_of, estimate, sensitivity, budget, log,
-                                                           tolerance=tolerance, aim=aim, near=near,
-                                                           floor=CONFIRMED_FIT)
-                if judging or lam in serialized:
-                    break
-                install_(model, quants)
-                size = measure(lam, quants)
-                if CONFIRMED_FIT * budget <= size <= budget:
-                    break
-                aim, near = aim * ratios[-2] / ratios[-1], lam  # the ratio was off: its own now
-            else:  # the ratio kept missing: every size exact
-                on_ratio = False
-                lam, size, quants, aim = _corrected_search(size_of, estimate, sensitivity, budget, log, aim=aim,
-                                                           near=lam)
+            lam, size, quants, aim = _fit_on_estimates(sizer, sensitivity, budget, tolerance, aim, near, judging)
     except ValueError:
-        with torch.no_grad():  # leave the model as it came
-            for n, m in layers.items():
-                m.weight.copy_(reference[n].reshape(m.weight.shape))
+        sizer.restore_()  # leave the model as it came
         raise
     install_(model, quants)
     return {"lam": lam, "bytes": size, "levels": {n: int(q.codebook.size) for n, q in quants.items()},
             "kept_weights": int(sum(q.mask.sum() for q in quants.values())), "aim": aim,
-            "coded_ratio": ratios[-1] if ratios else None,
-            "fitted": size <= budget and (not judging or (lam in serialized and size >= CONFIRMED_FIT * budget))}
+            "coded_ratio": sizer.ratios[-1] if sizer.ratios else None,
+            "fitted": size <= budget and (not judging or (lam in sizer.serialized and size >= CONFIRMED_FIT * budget))}
+
+
+class _Sizer:
+    """The sizes ``quantize_for_budget_`` searches over: each slope quantized into the model and
+    sized exactly (serialized), or, on a model sized on estimates, as ``coded_bytes`` times the
+    exact bytes per order-0 byte of the last file serialized (``ratios``); ``estimate`` is the
+    fast stand-in (plain ECSQ, order-0) that the search solves on."""
+
+    def __init__(self, model, sensitivity, serialize, step_scale, factors, trellis, log):
+        self.model, self.sensitivity, self.serialize, self.step_scale = model, sensitivity, serialize, step_scale
+        self.factors, self.trellis, self.log = factors, trellis, log
+        self.weights, self.masks = model_weights_and_masks(model)
+        self.reference = {n: torch.from_numpy(w.astype(np.float32)) for n, w in self.weights.items()}
+        self.exact = not _sized_on_estimates(sum(w.size for w in self.weights.values()),
+                                             sum(f.columns for f in factors.values()))
+        self.bins = {} if self.exact else {n: ValueBins(w[self.masks[n]]) for n, w in self.weights.items()
+                                           if self.masks[n].sum() > BINNED_LAYER}
+        self.shapes = {n: tuple(m.weight.shape) for n, m in prunable_layers(model).items()}
+        self.ratios: list[float] = []
+        self.serialized: dict[float, int] = {}
+        self.on_ratio = not self.exact
+
+    def measure(self, lam: float, quants) -> int:
+        """The exact size of the model as it stands (quantized at ``lam``); the ratio it gives."""
+        size = len(self.serialize(self.model))
+        self.ratios.append(size / coded_bytes(quants))
+        self.serialized[lam] = size
+        if self.log:
+            self.log(f"  slope {lam:.3g}: {size:,} bytes")
+        return size
+
+    def size_of(self, lam: float):
+        tick()  # a quantization pass
+        if self.trellis:
+            quants = quantize_layers_trellis(self.weights, self.masks, self.sensitivity, lam, self.step_scale,
+                                             self.shapes)
+        else:
+            quants = quantize_layers(self.weights, self.masks, self.sensitivity, lam, self.step_scale,
+                                     factors=self.factors, bins=self.bins)
+        install_(self.model, quants)
+        if self.on_ratio and self.ratios:
+            return int(coded_bytes(quants) * self.ratios[-1]), quants
+        return self.measure(lam, quants), quants
+
+    def estimate(self, lam: float):
+        if self.trellis:
+            return estimated_bytes_trellis(self.weights, self.masks, self.sensitivity, lam, self.step_scale,
+                                           self.shapes), None
+        return estimated_bytes(self.weights, self.masks, self.sensitivity, lam, self.step_scale, self.bins), None
+
+    @torch.no_grad()
+    def restore_(self) -> None:
+        for n, m in prunable_layers(self.model).items():
+            m.weight.copy_(self.reference[n].reshape(m.weight.shape))
+
+
+def _fit_on_estimates(sizer: _Sizer, sensitivity, budget: int, tolerance, aim: float, near, judging: bool):
+    """The corrected search on estimates, its fit confirmed by a serialization (a fit sized on the
+    ratio whose file misses ``CONFIRMED_FIT`` is searched again on that file's ratio), every size
+    exact where the ratio keeps missing. Returns (lam, bytes, quants, aim)."""
+    log = sizer.log
+    for _ in range(CONFIRMATIONS + 1):
+        lam, size, quants, aim = _corrected_search(sizer.size_of, sizer.estimate, sensitivity, budget, log,
+                                                   tolerance=tolerance, aim=aim, near=near, floor=CONFIRMED_FIT)
+        if judging or lam in sizer.serialized:
+            return lam, size, quants, aim
+        install_(sizer.model, quants)
+        size = sizer.measure(lam, quants)
+        if CONFIRMED_FIT * budget <= size <= budget:
+            return lam, size, quants, aim
+        aim, near = aim * sizer.ratios[-2] / sizer.ratios[-1], lam  # the ratio was off: its own now
+    sizer.on_ratio = False  # the ratio kept missing: every size exact
+    return _corrected_search(sizer.size_of, sizer.estimate, sensitivity, budget, log, aim=aim, near=lam)
 
 
 # Fits sized on the ratio that a serialization may find off, and searched again, before every
