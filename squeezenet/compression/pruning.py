@@ -70,12 +70,19 @@ def magnitude_mask(weight: torch.Tensor, density: float) -> torch.Tensor:
     if not 0.0 < density <= 1.0:
         raise ConfigError(f"density must be in (0, 1], got {density}")
     flat = weight.detach().reshape(-1).abs()
-    k = min(int(round(density * flat.numel())), int((flat != 0).sum()))
-    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=weight.device)
-    if k > 0:
-        # stable sort so equal magnitudes resolve by position, deterministically
-        order = torch.sort(flat, descending=True, stable=True).indices[:k]
-        mask[order] = True
+    nonzero = flat != 0
+    k = min(int(round(density * flat.numel())), int(nonzero.sum()))
+    if k == int(nonzero.sum()):  # every nonzero weight kept (a dense layer at density 1): no order needed
+        return nonzero.reshape(weight.shape)
+    if k == 0:
+        return torch.zeros_like(nonzero).reshape(weight.shape)
+    # The k-th largest magnitude, then the weights above it and, of those equal to it, the first
+    # ones by position: what a stable descending sort keeps, without sorting (3 s of a 22M-weight
+    # model's start).
+    threshold = torch.kthvalue(flat, flat.numel() - k + 1).values
+    mask = flat > threshold
+    ties = torch.nonzero(flat == threshold).reshape(-1)[:k - int(mask.sum())]
+    mask[ties] = True
     return mask.reshape(weight.shape)
 
 

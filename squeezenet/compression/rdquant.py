@@ -372,16 +372,18 @@ def layer_hessians(model: nn.Module, images: torch.Tensor, batch_size: int = 16,
     def hook(name):
         def fn(m, inp, _out):
             x = inp[0].detach().float()
-            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-                x = _sampled_patches(name, m, x, positions, g)
+            conv = isinstance(m, (nn.Conv1d, nn.Conv2d))
+            if conv:
+                x = _patch_gather(name, m, x, positions, g)  # (N, C, P, taps)
             else:
                 x = x.reshape(-1, x.shape[-1])
             if name not in acc:
                 acc[name] = [torch.zeros(starts.size, width, width) for starts, width, _ in groups[name]]
             if rows is not None:
-                rows[name] = rows.get(name, 0) + x.shape[0]
+                rows[name] = rows.get(name, 0) + (x.shape[0] * x.shape[2] if conv else x.shape[0])
             for a, (_, width, cols) in zip(acc[name], groups[name]):
-                xs = x[:, cols].reshape(x.shape[0], -1, width).transpose(0, 1).contiguous()
+                xs = _block_rows(x, cols, width) if conv else \
+                    x[:, cols].reshape(x.shape[0], -1, width).transpose(0, 1).contiguous()
                 a.baddbmm_(xs.transpose(1, 2), xs)
         return fn
 
@@ -415,9 +417,28 @@ def _block_groups(blocks: list[tuple[int, int]]) -> list[tuple[np.ndarray, int, 
 
 def _sampled_patches(name: str, m: nn.Module, x: torch.Tensor, positions: int, g: torch.Generator) -> torch.Tensor:
     """The unfolded inputs (rows, columns in ``F.unfold``'s order) of ``positions`` random output
-    positions of a 1-D / 2-D convolution, the same positions for every input of the batch. Only
-    the patches drawn are copied (unfolding all of a 1,024-channel, 64-tap layer's positions
-    first took half a gigabyte a batch)."""
+    positions of a 1-D / 2-D convolution, the same positions for every input of the batch."""
+    picked = _patch_gather(name, m, x, positions, g)
+    return picked.transpose(1, 2).reshape(-1, picked.shape[1] * picked.shape[3])
+
+
+def _block_rows(picked: torch.Tensor, cols: slice, width: int) -> torch.Tensor:
+    """The rows (G, N * P, width) of the side-by-side blocks of ``width`` columns spanning
+    ``cols`` (whole channels: ``feedback_blocks``), from ``_patch_gather``'s (N, C, P, taps): one
+    copy straight into the batched product's layout (slicing unfolded rows into blocks took
+    three copies, a third of a 22M-weight model's second-moment pass)."""
+    n, _, p, taps = picked.shape
+    per_block = width // taps
+    part = picked[:, cols.start // taps:cols.stop // taps]
+    part = part.reshape(n, -1, per_block, p, taps).permute(1, 0, 3, 2, 4)
+    return part.reshape(part.shape[0], n * p, width)
+
+
+def _patch_gather(name: str, m: nn.Module, x: torch.Tensor, positions: int, g: torch.Generator) -> torch.Tensor:
+    """The inputs under ``positions`` random output positions of a 1-D / 2-D convolution, the
+    same positions for every input of the batch, as (N, C, P, taps) with taps in ``F.unfold``'s
+    order. Only the patches drawn are gathered (unfolding all of a 1,024-channel, 64-tap layer's
+    positions first took half a gigabyte a batch), in one indexing of the padded input."""
     if isinstance(m.padding, str):
         raise ConfigError(f"{name}: padding={m.padding!r} is not supported by error feedback")
     if isinstance(m, nn.Conv1d):  # as a 2-D convolution of width 1
@@ -428,11 +449,15 @@ def _sampled_patches(name: str, m: nn.Module, x: torch.Tensor, positions: int, g
         kernel, dilation, padding, stride = m.kernel_size, m.dilation, m.padding, m.stride
     (kh, kw), (dh, dw), (ph, pw), (sh, sw) = kernel, dilation, padding, stride
     x = F.pad(x, (pw, pw, ph, ph))
-    patches = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)[..., ::dh, ::dw]
-    rows, width = patches.shape[2], patches.shape[3]
+    rows = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    width = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
     pick = torch.randint(rows * width, (min(positions, rows * width),), generator=g)
-    picked = patches[:, :, pick // width, pick % width]  # (N, C, P, kh, kw)
-    return picked.permute(0, 2, 1, 3, 4).reshape(-1, picked.shape[1] * kh * kw)
+    if x.shape[3] == 1 and kw == 1:  # 1-D: whole windows of the unfolded view, selected (indexing each tap took longer)
+        windows = x[..., 0].unfold(2, dh * (kh - 1) + 1, sh).index_select(2, pick)
+        return windows[..., ::dh]
+    top = (pick // width * sh)[:, None, None] + (torch.arange(kh) * dh)[None, :, None]  # (P, kh, 1)
+    left = (pick % width * sw)[:, None, None] + (torch.arange(kw) * dw)[None, None, :]  # (P, 1, kw)
+    return x[:, :, top, left].reshape(x.shape[0], x.shape[1], pick.numel(), kh * kw)
 
 
 def fisher_sensitivity(model: nn.Module, images: torch.Tensor, batch_size: int = 8, seed: int = 0,

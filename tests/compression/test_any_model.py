@@ -305,11 +305,12 @@ def test_a_candidate_judged_off_the_budget_does_not_displace_a_closer_fitted_one
         for m in rounded:
             if isinstance(m, nn.Linear):
                 m.bias.copy_(m.bias.half().float())
-    reference = model_outputs(rounded, x[256:384])
+    judges = x[256:256 + budget.LARGE_MODEL_JUDGE_INPUTS]  # sized on estimates: the large model's judges
+    reference = model_outputs(rounded, judges)
     report = compress_(model, CompressionConfig(size_budget=20_000, output="mse"), calibration=x[:512])
     cands = report["candidates"]
     assert report["quantizer"] == "middle"
-    assert float(distortion(reference, model_outputs(model, x[256:384]), "mse")) == pytest.approx(
+    assert float(distortion(reference, model_outputs(model, judges), "mse")) == pytest.approx(
         cands["middle"]["distortion"], rel=1e-6)
 
 

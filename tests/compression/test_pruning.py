@@ -78,3 +78,16 @@ def test_masks_survive_optimizer_and_checkpoint():
 def test_unknown_layer_in_density_rejected():
     with pytest.raises(ValueError, match="unknown layers"):
         prune_(create_model("squeezenet1_1"), PruneConfig(density={"nope": 0.5}))
+
+
+@pytest.mark.parametrize("density", [0.01, 0.3, 0.5, 0.77, 0.999, 1.0])
+def test_magnitude_mask_keeps_what_a_stable_descending_sort_keeps(density):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randint(-6, 7, (40, 25), generator=g).float() / 4  # many ties and zeros
+    flat = w.reshape(-1).abs()
+    k = min(round(density * flat.numel()), int((flat != 0).sum()))
+    expected = torch.zeros(flat.numel(), dtype=torch.bool)
+    expected[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
+    got = magnitude_mask(w, density)
+    assert torch.equal(got.reshape(-1), expected) and int(got.sum()) == k
+    assert not magnitude_mask(torch.zeros(3, 4), 0.5).any()

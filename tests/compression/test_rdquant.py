@@ -337,3 +337,20 @@ def test_value_bins_know_the_largest_kept_magnitude_and_steps_use_it():
     for lam in (1e-12, 1e-4):  # the floor of the step (2,000 levels a side), then the slope's step
         assert layer_step(w, mask, lam, 1.0, bins.abs_max) == layer_step(w, mask, lam, 1.0)
     assert layer_step(w, mask, 1e-12, 1.0) == pytest.approx(3.0 / 2000)
+
+
+def test_blocked_second_moments_of_a_convolution_are_the_diagonal_blocks_of_the_whole(monkeypatch):
+    # 10 channels x 3 taps = 30 columns in blocks of whole channels: 12, 12 and a narrower 6
+    monkeypatch.setattr(rdquant, "FEEDBACK_FULL", 16)
+    monkeypatch.setattr(rdquant, "FEEDBACK_BLOCK", 12)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv1d(10, 4, 3, padding=1, dilation=2))
+    x = torch.randn(6, 10, 40)
+    rows = {}
+    h = rdquant.layer_hessians(model, x, batch_size=4, positions=5, rows=rows)["0"]
+    assert [(s, e) for s, e, _ in h] == [(0, 12), (12, 24), (24, 30)] and rows == {"0": 30}
+    g = torch.Generator().manual_seed(0)  # the same draws, batch by batch, unfolded whole
+    flat = torch.cat([rdquant._sampled_patches("0", model[0], x[i:i + 4], 5, g) for i in (0, 4)]).double()
+    whole = (flat.T @ flat / 6).numpy()
+    for s, e, block in h:
+        assert np.allclose(block, whole[s:e, s:e], rtol=1e-5, atol=1e-6)
