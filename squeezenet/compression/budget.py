@@ -26,8 +26,8 @@ from .config import CompressionConfig
 from .progress import stage, tick
 from .outputs import distortion, flatten_outputs, resolve_output_kind
 from .quantization import _set_buffer
-from .rdquant import (feedback_damping, feedback_factors, feedback_memory, fisher_sensitivity, layer_hessians,
-                      quantize_for_budget_, sized_on_estimates)
+from .rdquant import (HESSIAN_POSITIONS, feedback_damping, feedback_factors, feedback_memory, fisher_sensitivity,
+                      layer_hessians, quantize_for_budget_, sized_on_estimates)
 
 # Sensitivity exponent of each quantizer: a layer's slope is lam / s**exponent. "trellis" is
 # "uniform" on the trellis codec's dependent quantizer, without error feedback (MPEG NNC's DQ).
@@ -90,7 +90,7 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
         sens = fisher_sensitivity(model, inputs[:LARGE_MODEL_SENSITIVITY_INPUTS] if large else inputs, output=kind)
     else:  # one step for every layer: no sensitivities to measure (a backward pass per input)
         sens = {n: 1.0 for n in prunable_layers(model)}
-    factors = feedback_factors_of(model, inputs, log, positions=LARGE_MODEL_POSITIONS if large else 64) \
+    factors = feedback_factors_of(model, inputs, log, positions=LARGE_MODEL_POSITIONS if large else HESSIAN_POSITIONS) \
         if config.error_feedback and names != [TRELLIS] else None
 
     def fit(name, what="quantizer", **search):
@@ -106,7 +106,7 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
     return {**chosen, **counts, "output": kind}
 
 
-def feedback_factors_of(model: nn.Module, inputs: torch.Tensor, log=print, positions: int = 64) -> dict:
+def feedback_factors_of(model: nn.Module, inputs: torch.Tensor, log=print, positions: int = HESSIAN_POSITIONS) -> dict:
     """Error feedback's factors of each layer's input second moments on ``inputs``: factored once
     for every candidate (a fifth of a 22M-weight model's time went to factoring them again for
     each), each layer's second moments overwritten by their factors (no second copy in memory)."""

@@ -71,8 +71,9 @@ def magnitude_mask(weight: torch.Tensor, density: float) -> torch.Tensor:
         raise ConfigError(f"density must be in (0, 1], got {density}")
     flat = weight.detach().reshape(-1).abs()
     nonzero = flat != 0
-    k = min(int(round(density * flat.numel())), int(nonzero.sum()))
-    if k == int(nonzero.sum()):  # every nonzero weight kept (a dense layer at density 1): no order needed
+    n_nonzero = int(nonzero.sum())
+    k = min(int(round(density * flat.numel())), n_nonzero)
+    if k == n_nonzero:  # every nonzero weight kept (a dense layer at density 1): no order needed
         return nonzero.reshape(weight.shape)
     if k == 0:
         return torch.zeros_like(nonzero).reshape(weight.shape)

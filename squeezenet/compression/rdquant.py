@@ -349,8 +349,12 @@ def _feedback_blocks(w, mask, u, scale, delta, lam, qmin, bits, block) -> np.nda
     return kernels.feedback_blocks(w, mask, u, scale, delta, lam, qmin, bits, block)
 
 
+# Output positions an input whose patches sum a convolution's input second moments.
+HESSIAN_POSITIONS = 64
+
+
 @torch.no_grad()
-def layer_hessians(model: nn.Module, images: torch.Tensor, batch_size: int = 16, positions: int = 64,
+def layer_hessians(model: nn.Module, images: torch.Tensor, batch_size: int = 16, positions: int = HESSIAN_POSITIONS,
                    seed: int = 0, rows: dict[str, int] | None = None) -> dict[str, list[tuple[int, int, np.ndarray]]]:
     """Second moment of each layer's (unfolded) inputs over ``images``, as diagonal blocks:
     ``[(start, end, (end - start)**2 matrix)]`` per layer (one block for layers up to
@@ -413,13 +417,6 @@ def _block_groups(blocks: list[tuple[int, int]]) -> list[tuple[np.ndarray, int, 
         starts = np.array([s for s, e in blocks if e - s == width], np.int64)
         out.append((starts, width, _block_span(starts, width)))
     return out
-
-
-def _sampled_patches(name: str, m: nn.Module, x: torch.Tensor, positions: int, g: torch.Generator) -> torch.Tensor:
-    """The unfolded inputs (rows, columns in ``F.unfold``'s order) of ``positions`` random output
-    positions of a 1-D / 2-D convolution, the same positions for every input of the batch."""
-    picked = _patch_gather(name, m, x, positions, g)
-    return picked.transpose(1, 2).reshape(-1, picked.shape[1] * picked.shape[3])
 
 
 def _block_rows(picked: torch.Tensor, cols: slice, width: int) -> torch.Tensor:

@@ -275,13 +275,19 @@ def test_a_calibration_folder_is_read_only_by_the_stages_that_use_it(tmp_path):
         compress_weights(lw, CompressionConfig(size_budget=150_000, finetune_steps=0), calibration=empty)
 
 
+def _sampled_patches(name, m, x, positions, g):
+    """``_patch_gather``'s (N, C, P, taps) as unfolded rows (N * P, C * taps), ``F.unfold``'s column order."""
+    picked = rdquant._patch_gather(name, m, x, positions, g)
+    return picked.transpose(1, 2).reshape(-1, picked.shape[1] * picked.shape[3])
+
+
 @pytest.mark.parametrize("conv,shape", [(torch.nn.Conv2d(3, 4, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
                                          (5, 3, 11, 13)),
                                         (torch.nn.Conv1d(20, 4, 64, stride=3, padding=7, dilation=2), (5, 20, 300))])
 def test_sampled_patches_are_the_unfolded_columns_of_the_positions_drawn(conv, shape):
     torch.manual_seed(0)
     x = torch.randn(shape)
-    got = rdquant._sampled_patches("c", conv, x, 7, torch.Generator().manual_seed(0))
+    got = _sampled_patches("c", conv, x, 7, torch.Generator().manual_seed(0))
     if isinstance(conv, torch.nn.Conv1d):
         args = [(v[0], 1) for v in (conv.kernel_size, conv.dilation)] + [(conv.padding[0], 0), (conv.stride[0], 1)]
         x = x.unsqueeze(-1)
@@ -350,7 +356,7 @@ def test_blocked_second_moments_of_a_convolution_are_the_diagonal_blocks_of_the_
     h = rdquant.layer_hessians(model, x, batch_size=4, positions=5, rows=rows)["0"]
     assert [(s, e) for s, e, _ in h] == [(0, 12), (12, 24), (24, 30)] and rows == {"0": 30}
     g = torch.Generator().manual_seed(0)  # the same draws, batch by batch, unfolded whole
-    flat = torch.cat([rdquant._sampled_patches("0", model[0], x[i:i + 4], 5, g) for i in (0, 4)]).double()
+    flat = torch.cat([_sampled_patches("0", model[0], x[i:i + 4], 5, g) for i in (0, 4)]).double()
     whole = (flat.T @ flat / 6).numpy()
     for s, e, block in h:
         assert np.allclose(block, whole[s:e, s:e], rtol=1e-5, atol=1e-6)
