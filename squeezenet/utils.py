@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic writes, numpy's page size."""
+"""Small shared helpers without torch: atomic writes, numpy's page size, coded layers' state-dict keys,
+the hooks that register published weights."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +8,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+# Functions that register published weights with the model registry, run the first time a builder
+# is asked for weights. The package's __init__ adds the file layer's, so that the models never
+# import the file layer and importing the package imports no torch.
+PRETRAINED_PROVIDERS: list = []
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -61,3 +67,16 @@ def numpy_small_pages():
         yield
     finally:
         switch(previous)
+
+
+def coded_key(layer: str, tensor: str, whole: bool = False) -> str:
+    """The state-dict key of a coded layer's ``tensor`` ("weight", "bias", "weight_mask", ...).
+
+    A module layer holds them as attributes (``fc.weight``, ``fc.weight_mask``); a tensor layer
+    (``whole``) is its parameter (``lstm.weight_ih_l0``, ``lstm.weight_ih_l0_mask``).
+    """
+    if whole:
+        if not tensor.startswith("weight"):
+            raise ValueError(f"a tensor layer has no {tensor}")
+        return layer + tensor[len("weight"):]
+    return f"{layer}.{tensor}" if layer else tensor

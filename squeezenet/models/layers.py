@@ -6,6 +6,8 @@ from collections.abc import Iterator, MutableMapping
 import torch
 import torch.nn as nn
 
+from ..utils import coded_key  # noqa: F401  (re-exported: the key naming is shared with the file layer)
+
 # Convolutions (grouped and depthwise included: their weights are ordinary tensors) and linear
 # layers, coded with their biases. Batch norm, biases of other modules and 1-D tensors are stored
 # exactly; other parameters of 2-5 dimensions are coded as ``TensorLayer``s.
@@ -135,19 +137,6 @@ def prunable_layers(model: nn.Module) -> dict:
 def is_tensor_layer(layer) -> bool:
     """Whether a coded layer is a parameter of its own (``TensorLayer``), not a conv / linear module."""
     return isinstance(layer, TensorLayer)
-
-
-def coded_key(layer: str, tensor: str, whole: bool = False) -> str:
-    """The state-dict key of a coded layer's ``tensor`` ("weight", "bias", "weight_mask", ...).
-
-    A module layer holds them as attributes (``fc.weight``, ``fc.weight_mask``); a tensor layer
-    (``whole``) is its parameter (``lstm.weight_ih_l0``, ``lstm.weight_ih_l0_mask``).
-    """
-    if whole:
-        if not tensor.startswith("weight"):
-            raise ValueError(f"a tensor layer has no {tensor}")
-        return layer + tensor[len("weight"):]
-    return f"{layer}.{tensor}" if layer else tensor
 
 
 def storage_key(t: torch.Tensor) -> tuple | None:

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torchvision.models
 
 from ..errors import ConfigError
+from ..utils import PRETRAINED_PROVIDERS
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -26,9 +27,16 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-# (model name, weights tag) -> a function returning the state dict. Filled by squeezenet.weights
-# (registered when the package is imported), so that models never import the file layer.
+# (model name, weights tag) -> a function returning the state dict. Filled by the providers
+# (squeezenet.weights.pretrained's, added by the package's __init__) the first time a builder asks
+# for weights, so that the models never import the file layer.
 _PRETRAINED: dict[tuple[str, str], Callable[[], dict]] = {}
+
+
+def _published() -> dict[tuple[str, str], Callable[[], dict]]:
+    while PRETRAINED_PROVIDERS:
+        PRETRAINED_PROVIDERS.pop(0)()
+    return _PRETRAINED
 
 
 def register_pretrained(model: str, tag: str, state_dict_fn: Callable[[], dict]) -> None:
@@ -38,7 +46,7 @@ def register_pretrained(model: str, tag: str, state_dict_fn: Callable[[], dict])
 
 def pretrained_tags(model: str) -> list[str]:
     """The ``weights=`` values ``model``'s builder accepts."""
-    return sorted(tag for name, tag in _PRETRAINED if name == model)
+    return sorted(tag for name, tag in _published() if name == model)
 
 
 def load_pretrained_(model: nn.Module, name: str, weights) -> nn.Module:
@@ -49,7 +57,7 @@ def load_pretrained_(model: nn.Module, name: str, weights) -> nn.Module:
             (``squeezenet.weights.SqueezeNet1_0_Weights.DEEP_COMPRESSION``).
     """
     tag = weights_tag(name, weights)
-    fn = _PRETRAINED.get((name, tag))
+    fn = _published().get((name, tag))
     if fn is None:
         known = ", ".join(pretrained_tags(name)) or "none"
         raise UnknownModelError(f"{name} has no weights {tag!r}; known: {known}")

@@ -2,16 +2,27 @@
 
 - ``loading``: ``LoadedWeights`` (a state dict with its architecture, preprocessing and class
   names) and ``load_weights`` for any file below; our checkpoints (``save_checkpoint``).
-- ``sqz``: the container of our compressed format (``.sqz``), versions 1-4; ``codecs`` its layer
-  codings by name (``range`` over ``entropy``, ``huffman`` over ``huffman``), ``positions`` the
+- ``sqz``: the container of our compressed format (``.sqz``), versions 1-5; its torch-free half,
+  shared with ``squeezenet.reader``, is ``container``; ``codecs`` its layer codings by name
+  (``range`` over ``entropy``, ``huffman`` over ``huffman``), ``positions`` the
   relative position coding the Huffman layers share with ``caffe_net``.
 - ``caffe_net``: the published Deep Compression ``.net`` file.
 - ``pretrained``: published weights as torchvision-style enums (``SqueezeNet1_0_Weights``).
 """
-from .loading import LoadedWeights, load_weights, save_checkpoint, save_safetensors, save_state_dict
-from .pretrained import PretrainedWeights, SqueezeNet1_0_Weights, SqueezeNet1_1_Weights
-from .sqz import decode, encode, load_compressed, save_compressed, size_report
+from __future__ import annotations
 
-__all__ = ["PretrainedWeights", "SqueezeNet1_0_Weights", "SqueezeNet1_1_Weights", "LoadedWeights", "load_weights",
-           "load_compressed", "save_compressed", "encode", "decode", "size_report", "save_checkpoint",
-           "save_safetensors", "save_state_dict"]
+import importlib
+
+# Imported on first use, so that the torch-free parts (``container``, ``codecs``, ``huffman``,
+# ``entropy``) can be imported where torch is not installed (``squeezenet.reader``).
+_WHERE = {"LoadedWeights": "loading", "load_weights": "loading", "save_checkpoint": "loading",
+          "save_safetensors": "loading", "save_state_dict": "loading", "PretrainedWeights": "pretrained",
+          "SqueezeNet1_0_Weights": "pretrained", "SqueezeNet1_1_Weights": "pretrained", "decode": "sqz",
+          "encode": "sqz", "load_compressed": "sqz", "save_compressed": "sqz", "size_report": "sqz"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,19 +1,19 @@
-"""Canonical Huffman coding of small integer alphabets, C-backed through ``bitarray``.
+"""Canonical Huffman coding of small integer alphabets.
 
 A code is stored as its canonical description only: ``count[l]``, the number of symbols of
-code length ``l``, and the symbols in canonical order (by length, then by value). Encoding
-and decoding run in C (``bitarray.encode`` and ``bitarray.util.canonical_decode``); nothing
-loops over bits in Python.
+code length ``l``, and the symbols in canonical order (by length, then by value). Encoding runs
+in C through ``bitarray`` (imported when a file is written); decoding needs numpy only, so that
+``squeezenet.reader`` reads the paper's coding without anything else: one table lookup per
+symbol over the next ``WINDOW`` bits, computed for every bit position at once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from bitarray import bitarray, frozenbitarray
-from bitarray.util import canonical_decode, canonical_huffman
 
 MAX_CODE_LENGTH = 48  # a Huffman code over n <= 2**20 symbols is never longer than this
+WINDOW = 16           # codes up to this long decode by one lookup; longer (rare) ones bit by bit
 
 
 class HuffmanError(ValueError):
@@ -37,6 +37,8 @@ class HuffmanTable:
 
     def codes(self) -> dict:
         """Symbol -> frozenbitarray, rebuilt from the canonical description."""
+        from bitarray import frozenbitarray
+
         validate_table(self.count, self.symbols, alphabet_size=None)
         out = {}
         code = 0
@@ -86,6 +88,8 @@ def build_table(values: np.ndarray) -> HuffmanTable:
     uniq, freq = np.unique(values, return_counts=True)
     if uniq.size == 1:
         return HuffmanTable([0, 1], [int(uniq[0])])
+    from bitarray.util import canonical_huffman
+
     _, count, symbols = canonical_huffman({int(s): int(f) for s, f in zip(uniq, freq)})
     return HuffmanTable(list(count), [int(s) for s in symbols])
 
@@ -99,16 +103,19 @@ def encoded_bits(values: np.ndarray, table: HuffmanTable) -> int:
     return int(sum(lengths[int(s)] * int(f) for s, f in zip(uniq, freq)))
 
 
-def encode(values: np.ndarray, table: HuffmanTable) -> bitarray:
-    """Encode ``values`` with ``table``; returns the bit stream."""
+def encode(values: np.ndarray, table: HuffmanTable):
+    """Encode ``values`` with ``table``; returns the bit stream (a ``bitarray``, first bit = MSB)."""
+    from bitarray import bitarray
+
     out = bitarray(endian="big")
     if np.asarray(values).size:
         out.encode(table.codes(), np.asarray(values).tolist())
     return out
 
 
-def decode(bits: bitarray, table: HuffmanTable, n: int) -> np.ndarray:
-    """Decode exactly ``n`` symbols from ``bits``.
+def decode(data: bytes, nbits: int, table: HuffmanTable, n: int) -> np.ndarray:
+    """Decode exactly ``n`` symbols from the first ``nbits`` bits of ``data`` (most significant
+    bit of each byte first).
 
     Raises:
         HuffmanError: the stream holds fewer symbols or leftover bits beyond byte padding.
@@ -117,15 +124,71 @@ def decode(bits: bitarray, table: HuffmanTable, n: int) -> np.ndarray:
         return np.zeros(0, np.int64)
     if not table.symbols:
         raise HuffmanError("empty code table for a non-empty stream")
+    if nbits > 8 * len(data):
+        raise HuffmanError("bit stream is truncated")
     if len(table.symbols) == 1:
-        if len(bits) < n:
+        if nbits < n:
             raise HuffmanError("bit stream is truncated")
         return np.full(n, table.symbols[0], np.int64)
-    if len(bits) > n * (len(table.count) - 1) + 7:
+    maxlen = len(table.count) - 1
+    if nbits > n * maxlen + 7:
         raise HuffmanError("bit stream is longer than its symbols can be")
+    width = min(maxlen, WINDOW)
+    bits = np.unpackbits(np.frombuffer(data, np.uint8))[:nbits]
+    padded = np.concatenate([bits, np.zeros(width, np.uint8)]).astype(np.int32)
+    window = np.zeros(nbits, np.int32)  # the next `width` bits from every position, as an integer
+    for j in range(width):
+        window = (window << 1) | padded[j:j + nbits]
+    sym_of, len_of = _lookup(table, width)
+    lengths = len_of[window].tolist()
+    starts, long_codes = [], {}
+    append = starts.append
+    p = 0
     try:
-        it = canonical_decode(bits, table.count, table.symbols)
-        out = np.fromiter(it, dtype=np.int64, count=n)
-    except (ValueError, StopIteration) as e:
-        raise HuffmanError(f"bit stream does not decode ({e})") from None
+        for _ in range(n):  # the one sequential step: each code starts where the last one ended
+            length = lengths[p]
+            if length == 0:  # a code longer than the window
+                long_codes[len(starts)], length = _decode_one(bits, p, table)
+            append(p)
+            p += length
+    except IndexError:  # p ran past the last bit
+        raise HuffmanError("bit stream is truncated") from None
+    if p > nbits:
+        raise HuffmanError("bit stream is truncated")
+    out = sym_of[window[np.asarray(starts, np.int64)]]
+    for i, s in long_codes.items():
+        out[i] = s
     return out
+
+
+def _lookup(table: HuffmanTable, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symbol and code length for every ``width``-bit value whose prefix is a code of at most
+    ``width`` bits (length 0 for the prefixes of longer codes)."""
+    sym_of = np.zeros(1 << width, np.int64)
+    len_of = np.zeros(1 << width, np.int32)
+    code, i = 0, 0
+    for length in range(1, len(table.count)):
+        code <<= 1
+        for s in table.symbols[i:i + table.count[length]]:
+            if length <= width:
+                lo, hi = code << (width - length), (code + 1) << (width - length)
+                sym_of[lo:hi], len_of[lo:hi] = s, length
+            code += 1
+        i += table.count[length]
+    return sym_of, len_of
+
+
+def _decode_one(bits: np.ndarray, p: int, table: HuffmanTable) -> tuple[int, int]:
+    """(symbol, length) of the one code starting at bit ``p``, bit by bit (canonical decoding)."""
+    code = first = index = 0
+    for length in range(1, len(table.count)):
+        if p + length > bits.size:
+            break
+        code |= int(bits[p + length - 1])
+        count = table.count[length]
+        if code - first < count:
+            return table.symbols[index + code - first], length
+        index += count
+        first = (first + count) << 1
+        code <<= 1
+    raise HuffmanError("bit stream is truncated")

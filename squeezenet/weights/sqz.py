@@ -1,6 +1,6 @@
 """Our compressed model file (``.sqz``): pruned, weight-shared, entropy-coded. No pickle.
 
-Layout (little-endian; full description in ``docs/compressed-format.md``)::
+Layout (little-endian; full description in ``docs/format.md``)::
 
     magic   8 bytes  b"SQZDC\\x00\\r\\n"
     version uint16   3 (range-coded layers, any state dict), 2 (range-coded layers of a
@@ -32,28 +32,21 @@ import torch
 import torch.nn as nn
 from torchvision.models import SqueezeNet1_0_Weights
 
-from ..errors import ConfigError, FormatError
+from ..errors import ConfigError
 from ..models import create_model
 from ..models.layers import coded_key, is_tensor_layer, prunable_layers, storage_key
 from ..models.registry import UnknownModelError, is_registered
 from ..preprocessing import TORCHVISION_IMAGENET, Preprocessing
 from ..utils import atomic_write_bytes, numpy_small_pages
-from .codecs import CODECS, LayerError, LayerInput, LayerRecord, get_codec
-from .codecs.base import int_field
+from .codecs import CODECS, LayerInput, LayerRecord, get_codec
 from .loaded import LoadedWeights
 
-MAGIC = b"SQZDC\x00\r\n"
-VERSION = 3             # the whole state dict: coded layers plus every other entry, any dtype
-HUFFMAN_VERSION = 1     # float32 parameters only (buffers are rebuilt by the architecture)
-ALIAS_VERSION = 5       # version 4 plus aliases: one tensor under several names (tied weights)
-READ_VERSIONS = (1, 2, 3, 4, 5)
-FORMAT_NAME = "squeezenet-compressed"
-MAX_HEADER = 1 << 20
-MAX_FILE = 512 << 20
-MAX_LAYER_WEIGHTS = 1 << 28
-_PREAMBLE = struct.Struct("<8sHHI")
-FLAG_ZLIB_HEADER = 1
-MAX_HEADER_JSON = 4 << 20
+from .container import (ALIAS_VERSION, FLAG_ZLIB_HEADER, FORMAT_NAME, HUFFMAN_VERSION, MAGIC, MAX_FILE,  # noqa: F401
+                        MAX_HEADER, MAX_LAYER_WEIGHTS, MAX_STATE_WEIGHTS, READ_VERSIONS, STORED_DTYPES, VERSION,
+                        alias_records, bad, check_body, checked_int, decode_layers, decode_raws, layer_codec,
+                        parse_header, self_described, weight_dtype, whole_state)
+from .container import PREAMBLE as _PREAMBLE  # noqa: F401  (tests read the preamble's layout)
+
 # fp32 sizes of the paper's Table 2 comparisons: SqueezeNet v1.0 and AlexNet, 1000 classes
 SQUEEZENET_FP32 = 4 * 1_248_424
 ALEXNET_FP32 = 4 * 60_965_224
@@ -69,9 +62,10 @@ def _default_class_names(names, num_classes):
 
 
 # Raw (exactly stored) tensors: dtype code -> (numpy dtype of the stored bytes, torch dtype).
-RAW_DTYPES = {"f4": ("<f4", torch.float32), "f2": ("<f2", torch.float16), "bf16": ("<i2", torch.bfloat16),
-              "f8": ("<f8", torch.float64), "i8": ("<i8", torch.int64), "i4": ("<i4", torch.int32),
-              "i2": ("<i2", torch.int16), "i1": ("i1", torch.int8), "u1": ("u1", torch.uint8), "b1": ("u1", torch.bool)}
+_TORCH_DTYPES = {"f4": torch.float32, "f2": torch.float16, "bf16": torch.bfloat16, "f8": torch.float64,
+                 "i8": torch.int64, "i4": torch.int32, "i2": torch.int16, "i1": torch.int8, "u1": torch.uint8,
+                 "b1": torch.bool}
+RAW_DTYPES = {code: (STORED_DTYPES[code], t) for code, t in _TORCH_DTYPES.items()}
 _DTYPE_CODES = {t: code for code, (_, t) in RAW_DTYPES.items()}
 
 
@@ -196,16 +190,16 @@ def _encode(model: nn.Module, model_name: str = "", *, model_kwargs: dict | None
             a ``weight_step`` buffer) are trellis-coded (version 4) unless the codec is "huffman".
         bias_dtype: "f4" or "f2" (range codec only) for the biases of coded layers.
     """
-    layer_codec = get_codec(codec)
+    chosen = get_codec(codec)
     layers = []
     coded = set()
     for name, m in prunable_layers(model).items():
         cb_dtype = codebook_dtype.get(name, "f4") if isinstance(codebook_dtype, dict) else codebook_dtype
         # a layer the trellis quantizer made (it carries its step) only keeps its bits on the trellis
-        on_trellis = getattr(m, "weight_step", None) is not None and layer_codec.any_levels
-        codec_l = CODECS["trellis"] if on_trellis else layer_codec
+        on_trellis = getattr(m, "weight_step", None) is not None and chosen.any_levels
+        codec_l = CODECS["trellis"] if on_trellis else chosen
         layers.append(codec_l.encode(layer_input(name, m, cb_dtype, bias_dtype)))
-        if m.weight.dtype != torch.float32 and layer_codec.versions[0] != HUFFMAN_VERSION:
+        if m.weight.dtype != torch.float32 and chosen.versions[0] != HUFFMAN_VERSION:
             layers[-1].meta["dtype"] = raw_dtype_code(m.weight)  # decoded weights come back in it
         whole = is_tensor_layer(m)
         if whole:  # the record names the parameter itself (lstm.weight_ih_l0), not a module
@@ -258,57 +252,9 @@ def _raw_and_aliases(state: dict[str, torch.Tensor], coded: set[str],
 
 
 # ----------------------------------------------------------------------------- reading
-def _bad(path, msg: str) -> FormatError:
-    return FormatError(f"{path}: invalid compressed model file: {msg}")
-
-
-def _int(v, lo: int, hi: int, what: str, path) -> int:
-    """``codecs.base.int_field`` for the container's own fields, failing as the file's error."""
-    try:
-        return int_field(v, lo, hi, what)
-    except LayerError as e:
-        raise _bad(path, str(e)) from None
-
-
-def parse_header(data: bytes, path="<bytes>") -> tuple[dict, int]:
-    """Validate magic, version, header and checksum; returns (header, body offset)."""
-    if len(data) > MAX_FILE:
-        raise _bad(path, f"{len(data)} bytes is larger than any model this tool writes")
-    if len(data) < _PREAMBLE.size + 4:
-        raise _bad(path, "truncated before the end of the preamble")
-    magic, version, flags, hlen = _PREAMBLE.unpack_from(data)
-    if magic != MAGIC:
-        raise _bad(path, "wrong magic bytes (not a .sqz file)")
-    if version not in READ_VERSIONS:
-        raise _bad(path, f"format version {version}; this tool reads versions "
-                         f"{READ_VERSIONS[0]} to {READ_VERSIONS[-1]}")
-    if hlen > MAX_HEADER or _PREAMBLE.size + hlen + 4 > len(data):
-        raise _bad(path, f"header length {hlen} is larger than the file allows")
-    (crc,) = struct.unpack_from("<I", data, len(data) - 4)
-    if zlib.crc32(data[:-4]) != crc:
-        raise _bad(path, "checksum mismatch (the file is corrupt or truncated)")
-    if flags & ~FLAG_ZLIB_HEADER:
-        raise _bad(path, f"unknown flags {flags:#x}")
-    raw_header = data[_PREAMBLE.size:_PREAMBLE.size + hlen]
-    if flags & FLAG_ZLIB_HEADER:
-        try:
-            d = zlib.decompressobj()
-            raw_header = d.decompress(raw_header, MAX_HEADER_JSON)  # bounded: no zip bomb
-            if d.unconsumed_tail or not d.eof:
-                raise _bad(path, "header does not decompress within its size limit")
-        except zlib.error as e:
-            raise _bad(path, f"header does not decompress ({e})") from None
-    try:
-        header = json.loads(raw_header.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise _bad(path, f"header is not valid JSON ({e})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
-        raise _bad(path, "header does not describe a squeezenet-compressed model")
-    if header.get("version") != version:
-        raise _bad(path, f"header version {header.get('version')!r} differs from the preamble's {version}")
-    return header, _PREAMBLE.size + hlen
-
-
+# The container's checks and section decoding live in ``container`` (no torch), shared with
+# ``squeezenet.reader``; what this side adds is the check against a buildable architecture and
+# the torch tensors.
 def _from_architecture(name: str) -> bool:
     """Whether a header's model can be built to check the file against (registered names and
     torchvision's builders; ``package.module:function`` is never imported just to read a file)."""
@@ -326,76 +272,21 @@ def _layout(header: dict, path) -> tuple[dict, dict, bool]:
     name, kwargs = header.get("model"), header.get("model_kwargs")
     num_classes = header.get("num_classes")
     if not isinstance(name, str) or not isinstance(kwargs, dict):
-        raise _bad(path, "header lacks the model name or arguments")
-    if not _whole_state(header["version"]) or _from_architecture(name):
-        _int(num_classes, 1, 1_000_000, "num_classes", path)
+        raise bad(path, "header lacks the model name or arguments")
+    if not whole_state(header["version"]) or _from_architecture(name):
+        checked_int(num_classes, 1, 1_000_000, "num_classes", path)
         try:
             key = json.dumps([name, kwargs, num_classes], sort_keys=True)
         except (TypeError, ValueError):
-            raise _bad(path, "model arguments are not plain JSON values") from None
+            raise bad(path, "model arguments are not plain JSON values") from None
         try:
             coded, state = _shapes_for(key)
         except ValueError as e:
-            raise _bad(path, str(e)) from None
+            raise bad(path, str(e)) from None
         return coded, state, True
     if num_classes is not None:
-        _int(num_classes, 1, 1_000_000, "num_classes", path)
-    return (*_self_described(header, path), False)
-
-
-def _shape(v, lo: int, hi: int, what: str, path) -> tuple:
-    if (not isinstance(v, list) or not lo <= len(v) <= hi
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_LAYER_WEIGHTS for d in v)
-            or math.prod(v) > MAX_LAYER_WEIGHTS):
-        raise _bad(path, f"{what}: shape {v!r} is not a valid tensor shape")
-    return tuple(v)
-
-
-def _self_described(header: dict, path) -> tuple[dict, dict]:
-    layers, raws = header.get("layers"), header.get("raw")
-    if not isinstance(layers, list) or not isinstance(raws, list):
-        raise _bad(path, "header lacks its layer list")
-    coded: dict = {}
-    state: dict = {}
-
-    def add(key, shape, dtype):
-        if not isinstance(key, str) or not 0 < len(key) <= 1000 or key in state:
-            raise _bad(path, f"tensor name {str(key)[:80]!r} is missing, too long or repeated")
-        state[key] = (shape, dtype)
-
-    for layer in layers:
-        if not isinstance(layer, dict) or not isinstance(layer.get("name"), str) or layer["name"] in coded:
-            raise _bad(path, "a layer record without a name of its own")
-        name = layer["name"]
-        shape = _shape(layer.get("shape"), 2, 5, name, path)
-        if min(shape) < 1:
-            raise _bad(path, f"{name}: empty weight shape {list(shape)}")
-        n_bias = _int(layer.get("bias"), 0, shape[0], f"{name} bias size", path)
-        if n_bias not in (0, shape[0]):
-            raise _bad(path, f"{name}: {n_bias} biases for {shape[0]} outputs")
-        dtype = layer.get("dtype", "f4")
-        if dtype not in ("f4", "f2", "bf16", "f8"):
-            raise _bad(path, f"{name}: unknown weight type {dtype!r}")
-        whole = _whole_tensor(layer, path)
-        if whole and n_bias:
-            raise _bad(path, f"{name}: a tensor layer has no biases")
-        coded[name] = (shape, n_bias > 0, whole)
-        add(coded_key(name, "weight", whole), shape, dtype)
-        if n_bias:
-            add(coded_key(name, "bias"), (shape[0],), dtype)
-    for r in raws:
-        if not isinstance(r, dict):
-            raise _bad(path, f"raw tensor record {r!r} is not an object")
-        if r.get("dtype") not in RAW_DTYPES:
-            raise _bad(path, f"raw tensor {str(r.get('name'))[:80]!r}: unknown type {r.get('dtype')!r}")
-        add(r.get("name"), _shape(r.get("shape"), 0, 8, str(r.get("name"))[:80], path), r["dtype"])
-    for alias, target in _alias_records(header, path).items():
-        if target not in state:
-            raise _bad(path, f"alias {alias[:80]!r} names {target[:80]!r}, which the file does not hold")
-        add(alias, *state[target])
-    if sum(math.prod(s) for s, _ in state.values()) > 256_000_000:
-        raise _bad(path, "more weights than any model this tool writes")
-    return coded, state
+        checked_int(num_classes, 1, 1_000_000, "num_classes", path)
+    return (*self_described(header, path), False)
 
 
 @functools.lru_cache(maxsize=32)
@@ -408,7 +299,7 @@ def _shapes_for(key: str) -> tuple[dict, dict]:
         raise ConfigError(str(e)) from None
     except (TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise ConfigError(f"model {name} cannot be built with {kwargs}: {e}") from None
-    if sum(p.numel() for p in model.parameters()) > 256_000_000:
+    if sum(p.numel() for p in model.parameters()) > MAX_STATE_WEIGHTS:
         raise ConfigError(f"model {name} with {kwargs} is larger than any model this tool writes")
     coded = {n: (tuple(m.weight.shape), m.bias is not None, is_tensor_layer(m))
              for n, m in prunable_layers(model).items()}
@@ -416,113 +307,19 @@ def _shapes_for(key: str) -> tuple[dict, dict]:
     return coded, state
 
 
-def _whole_tensor(layer: dict, path) -> bool:
-    """Whether a layer record codes a parameter of its own (``"tensor": true``), not a module's weight."""
-    whole = layer.get("tensor", False)
-    if not isinstance(whole, bool):
-        raise _bad(path, f"{layer['name']}: tensor flag {whole!r} is not a boolean")
-    return whole
-
-
-def _whole_state(version: int) -> bool:
-    """Whether a file of this version holds the whole state dict (every entry, any dtype)."""
-    return version >= VERSION
-
-
-def _layer_codec(layer: dict, version: int, path):
-    """The codec of a layer record (version 1 records predate the ``coding`` field)."""
-    coding = layer.get("coding", "huffman" if version == HUFFMAN_VERSION else None)
-    codec = CODECS.get(coding) if isinstance(coding, str) else None
-    if codec is None or version not in codec.versions:
-        raise _bad(path, f"{layer['name']}: unknown layer coding {coding!r} in a version {version} file")
-    return codec
-
-
-def _check_layers(header: dict, expected: dict, path) -> int:
-    """Pass 1 over the coded layers: every record against the architecture and its codec's
-    bounds, before anything is allocated. Returns the bytes their sections take."""
-    total = 0
-    for layer in header["layers"]:
-        name = layer["name"]
-        shape, has_bias, whole = expected[name]
-        if layer.get("shape") != list(shape):
-            raise _bad(path, f"{name}: shape {layer.get('shape')} does not match the architecture's {list(shape)}")
-        if _whole_tensor(layer, path) != whole:
-            raise _bad(path, f"{name}: the record and the architecture disagree on whether it is a tensor layer")
-        numel = math.prod(shape)
-        if numel > MAX_LAYER_WEIGHTS:
-            raise _bad(path, f"{name}: too many weights")
-        codec = _layer_codec(layer, header["version"], path)
-        try:
-            total += sum(codec.check(layer, numel, shape[0] if has_bias else 0))
-        except LayerError as e:
-            raise _bad(path, f"{name}: {e}") from None
-    return total
-
-
-def _alias_records(header: dict, path) -> dict[str, str]:
-    """The header's aliases (version 5): state-dict key -> the key that holds its tensor."""
-    aliases = header.get("aliases", {})
-    if aliases and header["version"] < ALIAS_VERSION:
-        raise _bad(path, f"aliases in a version {header['version']} file")
-    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 1000
-                                                for k, v in aliases.items()):
-        raise _bad(path, "aliases must map tensor names to tensor names")
-    if any(v in aliases for v in aliases.values()):
-        raise _bad(path, "an alias names another alias")
-    return aliases
-
-
-def _check_aliases(header: dict, state_layout: dict, held: set, path) -> set:
-    """Each alias names a tensor the file holds, of the alias's shape and type; returns their keys."""
-    aliases = _alias_records(header, path)
-    for alias, target in aliases.items():
-        if alias in held or alias not in state_layout or target not in held \
-                or state_layout[alias] != state_layout[target]:
-            raise _bad(path, f"alias {alias[:80]!r} -> {target[:80]!r} does not fit the model's state dict")
-    return set(aliases)
-
-
-def _check_raws(header: dict, expected: dict, state_layout: dict, from_arch: bool, path) -> int:
-    """Pass 1 over the raw tensors: each belongs to the model, once; version 3 files hold the
-    whole state dict. Returns the bytes they take."""
-    v3 = _whole_state(header["version"])
-    total, raw_names = 0, []
-    for r in header["raw"]:
-        dtype = r.get("dtype") if isinstance(r, dict) and v3 else "f4"
-        if (not isinstance(r, dict) or r.get("name") not in state_layout or not isinstance(r.get("shape"), list)
-                or tuple(r["shape"]) != state_layout[r["name"]][0] or dtype not in RAW_DTYPES
-                or (from_arch and dtype != state_layout[r["name"]][1]) or r["name"] in raw_names):
-            raise _bad(path, f"raw tensor {str(r)[:120]} does not belong to {header['model'] or 'this model'}")
-        raw_names.append(r["name"])
-        total += np.dtype(RAW_DTYPES[dtype][0]).itemsize * math.prod(state_layout[r["name"]][0])
-    if v3:  # version 3 holds the whole state dict: every entry coded or stored, none twice
-        held = set(raw_names)
-        for name, (_, has_bias, whole) in expected.items():
-            held |= {coded_key(name, "weight", whole)} | ({coded_key(name, "bias")} if has_bias else set())
-        n_held = len(held)
-        held |= _check_aliases(header, state_layout, held, path)
-        if held != set(state_layout) or n_held != len(raw_names) + sum(1 + b for _, b, _ in expected.values()):
-            missing = sorted(set(state_layout) - held)[:3]
-            raise _bad(path, f"the tensors stored do not make the model's state dict (missing e.g. {missing})")
-    return total
-
-
 def _decode_layers(data: bytes, off: int, header: dict, expected: dict, path) -> tuple[dict, dict, int]:
     """Pass 2 over the coded layers: (state, shared state, offset after their sections)."""
     state: dict[str, torch.Tensor] = {}
     shared: dict[str, torch.Tensor] = {}
-    for layer in header["layers"]:
-        name, (shape, _, whole) = layer["name"], expected[layer["name"]]
-        sections = []
-        for size in layer["sizes"]:
-            sections.append(data[off:off + size])
-            off += size
+    layers = decode_layers(data, off, header, expected, path)
+    while True:
         try:
-            out = _layer_codec(layer, header["version"], path).decode(layer, sections, math.prod(shape))
-        except LayerError as e:
-            raise _bad(path, f"{name}: {e}") from None
-        dtype = RAW_DTYPES[layer.get("dtype", "f4") if _whole_state(header["version"]) else "f4"][1]
+            layer, out = next(layers)
+        except StopIteration as stop:
+            return state, shared, stop.value
+        shape, _, whole = expected[layer["name"]]
+        name = layer["name"]
+        dtype = _TORCH_DTYPES[weight_dtype(layer, header["version"])]
         state[coded_key(name, "weight", whole)] = torch.from_numpy(out.weight.reshape(shape)).to(dtype)
         if out.bias is not None:
             state[coded_key(name, "bias")] = torch.from_numpy(out.bias).to(dtype)
@@ -530,19 +327,12 @@ def _decode_layers(data: bytes, off: int, header: dict, expected: dict, path) ->
         shared[coded_key(name, "weight_index", whole)] = torch.from_numpy(out.index.reshape(shape))
         shared[coded_key(name, "weight_mask", whole)] = torch.from_numpy(out.mask.reshape(shape))
         shared[coded_key(name, "weight_bits", whole)] = torch.tensor(out.bits, dtype=torch.int16)
-    return state, shared, off
 
 
 def _decode_raws(data: bytes, off: int, header: dict, state_layout: dict, state: dict, path) -> None:
-    for r in header["raw"]:
-        shape = state_layout[r["name"]][0]
-        code = r["dtype"] if _whole_state(header["version"]) else "f4"
-        array = np.frombuffer(data, RAW_DTYPES[code][0], math.prod(shape), off).copy()
-        off += array.nbytes
-        if code == "b1" and (array > 1).any():
-            raise _bad(path, f"{r['name']}: a boolean tensor holds values other than 0 and 1")
-        t = torch.from_numpy(array).reshape(shape)
-        state[r["name"]] = t.view(torch.bfloat16) if code == "bf16" else t.to(torch.bool) if code == "b1" else t
+    for name, code, array in decode_raws(data, off, header, state_layout, path):
+        t = torch.from_numpy(array)
+        state[name] = t.view(torch.bfloat16) if code == "bf16" else t.to(torch.bool) if code == "b1" else t
 
 
 def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], dict]:
@@ -553,22 +343,14 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, torch.Tensor], 
     Every size is checked against the header and the declared architecture before allocating.
     """
     header, off = parse_header(data, path)
-    layers = header.get("layers")
-    if not isinstance(layers, list) or not isinstance(header.get("raw"), list):
-        raise _bad(path, "header lacks its layer list")
     expected, state_layout, from_arch = _layout(header, path)
-    if [layer.get("name") if isinstance(layer, dict) else None for layer in layers] != list(expected):
-        raise _bad(path, f"layers do not match the architecture of {header['model']}")
-    total = _check_layers(header, expected, path) + _check_raws(header, expected, state_layout, from_arch, path)
-    if off + total + 4 != len(data):
-        raise _bad(path, f"sections add up to {off + total + 4} bytes but the file has {len(data)}"
-                   + (" (truncated)" if off + total + 4 > len(data) else " (trailing bytes)"))
+    check_body(data, off, header, expected, state_layout, from_arch, path)
     with numpy_small_pages():  # a 22M-weight model's first decode in a process: 2.0 s on huge pages, 0.6 s
         state, shared, off = _decode_layers(data, off, header, expected, path)
         _decode_raws(data, off, header, state_layout, state, path)
-        for alias, target in _alias_records(header, path).items():
+        for alias, target in alias_records(header, path).items():
             state[alias] = state[target]  # one tensor under each of its names, as in the model
-    if _whole_state(header["version"]):  # the state dict in the order the model lists it
+    if whole_state(header["version"]):  # the state dict in the order the model lists it
         state = {k: state[k] for k in state_layout}
     return header, state, shared
 
@@ -579,7 +361,7 @@ def _read(path: str | os.PathLike) -> tuple[dict, dict, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.stat().st_size > MAX_FILE:
-        raise _bad(path, "file is larger than any model this tool writes")
+        raise bad(path, "file is larger than any model this tool writes")
     return decode(path.read_bytes(), path)
 
 
@@ -591,12 +373,12 @@ def load_compressed(path: str | os.PathLike):
         prep = (TORCHVISION_IMAGENET if header.get("preprocessing") is None
                 else Preprocessing.from_dict(header["preprocessing"]))
     except (KeyError, ValueError, TypeError) as e:
-        raise _bad(path, f"bad preprocessing record: {e}") from None
+        raise bad(path, f"bad preprocessing record: {e}") from None
     names = header.get("class_names")
     if names == "imagenet1k":
         names = list(SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"])
     elif names is not None and (not isinstance(names, list) or len(names) != header["num_classes"]):
-        raise _bad(path, "class name list does not match the class count")
+        raise bad(path, "class name list does not match the class count")
     return LoadedWeights(model_name=header["model"], state_dict=state, preprocessing=prep,
                          num_classes=header["num_classes"] or 0, model_kwargs=header["model_kwargs"],
                          class_names=names, kind="compressed", path=str(path),
@@ -618,7 +400,7 @@ def size_report(data: bytes, path="<bytes>") -> dict:
     for layer in header["layers"]:
         numel = math.prod(layer["shape"])
         fp32 += 4 * (numel + layer["bias"])
-        row = _layer_codec(layer, header["version"], path).size_row(layer)
+        row = layer_codec(layer, header["version"], path).size_row(layer)
         for part, key in (("codebook", "codebooks"), ("bias", "biases"), ("code_tables", "code_tables"),
                           ("weight_codes", "weight_codes"), ("position_codes", "position_codes")):
             components[key] += row[part]
@@ -635,9 +417,9 @@ def size_report(data: bytes, path="<bytes>") -> dict:
                      "position_bits_per_weight": row["position_bits"] / nnz if nnz else 0.0})
     for r in header["raw"]:
         n = math.prod(r["shape"])
-        components["raw_tensors"] += np.dtype(RAW_DTYPES[r.get("dtype", "f4")][0]).itemsize * n
+        components["raw_tensors"] += np.dtype(STORED_DTYPES[r.get("dtype", "f4")]).itemsize * n
         fp32 += (4 * n if r.get("dtype", "f4") in ("f4", "f2", "bf16")
-                 else np.dtype(RAW_DTYPES[r["dtype"]][0]).itemsize * n)
+                 else np.dtype(STORED_DTYPES[r["dtype"]]).itemsize * n)
     total = sum(components.values())
     if total != len(data):  # decode() checked this layout; a mismatch is a bug here, not a bad file
         raise RuntimeError(f"size accounting gives {total} bytes for a file of {len(data)}")

@@ -11,7 +11,7 @@ def test_round_trip_exact(values):
     table = huffman.build_table(v)
     bits = huffman.encode(v, table)
     assert len(bits) == huffman.encoded_bits(v, table)
-    assert huffman.decode(bits, table, len(v)).tolist() == values
+    assert huffman.decode(bits.tobytes(), len(bits), table, len(v)).tolist() == values
 
 
 def test_canonical_lengths_follow_frequencies():
@@ -26,7 +26,7 @@ def test_canonical_lengths_follow_frequencies():
 def test_empty_stream():
     table = huffman.build_table(np.array([], np.int64))
     assert huffman.encode(np.array([], np.int64), table) == bitarray()
-    assert huffman.decode(bitarray(), table, 0).size == 0
+    assert huffman.decode(b"", 0, table, 0).size == 0
 
 
 def test_invalid_tables_rejected():
@@ -45,4 +45,23 @@ def test_truncated_stream_rejected():
     table = huffman.build_table(v)
     bits = huffman.encode(v, table)
     with pytest.raises(huffman.HuffmanError):
-        huffman.decode(bits[: len(bits) // 2], table, len(v))
+        huffman.decode(bits.tobytes(), len(bits) // 2, table, len(v))
+    with pytest.raises(huffman.HuffmanError, match="truncated"):
+        huffman.decode(bits.tobytes()[:2], len(bits), table, len(v))
+
+
+@pytest.mark.parametrize("window", [1, 3, 16])
+def test_codes_longer_than_the_window_decode_bit_by_bit(monkeypatch, window):
+    """A skewed (Fibonacci-like) alphabet gives codes far longer than a small lookup window;
+    the numpy decoder must agree with bitarray's C canonical decoder on every symbol."""
+    from bitarray.util import canonical_decode
+
+    rng = np.random.default_rng(0)
+    freq = [1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144]
+    v = rng.permutation(np.repeat(np.arange(len(freq)), freq))
+    table = huffman.build_table(v)
+    assert len(table.count) - 1 > 3  # some codes are longer than the small windows
+    bits = huffman.encode(v, table)
+    monkeypatch.setattr(huffman, "WINDOW", window)
+    out = huffman.decode(bits.tobytes(), len(bits), table, len(v))
+    assert out.tolist() == v.tolist() == list(canonical_decode(bits, table.count, table.symbols))

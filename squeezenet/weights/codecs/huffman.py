@@ -11,7 +11,6 @@ Huffman codes (``weights/huffman.py``).
 from __future__ import annotations
 
 import numpy as np
-from bitarray import bitarray
 
 from ...errors import ConfigError
 from .. import huffman
@@ -156,7 +155,7 @@ class HuffmanCodec:
         mask = self._mask(record, pt_b, ps_b, numel)
         idx_table = parse_table(it_b, 2 ** record["bits"], "index code table")
         try:
-            idx = huffman.decode(_bit_array(is_b)[:record["index_bits"]], idx_table, record["nnz"])
+            idx = huffman.decode(is_b, record["index_bits"], idx_table, record["nnz"])
         except huffman.HuffmanError as e:
             raise LayerError(str(e)) from None
         if idx.size and idx.max() >= codebook.size:
@@ -175,7 +174,7 @@ class HuffmanCodec:
         span = record["span"]
         table = parse_table(pt_b, span + 1, "position code table")
         try:
-            sym = huffman.decode(_bit_array(ps_b)[:record["position_bits"]], table, record["position_symbols"])
+            sym = huffman.decode(ps_b, record["position_bits"], table, record["position_symbols"])
         except huffman.HuffmanError as e:
             raise LayerError(str(e)) from None
         pos = positions_from_gaps(sym, span)
@@ -195,8 +194,3 @@ class HuffmanCodec:
                 "bits": record["bits"], "positions": record["positions"], "span": record["span"],
                 "index_bits": record["index_bits"], "position_bits": record["position_bits"]}
 
-
-def _bit_array(data: bytes):
-    bits = bitarray(endian="big")
-    bits.frombytes(data)
-    return bits
