@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["bench_codecs.py", "bench_models.py", "bench_compression.py", "bench_inference.py", "bench_int8_accuracy.py",
-           "bench_train.py", "bench_scale.py"]
+           "bench_train.py", "bench_scale.py", "bench_onnx.py"]
 
 
 def main() -> int:

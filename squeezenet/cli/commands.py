@@ -92,10 +92,10 @@ def add_eval(sub) -> None:
                    help="ImageNet validation folder with the mapping file")
     s.add_argument("--batch-size", type=_positive_int, default=50, help="images per batch (default 50)")
     s.add_argument("--workers", type=_nonneg_int, default=None, help="data loading processes (default: 2)")
-    s.add_argument("--engine", choices=ENGINES, default="torch",
-                   help="inference engine (default torch). auto times the fp32 engines here and "
-                        "keeps the fastest; with --calibration it also builds OpenVINO int8 (NNCF) and "
-                        "admits it if its top-1 agrees with fp32 on >= 85%% of held-out calibration "
+    s.add_argument("--engine", choices=ENGINES, default=None,
+                   help="inference engine (default torch; onnxruntime for an .onnx file). auto times the "
+                        "fp32 engines here and keeps the fastest; with --calibration it also builds OpenVINO "
+                        "int8 (NNCF) and admits it if its top-1 agrees with fp32 on >= 85%% of held-out calibration "
                         "images. The *-int8 engines need --calibration")
     s.add_argument("--calibration", type=_existing_path, default=None,
                    help="images for int8 calibration (never the evaluation images: overlap is refused)")
@@ -128,8 +128,8 @@ def add_predict(sub) -> None:
     s.add_argument("--weights", required=True, type=_existing_path, help="weights file (any supported kind)")
     s.add_argument("--top", type=_positive_int, default=5, help="classes per image (default 5)")
     s.add_argument("--mapping", type=_existing_path, default=None, help="LOC_synset_mapping.txt for class names")
-    s.add_argument("--engine", choices=ENGINES, default="torch",
-                   help="inference engine, as for eval (default torch)")
+    s.add_argument("--engine", choices=ENGINES, default=None,
+                   help="inference engine, as for eval (default torch; onnxruntime for an .onnx file)")
     s.add_argument("--calibration", type=_existing_path, default=None, help="images for int8 calibration")
     _add_model_args(s)
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -414,9 +414,14 @@ def add_train(sub) -> None:
 
 def cmd_export(args) -> int:
     report = export_weights(_weights(args), args.format, args.out, batch=args.batch, int8=args.int8,
-                            calibration=args.calibration)
+                            calibration=args.calibration, compressed_weights=args.compressed_weights)
     msg = (f"wrote {report['out']} ({report['bytes']:,} bytes); "
            f"max abs difference to PyTorch {report['max_abs_diff']:.2e}")
+    if args.compressed_weights:
+        msg += (f"; {report['ratio']:.1%} of the fp32 export's {report['fp32_onnx_bytes']:,} bytes, "
+                f"{report['packed_layers']} layers kept as codes")
+        if report["fp32_layers"]:
+            msg += f" ({len(report['fp32_layers'])} left fp32: {', '.join(report['fp32_layers'][:3])})"
     if args.int8:
         msg += (f"; int8 max abs difference {report['int8_max_abs_diff']:.3g} on a random input "
                 f"(measure its accuracy with `squeezenet eval --engine`)")
@@ -442,6 +447,10 @@ def add_export(sub) -> None:
     s.add_argument("--int8", action="store_true",
                    help="static int8 quantization: ONNX QDQ per-channel (ONNX Runtime) or, for openvino, NNCF")
     s.add_argument("--calibration", type=_existing_path, default=None, help="images for int8 calibration")
+    s.add_argument("--compressed-weights", action="store_true",
+                   help="onnx from a .sqz file: keep each coded layer as bit-packed level indices and its codebook, "
+                        "expanded to fp32 by ONNX Runtime when it loads the file (a fraction of the fp32 size, "
+                        "the same outputs)")
     _add_model_args(s)
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_export)

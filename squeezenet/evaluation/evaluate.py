@@ -65,7 +65,7 @@ def make_loader(data: str | os.PathLike, weights: LoadedWeights, batch_size: int
 
 def evaluate_weights(weights: str | os.PathLike | LoadedWeights, data: str | os.PathLike, *,
                      batch_size: int = 50, workers: int | None = None, progress: bool | None = None,
-                     engine: str = "torch", calibration=None, log=None) -> dict:
+                     engine: str | None = None, calibration=None, log=None) -> dict:
     """Load weights (any supported file), evaluate on an ImageNet validation folder with the
     chosen inference engine (see ``squeezenet.export.engine``)."""
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)
@@ -95,7 +95,7 @@ def _refuse_overlap(calibration: str | os.PathLike, dataset: ImageNetFolder) -> 
 
 @torch.inference_mode()
 def predict(weights: str | os.PathLike | LoadedWeights, images: list, *, top: int = 5,
-            mapping: str | os.PathLike | None = None, engine: str = "torch", calibration=None,
+            mapping: str | os.PathLike | None = None, engine: str | None = None, calibration=None,
             log=None) -> list[dict]:
     """Top-``top`` classes with probabilities for each image path, through ``engine``."""
     lw = weights if isinstance(weights, LoadedWeights) else load_weights(weights)

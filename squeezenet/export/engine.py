@@ -101,17 +101,21 @@ def _export_tmp(lw: LoadedWeights, int8: bool, calibration, calibration_images: 
     return out
 
 
-def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=None,
+def make_engine(lw: LoadedWeights, engine: str | None = "auto", calibration=None, log=None,
                 min_agreement: float = 0.85, calibration_images: int = 128) -> Engine:
-    """Build the named engine for ``lw``.
+    """Build the named engine for ``lw`` (None: torch, or ONNX Runtime for an ONNX file).
 
     ``auto`` times the fp32 engines and keeps the fastest; with ``calibration`` (a folder of
     images never used for evaluation) int8 engines that agree with fp32 on held-out calibration
     images at least ``min_agreement`` of the time compete too. The returned engine carries
     ``choice``: the timings and agreements behind the decision.
     """
+    if engine is None:
+        engine = "onnxruntime" if lw.kind == "onnx" else "torch"
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if lw.kind == "onnx":
+        return _onnx_file_engine(lw, engine)
     if engine == "torch":
         return TorchEngine(lw)
     if engine == "torch-channels-last":
@@ -156,6 +160,16 @@ def make_engine(lw: LoadedWeights, engine: str = "auto", calibration=None, log=N
     if log:
         log("engine auto: " + ", ".join(f"{k} {8 / v:.0f} images/s" for k, v in timings.items()) + f" -> {best.name}")
     return best
+
+
+def _onnx_file_engine(lw: LoadedWeights, engine: str) -> Engine:
+    """An ONNX file runs as it is: with ONNX Runtime (``auto``, ``onnxruntime``) or OpenVINO."""
+    if engine in ("auto", "onnxruntime"):
+        return OnnxRuntimeEngine(Path(lw.path))
+    if engine in ("openvino", "openvino-bf16"):
+        return OpenVinoEngine(Path(lw.path), engine, precision="bf16" if engine == "openvino-bf16" else "f32")
+    raise ConfigError(f"{lw.path}: an ONNX file runs with --engine auto, onnxruntime, openvino or openvino-bf16 "
+                      f"(it holds no PyTorch weights for {engine})")
 
 
 def _int8_candidates(lw: LoadedWeights, fp32: Path, calibration, images: int, min_agreement: float,

@@ -70,15 +70,49 @@ def onnx_outputs(path: Path, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
+def export_compressed_onnx(lw: LoadedWeights, model: torch.nn.Module, example: torch.Tensor, out: Path,
+                           dynamic: bool, meta: dict) -> dict:
+    """An ONNX file whose coded layers keep their codes (``compressed_onnx``), beside the size
+    of the fp32 export it was made from."""
+    import onnx
+
+    from .compressed_onnx import compress_initializers_
+    if lw.kind != "compressed":
+        raise ConfigError(f"{lw.path or 'these weights'}: --compressed-weights needs a compressed (.sqz) file, "
+                          f"not a {lw.kind} file")
+    fp32 = out.with_name(f".{out.name}.fp32.tmp")
+    try:
+        export_onnx(model, example, fp32, dynamic, meta)
+        fp32_bytes = fp32.stat().st_size
+        proto = onnx.load(str(fp32))
+    finally:
+        fp32.unlink(missing_ok=True)
+    info = compress_initializers_(proto, lw.extra["header"], lw.extra["shared_state"], lw.state_dict)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "squeezenet.compressed_weights", json.dumps(info["bits"])
+    onnx.checker.check_model(proto)
+    tmp = out.with_name(f".{out.name}.tmp")
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, out)
+    return {"fp32_onnx_bytes": fp32_bytes, "packed_layers": len(info["layers"]), "fp32_layers": info["fp32_layers"],
+            "bits_per_weight": info["bits"]}
+
+
 def export_weights(weights, fmt: str, out: str | os.PathLike, *, batch="dynamic", int8: bool = False,
-                   calibration=None, calibration_images: int = 64) -> dict:
+                   calibration=None, calibration_images: int = 64, compressed_weights: bool = False) -> dict:
     """Export ``weights`` (any supported file or ``LoadedWeights``) and verify the result.
 
-    Returns a report with ``out``, ``bytes``, ``max_abs_diff`` (and for int8 the top-1 agreement
-    with fp32 on the check batch).
+    Args:
+        compressed_weights: ONNX only, from a ``.sqz`` file: keep each coded layer as its
+            bit-packed codes and codebook, expanded by the graph when ONNX Runtime loads it.
+
+    Returns a report with ``out``, ``bytes``, ``max_abs_diff`` (for int8 the top-1 agreement
+    with fp32 on the check batch; for compressed weights ``fp32_onnx_bytes`` and ``ratio``).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if compressed_weights and (fmt != "onnx" or int8):
+        raise ConfigError("--compressed-weights is for the onnx format without --int8")
     if int8 and fmt not in ("onnx", "openvino"):
         raise ConfigError("int8 export is available for the onnx and openvino formats")
     if fmt == "openvino" and Path(out).suffix != ".xml":
@@ -93,60 +127,94 @@ def export_weights(weights, fmt: str, out: str | os.PathLike, *, batch="dynamic"
         raise FileNotFoundError(f"{out.parent}: output folder does not exist")
     size = lw.preprocessing.crop
     g = torch.Generator().manual_seed(0)
-    check = torch.randn(n or 2, 3, size, size, generator=g)
-    with torch.inference_mode():
-        ref = model(check)
-    meta = metadata(lw)
+    job = _Job(lw, model, torch.randn(n or 2, 3, size, size, generator=g), out, n, int8, calibration,
+               calibration_images)
     start = time.perf_counter()
     report = {"format": fmt, "model": lw.model_name, "weights": str(lw.path), "batch": n or "dynamic"}
-    if fmt == "onnx":
-        fp32 = out if not int8 else out.with_name(out.stem + ".fp32.onnx")
-        export_onnx(model, check[:1] if n is None else check, fp32, n is None, meta)
-        got = onnx_outputs(fp32, check.numpy())
-        report["max_abs_diff"] = float(np.abs(got - ref.numpy()).max())
-        if int8:
-            q = quantize_onnx_int8(fp32, out, calibration, lw.preprocessing, calibration_images)
-            report.update(q)
-            got8 = onnx_outputs(out, check.numpy())
-            report["int8_max_abs_diff"] = float(np.abs(got8 - ref.numpy()).max())
-            report["fp32_onnx"] = str(fp32)
-    elif fmt == "openvino":
-        import openvino as ov
-        fp32 = out.with_name(out.stem + ".fp32.onnx")
-        export_onnx(model, check[:1] if n is None else check, fp32, n is None, meta)
-        report["max_abs_diff"] = float(np.abs(onnx_outputs(fp32, check.numpy()) - ref.numpy()).max())
-        if int8:
-            report.update(quantize_openvino_int8(fp32, out, calibration, lw.preprocessing, calibration_images, meta))
-        else:
-            ir = ov.Core().read_model(str(fp32))
-            for key, value in meta.items():
-                ir.set_rt_info(value, key.split("."))
-            ov.save_model(ir, str(out), compress_to_fp16=False)
-        fp32.unlink()
-        compiled = compile_openvino(out, {"INFERENCE_PRECISION_HINT": "f32"})
-        got = np.array(next(iter(compiled({0: check.numpy()}).values())))
-        report["int8_max_abs_diff" if int8 else "max_abs_diff"] = float(np.abs(got - ref.numpy()).max())
-    elif fmt == "torchscript":
-        traced = torch.jit.trace(model, check[:1], check_trace=False)
-        tmp = out.with_name(f".{out.name}.tmp")
-        torch.jit.save(traced, str(tmp), _extra_files={k: v.encode() for k, v in meta.items()})
-        os.replace(tmp, out)
-        loaded = torch.jit.load(str(out))
-        with torch.inference_mode():
-            report["max_abs_diff"] = float((loaded(check) - ref).abs().max())
+    if fmt == "onnx" and compressed_weights:
+        report.update(export_compressed_onnx(lw, model, job.example, out, n is None, job.meta))
+        report["max_abs_diff"] = job.diff(onnx_outputs(out, job.check.numpy()))
     else:
-        dyn = {"x": {0: Dim("batch", min=1, max=4096)}} if n is None else None
-        ep = torch.export.export(model, (check,), dynamic_shapes=dyn)
-        tmp = out.with_name(f".{out.name}.tmp")
-        torch.export.save(ep, str(tmp), extra_files={k: v for k, v in meta.items()})
-        os.replace(tmp, out)
-        loaded = torch.export.load(str(out))
-        with torch.inference_mode():
-            report["max_abs_diff"] = float((loaded.module()(check) - ref).abs().max())
+        report.update(_EXPORTERS[fmt](job))
     report["seconds"] = time.perf_counter() - start
     report["out"] = str(out)
     report["bytes"] = out.stat().st_size + (out.with_suffix(".bin").stat().st_size if fmt == "openvino" else 0)
+    if compressed_weights:
+        report["ratio"] = report["bytes"] / report["fp32_onnx_bytes"]
     if not int8:
-        if report["max_abs_diff"] > 1e-4 * max(1.0, float(ref.abs().max())):
+        if report["max_abs_diff"] > 1e-4 * max(1.0, float(job.ref.abs().max())):
             raise ExportError(f"{out}: exported outputs differ from PyTorch by {report['max_abs_diff']:.3g}")
     return report
+
+
+class _Job:
+    """One export: the model, its check input and PyTorch's outputs on it, where it goes."""
+
+    def __init__(self, lw: LoadedWeights, model, check: torch.Tensor, out: Path, n: int | None, int8: bool,
+                 calibration, calibration_images: int) -> None:
+        self.lw, self.model, self.check, self.out, self.n, self.int8 = lw, model, check, out, n, int8
+        self.calibration, self.calibration_images = calibration, calibration_images
+        self.example = check[:1] if n is None else check
+        self.meta = metadata(lw)
+        with torch.inference_mode():
+            self.ref = model(check)
+
+    def diff(self, got) -> float:
+        return float(np.abs(np.asarray(got) - self.ref.numpy()).max())
+
+
+def _onnx(job: _Job) -> dict:
+    out = job.out
+    fp32 = out if not job.int8 else out.with_name(out.stem + ".fp32.onnx")
+    export_onnx(job.model, job.example, fp32, job.n is None, job.meta)
+    report = {"max_abs_diff": job.diff(onnx_outputs(fp32, job.check.numpy()))}
+    if job.int8:
+        report.update(quantize_onnx_int8(fp32, out, job.calibration, job.lw.preprocessing, job.calibration_images))
+        report["int8_max_abs_diff"] = job.diff(onnx_outputs(out, job.check.numpy()))
+        report["fp32_onnx"] = str(fp32)
+    return report
+
+
+def _openvino(job: _Job) -> dict:
+    import openvino as ov
+    out = job.out
+    fp32 = out.with_name(out.stem + ".fp32.onnx")
+    export_onnx(job.model, job.example, fp32, job.n is None, job.meta)
+    report = {"max_abs_diff": job.diff(onnx_outputs(fp32, job.check.numpy()))}
+    if job.int8:
+        report.update(quantize_openvino_int8(fp32, out, job.calibration, job.lw.preprocessing,
+                                             job.calibration_images, job.meta))
+    else:
+        ir = ov.Core().read_model(str(fp32))
+        for key, value in job.meta.items():
+            ir.set_rt_info(value, key.split("."))
+        ov.save_model(ir, str(out), compress_to_fp16=False)
+    fp32.unlink()
+    compiled = compile_openvino(out, {"INFERENCE_PRECISION_HINT": "f32"})
+    got = np.array(next(iter(compiled({0: job.check.numpy()}).values())))
+    report["int8_max_abs_diff" if job.int8 else "max_abs_diff"] = job.diff(got)
+    return report
+
+
+def _torchscript(job: _Job) -> dict:
+    traced = torch.jit.trace(job.model, job.check[:1], check_trace=False)
+    tmp = job.out.with_name(f".{job.out.name}.tmp")
+    torch.jit.save(traced, str(tmp), _extra_files={k: v.encode() for k, v in job.meta.items()})
+    os.replace(tmp, job.out)
+    loaded = torch.jit.load(str(job.out))
+    with torch.inference_mode():
+        return {"max_abs_diff": job.diff(loaded(job.check))}
+
+
+def _exported_program(job: _Job) -> dict:
+    dyn = {"x": {0: Dim("batch", min=1, max=4096)}} if job.n is None else None
+    ep = torch.export.export(job.model, (job.check,), dynamic_shapes=dyn)
+    tmp = job.out.with_name(f".{job.out.name}.tmp")
+    torch.export.save(ep, str(tmp), extra_files={k: v for k, v in job.meta.items()})
+    os.replace(tmp, job.out)
+    loaded = torch.export.load(str(job.out))
+    with torch.inference_mode():
+        return {"max_abs_diff": job.diff(loaded.module()(job.check))}
+
+
+_EXPORTERS = {"onnx": _onnx, "openvino": _openvino, "torchscript": _torchscript, "exported-program": _exported_program}

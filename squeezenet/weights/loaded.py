@@ -64,6 +64,9 @@ class LoadedWeights:
 
     def build_model(self) -> nn.Module:
         """The model in eval mode with these weights loaded."""
+        if self.kind == "onnx":
+            raise FormatError(f"{self.path}: an ONNX model runs as it is (eval and predict, with ONNX Runtime); it "
+                              f"holds no state dict to build a PyTorch model from")
         if not self.model_name:
             raise FormatError(f"{self.path}: a state dict of an unknown architecture; name the model "
                               f"(torchvision:NAME or package.module:function) to build it")

@@ -2,8 +2,8 @@
 
 Kinds: the published Deep Compression ``.net`` file, our checkpoints (``torch.save`` zip of
 plain tensors and metadata, read with ``weights_only=True``), bare state dicts (torch files or
-``.safetensors``), and our compressed format (``squeezenet.weights.sqz``). Each carries its
-preprocessing.
+``.safetensors``), our compressed format (``squeezenet.weights.sqz``) and ONNX models (run as
+they are by ``eval`` and ``predict``; ``onnx_file``). Each carries its preprocessing.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from ..preprocessing import CAFFE_IMAGENET, TORCHVISION_IMAGENET, Preprocessing
 from ..utils import atomic_write_bytes
 from .caffe_net import layers_to_state_dict, parse_caffe_net
 from .loaded import LoadedWeights
+from .onnx_file import load_onnx, looks_like_onnx
 from .sqz import MAGIC, load_compressed
 
 CHECKPOINT_FORMAT = "squeezenet-checkpoint"
@@ -167,6 +168,8 @@ def load_weights(path: str | os.PathLike) -> LoadedWeights:
         return _load_safetensors(path)
     if head.startswith(MAGIC):
         return load_compressed(path)
+    if looks_like_onnx(head) and (onnx_model := load_onnx(path)) is not None:
+        return onnx_model
     data = path.read_bytes()
     try:
         layers = parse_caffe_net(data, path)
