@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -26,8 +27,8 @@ from .config import CompressionConfig
 from .progress import stage, tick
 from .outputs import distortion, flatten_outputs, resolve_output_kind
 from .quantization import _set_buffer
-from .rdquant import (HESSIAN_POSITIONS, feedback_damping, feedback_factors, feedback_memory, fisher_sensitivity,
-                      layer_hessians, quantize_for_budget_, sized_on_estimates)
+from .rdquant import (HESSIAN_POSITIONS, SecondMomentSums, feedback_damping, feedback_factors, feedback_memory,
+                      fisher_sensitivity, quantize_for_budget_, sized_on_estimates)
 
 # Sensitivity exponent of each quantizer: a layer's slope is lam / s**exponent. "trellis" is
 # "uniform" on the trellis codec's dependent quantizer, without error feedback (MPEG NNC's DQ).
@@ -64,6 +65,25 @@ def model_outputs(model: nn.Module, inputs: torch.Tensor, batch_size: int = 16) 
         model.train(was_training)
 
 
+@torch.no_grad()
+def judged_distortion(model: nn.Module, inputs: torch.Tensor, reference: torch.Tensor, kind: str,
+                      batch_size: int = 16) -> float:
+    """``distortion`` of the model's outputs on ``inputs`` against ``reference`` (``model_outputs``
+    of the original), a batch at a time: the mean over inputs, without the outputs of all of them
+    and their softmaxes in memory at once (a language model's 64 judge sequences: 268 MB each)."""
+    was_training = model.training
+    model.eval()
+    total, rows = 0.0, 0
+    try:
+        for i in range(0, inputs.shape[0], batch_size):
+            out = flatten_outputs(model(inputs[i:i + batch_size]))
+            total += float(distortion(reference[rows:rows + out.shape[0]], out, kind)) * out.shape[0]
+            rows += out.shape[0]
+    finally:
+        model.train(was_training)
+    return total / max(rows, 1)
+
+
 def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tensor, budget: int, serialize,
                 log=print, tuned_after: bool = False) -> dict:
     """Quantize ``model`` in place to fit ``budget`` bytes (``serialize`` gives the exact file).
@@ -90,7 +110,8 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
         sens = fisher_sensitivity(model, inputs[:LARGE_MODEL_SENSITIVITY_INPUTS] if large else inputs, output=kind)
     else:  # one step for every layer: no sensitivities to measure (a backward pass per input)
         sens = {n: 1.0 for n in prunable_layers(model)}
-    factors = feedback_factors_of(model, inputs, log, positions=LARGE_MODEL_POSITIONS if large else HESSIAN_POSITIONS) \
+    factors = feedback_factors_of(model, inputs, log, positions=LARGE_MODEL_POSITIONS if large else HESSIAN_POSITIONS,
+                                  store=np.float32 if large else np.float64) \
         if config.error_feedback and names != [TRELLIS] else None
 
     def fit(name, what="quantizer", **search):
@@ -106,18 +127,22 @@ def fit_budget_(model: nn.Module, config: CompressionConfig, inputs: torch.Tenso
     return {**chosen, **counts, "output": kind}
 
 
-def feedback_factors_of(model: nn.Module, inputs: torch.Tensor, log=print, positions: int = HESSIAN_POSITIONS) -> dict:
+def feedback_factors_of(model: nn.Module, inputs: torch.Tensor, log=print, positions: int = HESSIAN_POSITIONS,
+                        store=np.float64) -> dict:
     """Error feedback's factors of each layer's input second moments on ``inputs``: factored once
     for every candidate (a fifth of a 22M-weight model's time went to factoring them again for
-    each), each layer's second moments overwritten by their factors (no second copy in memory)."""
+    each), one layer at a time from the float32 sums, each layer's float64 second moments
+    overwritten by their factors (no second copy in memory). ``store``: the factors' dtype
+    (float32 for models sized on estimates: half the memory, held through the whole search)."""
     log(f"error feedback: {feedback_memory(model) / 2**20:,.0f} MiB of input second moments")
     rows: dict[str, int] = {}
-    hessians = layer_hessians(model, inputs, rows=rows, positions=positions)
+    sums = SecondMomentSums(model, inputs, rows=rows, positions=positions)
     factors = {}
-    with stage("factoring second moments", total=len(hessians), unit="layer"):
-        for n in list(hessians):
-            blocks = hessians.pop(n)
-            factors[n] = feedback_factors(blocks, feedback_damping(blocks, rows[n]), overwrite=True)
+    with stage("factoring second moments", total=len(sums.parts), unit="layer"):
+        for n in list(sums.parts):
+            blocks = sums.pop(n)
+            factors[n] = feedback_factors(blocks, feedback_damping(blocks, rows[n]), overwrite=True, store=store)
+            del blocks
             tick()
     return factors
 
@@ -177,7 +202,7 @@ class _CandidateSearch:
             self.fitted = (measured, name, info, self.best[3] if self.best[1] == name else _snapshot(self.model))
 
     def _distortion(self) -> float:
-        return float(distortion(self.reference, model_outputs(self.model, self.judge), self.kind))
+        return judged_distortion(self.model, self.judge, self.reference, self.kind)
 
     def _kept(self) -> dict:
         """The best candidate, fitted to the budget now where it was only judged; a candidate
@@ -256,9 +281,31 @@ def _weighted(sens: dict[str, float], quantizer: str) -> dict[str, float]:
 
 
 def _snapshot(model: nn.Module) -> dict:
-    return {n: {k: getattr(m, k).detach().clone() for k in ("weight",) + CODING_BUFFERS
-                if getattr(m, k, None) is not None}
-            for n, m in prunable_layers(model).items()}
+    """The coded layers' weights and coding buffers, to restore later. A quantized layer's weight
+    is its levels at its indices (``install_``), so it is left out where it is exactly that and
+    rebuilt on restore: each candidate kept in memory then costs its indices and masks (3 bytes a
+    weight), not a float copy of the model besides (a 98M-weight model: 392 MB a candidate)."""
+    out = {}
+    for n, m in prunable_layers(model).items():
+        state = {k: getattr(m, k).detach().clone() for k in CODING_BUFFERS if getattr(m, k, None) is not None}
+        if not _is_levels(m.weight, state):
+            state["weight"] = m.weight.detach().clone()
+        out[n] = state
+    return out
+
+
+def _levels_weight(state: dict, like: torch.Tensor) -> torch.Tensor | None:
+    """The weight a layer's coding buffers give (its levels at its indices, 0 where pruned)."""
+    if not all(k in state for k in ("weight_codebook", "weight_index", "weight_mask")):
+        return None
+    index = state["weight_index"].long().clamp_(0, max(state["weight_codebook"].numel() - 1, 0))
+    values = state["weight_codebook"][index] if state["weight_codebook"].numel() else torch.zeros(index.shape)
+    return torch.where(state["weight_mask"].bool(), values, 0.0).to(like.dtype)
+
+
+def _is_levels(weight: torch.Tensor, state: dict) -> bool:
+    rebuilt = _levels_weight(state, weight)
+    return rebuilt is not None and rebuilt.shape == weight.shape and torch.equal(rebuilt, weight.detach())
 
 
 @torch.no_grad()
@@ -272,3 +319,5 @@ def _restore(model: nn.Module, state: dict) -> None:
                 m.weight.copy_(v)
             else:
                 _set_buffer(m, k, v.clone())
+        if "weight" not in state[n]:
+            m.weight.copy_(_levels_weight(state[n], m.weight))

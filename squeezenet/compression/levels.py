@@ -41,3 +41,8 @@ def layer_step(w: np.ndarray, mask: np.ndarray, lam_l: float, step_scale: float,
     if abs_max is not None:  # at most ~2,000 levels a side: finer than any budget needs, and a bounded file
         delta = max(delta, abs_max / 2000.0)
     return delta
+
+
+def as_f64(w: np.ndarray) -> np.ndarray:
+    """A layer's weights in float64, where the quantizers compute (a copy of one layer at a time)."""
+    return np.asarray(w, np.float64)

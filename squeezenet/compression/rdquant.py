@@ -13,6 +13,8 @@ by bisection on ``lam`` with exact encoded sizes.
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import dataclass
 
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..weights.codecs.base import index_bits
 from ..weights.entropy import code_length
-from .levels import LayerQuant, layer_step
+from .levels import LayerQuant, as_f64, layer_step
 from .outputs import fisher_sample_loss, flatten_outputs
 from . import kernels
 from .progress import stage, tick
@@ -58,7 +60,7 @@ def _grid_assignment(values, mask, delta, lam, iters, bins):
         v = np.asarray(values, np.float64).reshape(-1)
         return _ecsq_grid(v[mask], n_pruned, delta, lam, iters)
     q, levels, qmin, bits = _ecsq_grid(bins.value, n_pruned, delta, lam, iters, bins.count)
-    return q[bins.bin], levels, qmin, bits
+    return q[bins.of(np.asarray(values, np.float64).reshape(-1)[mask])], levels, qmin, bits
 
 
 class ValueBins:
@@ -76,14 +78,23 @@ class ValueBins:
             n_bins = max(1 << 16, min(1 << 20, kept.size // 8))
         lo, hi = (float(kept.min()), float(kept.max())) if kept.size else (0.0, 0.0)
         self.abs_max = max(-lo, hi) if kept.size else None
-        scale = n_bins / max(hi - lo, 1e-30)
-        raw = np.minimum(((kept - lo) * scale).astype(np.int64), n_bins - 1)
+        self.lo, self.scale, self.n_bins = lo, n_bins / max(hi - lo, 1e-30), n_bins
+        raw = self._raw(kept)
         counts = np.bincount(raw, minlength=n_bins)
         sums = np.bincount(raw, weights=kept, minlength=n_bins)
         used = counts > 0
         self.value = sums[used] / counts[used]
         self.count = counts[used].astype(np.float64)
-        self.bin = (np.cumsum(used) - 1)[raw]
+        self.slot = (np.cumsum(used) - 1).astype(np.int32)  # fine bin -> used bin
+
+    def _raw(self, kept: np.ndarray) -> np.ndarray:
+        return np.minimum(((kept - self.lo) * self.scale).astype(np.int64), self.n_bins - 1)
+
+    def of(self, kept: np.ndarray) -> np.ndarray:
+        """The used bin of each of the kept weights given (float64, in the order they were binned).
+        Computed again at each call rather than stored: a 100M-weight model's bin per weight
+        was 392 MB held through the whole search, for a pass over the weights a call."""
+        return self.slot[self._raw(kept)]
 
 
 def _ecsq_grid(kept: np.ndarray, n_pruned: int, delta: float, lam: float, iters: int,
@@ -226,7 +237,7 @@ FACTOR_CHUNK = 16
 
 
 def feedback_factors(blocks: list[tuple[int, int, np.ndarray]], damp: float | None = None,
-                     overwrite: bool = False) -> FeedbackFactor:
+                     overwrite: bool = False, store=np.float64) -> FeedbackFactor:
     """``FeedbackFactor`` of a layer's second-moment blocks (``layer_hessians``), each damped by
     ``damp`` (default ``FEEDBACK_DAMPING``) times its mean diagonal; blocks of one width are
     factored in one batched call.
@@ -234,7 +245,8 @@ def feedback_factors(blocks: list[tuple[int, int, np.ndarray]], damp: float | No
     ``overwrite``: where the blocks of one width are consecutive slices of one array (as
     ``layer_hessians`` gives them), their factors are written over them, not into a copy (a
     22M-weight model's 866 MiB of fresh memory; on a virtual machine paging it in took longer
-    than the factoring)."""
+    than the factoring). ``store``: the dtype the factors are kept in (computed in float64;
+    the feedback computes in float64 whatever they are kept in)."""
     damp = FEEDBACK_DAMPING if damp is None else damp
     groups, damped = [], 0.0
     second_moment = {s: h for s, _, h in blocks}
@@ -243,7 +255,7 @@ def feedback_factors(blocks: list[tuple[int, int, np.ndarray]], damp: float | No
         for i in range(0, starts.size, FACTOR_CHUNK):
             diag = _factor_stack_(stack[i:i + FACTOR_CHUNK], damp)
             damped += float(diag.sum()) * width
-        groups.append((starts, stack.numpy()))
+        groups.append((starts, stack.numpy() if store == np.float64 else stack.numpy().astype(store)))
     columns = max(e for _, e, _ in blocks)
     return FeedbackFactor(groups, damped / columns, columns)
 
@@ -368,12 +380,39 @@ def layer_hessians(model: nn.Module, images: torch.Tensor, batch_size: int = 16,
     damping) and come back in float64. ``rows``, where given, is filled with the number of input
     rows each layer's second moment sums (``feedback_damping`` weighs it).
     """
-    layers = _feedback_layers(model)
-    groups = {n: _block_groups(feedback_blocks(*_columns(m))) for n, m in layers.items()}
-    acc: dict[str, list] = {}
-    g = torch.Generator().manual_seed(seed)
+    sums = SecondMomentSums(model, images, batch_size, positions, seed, rows)
+    return {name: sums.pop(name) for name in list(sums.parts)}
 
-    def hook(name):
+
+class SecondMomentSums:
+    """``layer_hessians``' float32 sums, handed out one layer at a time in float64 (``pop``), so
+    that a model's second moments are never all in float64 at once (a 98M-weight language
+    model's: 976 MiB, against 488 in float32)."""
+
+    @torch.no_grad()
+    def __init__(self, model: nn.Module, images: torch.Tensor, batch_size: int = 16,
+                 positions: int = HESSIAN_POSITIONS, seed: int = 0, rows: dict[str, int] | None = None) -> None:
+        layers = _feedback_layers(model)
+        self.groups = {n: _block_groups(feedback_blocks(*_columns(m))) for n, m in layers.items()}
+        self.parts: dict[str, list] = {}
+        self.count = images.shape[0]
+        g = torch.Generator().manual_seed(seed)
+        handles = [m.register_forward_hook(self._hook(n, positions, g, rows)) for n, m in layers.items()]
+        was_training = model.training
+        model.eval()
+        try:
+            with stage("input second moments", total=-(-images.shape[0] // batch_size), unit="batch"):
+                for i in range(0, images.shape[0], batch_size):
+                    model(images[i:i + batch_size])
+                    tick()
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+
+    def _hook(self, name, positions, g, rows):
+        groups, acc = self.groups[name], self.parts
+
         def fn(m, inp, _out):
             x = inp[0].detach().float()
             conv = isinstance(m, (nn.Conv1d, nn.Conv2d))
@@ -382,31 +421,20 @@ def layer_hessians(model: nn.Module, images: torch.Tensor, batch_size: int = 16,
             else:
                 x = x.reshape(-1, x.shape[-1])
             if name not in acc:
-                acc[name] = [torch.zeros(starts.size, width, width) for starts, width, _ in groups[name]]
+                acc[name] = [torch.zeros(starts.size, width, width) for starts, width, _ in groups]
             if rows is not None:
                 rows[name] = rows.get(name, 0) + (x.shape[0] * x.shape[2] if conv else x.shape[0])
-            for a, (_, width, cols) in zip(acc[name], groups[name]):
+            for a, (_, width, cols) in zip(acc[name], groups):
                 xs = _block_rows(x, cols, width) if conv else \
                     x[:, cols].reshape(x.shape[0], -1, width).transpose(0, 1).contiguous()
                 a.baddbmm_(xs.transpose(1, 2), xs)
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), stage("input second moments", total=-(-images.shape[0] // batch_size), unit="batch"):
-            for i in range(0, images.shape[0], batch_size):
-                model(images[i:i + batch_size])
-                tick()
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    n = images.shape[0]
-    return {name: [(int(s), int(s) + width, h) for (starts, width, _), a in zip(groups[name], parts)
-                   for s, h in zip(starts, a.double().div_(n).numpy())]
-            for name, parts in acc.items()}
+    def pop(self, name: str) -> list[tuple[int, int, np.ndarray]]:
+        """A layer's blocks in float64, as ``layer_hessians`` gives them; its sums are freed."""
+        parts = self.parts.pop(name)
+        return [(int(s), int(s) + width, h) for (starts, width, _), a in zip(self.groups[name], parts)
+                for s, h in zip(starts, a.double().div_(self.count).numpy())]
 
 
 def _block_groups(blocks: list[tuple[int, int]]) -> list[tuple[np.ndarray, int, slice]]:
@@ -469,29 +497,60 @@ def fisher_sensitivity(model: nn.Module, images: torch.Tensor, batch_size: int =
     ``distortion(model, perturbed) ~ 0.5 * s * sum(dW**2)`` for a small perturbation ``dW``.
     """
     layers = prunable_layers(model)
-    acc = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
+    sums = {n: [0.0, 0, 0.0] for n in layers}  # squared gradients summed over kept weights, their count, over all
     g = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
-    try:
-        with stage("sensitivities", total=-(-images.shape[0] // batch_size), unit="batch"):
-            for i in range(0, images.shape[0], batch_size):
-                y = flatten_outputs(model(images[i:i + batch_size]))
-                model.zero_grad(set_to_none=True)
-                fisher_sample_loss(y, output, g).backward()
-                for n, m in layers.items():
-                    if m.weight.grad is not None:  # a layer the output does not depend on has none
-                        acc[n] += m.weight.grad.detach() ** 2
-                tick()
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
+    with _layer_gradients_only(model, layers, sums):
+        try:
+            with stage("sensitivities", total=-(-images.shape[0] // batch_size), unit="batch"):
+                for i in range(0, images.shape[0], batch_size):
+                    y = flatten_outputs(model(images[i:i + batch_size]))
+                    model.zero_grad(set_to_none=True)
+                    fisher_sample_loss(y, output, g).backward()
+                    tick()
+        finally:
+            model.zero_grad(set_to_none=True)
+            model.train(was_training)
     out = {}
     for n, m in layers.items():
-        keep = m.weight.detach() != 0
-        f = acc[n][keep] if keep.any() else acc[n].reshape(-1)
-        out[n] = max(float(f.mean()) / max(images.shape[0], 1), 1e-30)
+        kept_sum, kept, total = sums[n]
+        mean = kept_sum / kept if kept else total / max(m.weight.numel(), 1)
+        out[n] = max(mean / max(images.shape[0], 1), 1e-30)
     return out
+
+
+@contextlib.contextmanager
+def _layer_gradients_only(model: nn.Module, layers: dict, sums: dict):
+    """While the block runs, only the coded layers' weights take gradients, and each gradient is
+    summed into ``sums`` and freed as soon as it is complete (a post-accumulate-grad hook): the
+    memory of one layer's gradient at a time, not a gradient and a squared-gradient accumulator
+    of the whole model besides (a 98M-weight model: 0.8 GB). A layer whose weight takes no
+    gradient (frozen) sums nothing, as the output does not depend on it."""
+    owner = {id(m.weight): n for n, m in layers.items() if m.weight.is_leaf and m.weight.requires_grad}
+    leaves = {id(m.weight): m.weight for m in layers.values() if id(m.weight) in owner}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in owner] if owner else []
+
+    def hook(p):
+        sq = p.grad.detach().float() ** 2
+        keep = p.detach() != 0
+        entry = sums[owner[id(p)]]
+        entry[0] += float(sq[keep].sum())
+        entry[1] = int(keep.sum())  # the same weights every batch
+        entry[2] += float(sq.sum())
+        p.grad = None
+
+    handles = []
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        handles = [p.register_post_accumulate_grad_hook(hook) for p in leaves.values()]
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def quantize_layers(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], sensitivity: dict[str, float],
@@ -506,6 +565,7 @@ def quantize_layers(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]
     out = {}
     factors, bins = factors or {}, bins or {}
     for n, w in weights.items():
+        w = as_f64(w)
         lam_l = lam / sensitivity[n]
         delta = layer_step(w, masks[n], lam_l, step_scale, bins[n].abs_max if n in bins else None)
         f = factors.get(n)
@@ -524,6 +584,7 @@ def estimated_bytes(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]
     ``quantize_for_budget_`` measures."""
     total = 0.0
     for n, w in weights.items():
+        w = as_f64(w)
         lam_l = lam / sensitivity[n]
         mask = masks[n]
         b = bins.get(n)
@@ -540,10 +601,12 @@ def estimated_bytes(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]
 
 
 def model_weights_and_masks(model: nn.Module) -> tuple[dict, dict]:
-    """Flat float64 weights and kept masks (the ``weight_mask`` buffer, else nonzero) per layer."""
+    """Flat float32 copies of the weights and kept masks (the ``weight_mask`` buffer, else nonzero)
+    per layer. Float32, not float64: half the memory of a 100M-weight model's copy, and exact (the
+    quantizers take each layer to float64 as they reach it, ``as_f64``)."""
     weights, masks = {}, {}
     for n, m in prunable_layers(model).items():
-        w = m.weight.detach().cpu().double().reshape(-1).numpy()
+        w = m.weight.detach().cpu().float().reshape(-1).numpy().copy()
         mk = get_mask(m)
         masks[n] = (mk.cpu().reshape(-1).numpy().astype(bool) if mk is not None else w != 0)
         weights[n] = w
@@ -723,7 +786,7 @@ class _Sizer:
         self.model, self.sensitivity, self.serialize, self.step_scale = model, sensitivity, serialize, step_scale
         self.factors, self.trellis, self.log = factors, trellis, log
         self.weights, self.masks = model_weights_and_masks(model)
-        self.reference = {n: torch.from_numpy(w.astype(np.float32)) for n, w in self.weights.items()}
+        self.reference = {n: torch.from_numpy(w) for n, w in self.weights.items()}  # never written to
         self.exact = not _sized_on_estimates(sum(w.size for w in self.weights.values()),
                                              sum(f.columns for f in factors.values()))
         self.bins = {} if self.exact else {n: ValueBins(w[self.masks[n]]) for n, w in self.weights.items()

@@ -14,7 +14,7 @@ import numpy as np
 from ..weights.codecs.trellis import (MAX_MAGNITUDE, N_CONTEXTS, NEXT, flags_of, integers, reconstruct, run_length,
                                       symbols, weights_of)
 from ..weights.entropy import code_length
-from .levels import LayerQuant, layer_step
+from .levels import LayerQuant, as_f64, layer_step
 
 CHUNK_ROWS = 1 << 15   # runs searched at once (memory: ~3 bytes per run, position and state)
 
@@ -124,6 +124,7 @@ def quantize_layers_trellis(weights: dict[str, np.ndarray], masks: dict[str, np.
     slope ``lam / s`` as in ``rdquant.quantize_layers``)."""
     out = {}
     for n, w in weights.items():
+        w = as_f64(w)
         lam_l = lam / sensitivity[n]
         step = float(np.float32(layer_step(w, masks[n], lam_l, step_scale)))
         j = trellis_layer(w, shapes[n], step, lam_l, masks[n])
@@ -147,6 +148,7 @@ def estimated_bytes_trellis(weights: dict[str, np.ndarray], masks: dict[str, np.
     ``sample_runs`` evenly spaced runs a layer, scaled to the layer (no tables, no headers)."""
     total = 0.0
     for n, w in weights.items():
+        w = as_f64(w)
         run = run_length(shapes[n])
         rows = w.size // run
         pick = np.unique(np.linspace(0, rows - 1, min(rows, sample_runs)).astype(np.int64))
