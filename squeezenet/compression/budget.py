@@ -165,7 +165,9 @@ class _CandidateSearch:
         self.model, self.judge, self.kind, self.budget, self.large, self.fit, self.log = \
             model, judge, kind, budget, large, fit, log
         self.reference = model_outputs(model, judge)
-        self.original = _snapshot(model)
+        self.original = _snapshot(model, weights=True)
+        # the quantizers' reference weights are the original snapshot's, not a copy of their own
+        self.reference_weights = {n: s["weight"].float().reshape(-1).numpy() for n, s in self.original.items()}
         self.weights = sum(m.weight.numel() for m in prunable_layers(model).values())
         self.best = self.fitted = None
         self.candidates: dict = {}
@@ -188,7 +190,7 @@ class _CandidateSearch:
             known["aim"] = math.sqrt(self.learnt["middle"]["aim"] * self.learnt[BETWEEN[name]]["aim"])
         fitted_now = self.large and (first or name in BETWEEN)
         info = self.fit(name, tolerance=None if fitted_now else CANDIDATE_TOLERANCE,
-                        aim=known.get("aim"), coded_ratio=known.get("coded_ratio"))
+                        aim=known.get("aim"), coded_ratio=known.get("coded_ratio"), reference=self.reference_weights)
         self.learnt.setdefault(family, {"aim": info["aim"]})["coded_ratio"] = info["coded_ratio"]
         self.learnt[name] = {"aim": info["aim"], "near": info["lam"], "coded_ratio": info["coded_ratio"]}
         measured = self._distortion()
@@ -212,7 +214,7 @@ class _CandidateSearch:
             _restore(self.model, state)
         else:  # fitted to the budget now, from where it was judged
             _restore(self.model, self.original)
-            info = self.fit(name, "fitting", **self.learnt[name])
+            info = self.fit(name, "fitting", **self.learnt[name], reference=self.reference_weights)
             d = self._distortion()
             self.candidates[name] = {"bytes": info["bytes"], "distortion": d}
             self.log(f"quantizer {name} fitted: {info['bytes']:,} bytes, {self.kind} distortion {d:.4g}")
@@ -280,15 +282,16 @@ def _weighted(sens: dict[str, float], quantizer: str) -> dict[str, float]:
     return {n: s ** exponent for n, s in sens.items()}
 
 
-def _snapshot(model: nn.Module) -> dict:
+def _snapshot(model: nn.Module, weights: bool = False) -> dict:
     """The coded layers' weights and coding buffers, to restore later. A quantized layer's weight
     is its levels at its indices (``install_``), so it is left out where it is exactly that and
     rebuilt on restore: each candidate kept in memory then costs its indices and masks (3 bytes a
-    weight), not a float copy of the model besides (a 98M-weight model: 392 MB a candidate)."""
+    weight), not a float copy of the model besides (a 98M-weight model: 392 MB a candidate).
+    ``weights``: keep every weight all the same."""
     out = {}
     for n, m in prunable_layers(model).items():
         state = {k: getattr(m, k).detach().clone() for k in CODING_BUFFERS if getattr(m, k, None) is not None}
-        if not _is_levels(m.weight, state):
+        if weights or not _is_levels(m.weight, state):
             state["weight"] = m.weight.detach().clone()
         out[n] = state
     return out

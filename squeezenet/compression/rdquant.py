@@ -600,13 +600,15 @@ def estimated_bytes(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]
     return total
 
 
-def model_weights_and_masks(model: nn.Module) -> tuple[dict, dict]:
+def model_weights_and_masks(model: nn.Module, reference: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:
     """Flat float32 copies of the weights and kept masks (the ``weight_mask`` buffer, else nonzero)
     per layer. Float32, not float64: half the memory of a 100M-weight model's copy, and exact (the
-    quantizers take each layer to float64 as they reach it, ``as_f64``)."""
+    quantizers take each layer to float64 as they reach it, ``as_f64``). ``reference``: flat
+    float32 arrays equal to the weights, held by the caller and never written, used instead of
+    a copy."""
     weights, masks = {}, {}
     for n, m in prunable_layers(model).items():
-        w = m.weight.detach().cpu().float().reshape(-1).numpy().copy()
+        w = reference[n] if reference is not None else m.weight.detach().cpu().float().reshape(-1).numpy().copy()
         mk = get_mask(m)
         masks[n] = (mk.cpu().reshape(-1).numpy().astype(bool) if mk is not None else w != 0)
         weights[n] = w
@@ -713,7 +715,8 @@ def _order0_bytes(zeros: float, neg: np.ndarray, pos: np.ndarray) -> float:
 def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget: int, serialize,
                          step_scale: float | None = None, log=None, factors: dict[str, FeedbackFactor] | None = None,
                          trellis: bool = False, tolerance: float | None = None, aim: float | None = None,
-                         coded_ratio: float | None = None, near: float | None = None) -> dict:
+                         coded_ratio: float | None = None, near: float | None = None,
+                         reference: dict[str, np.ndarray] | None = None) -> dict:
     """ECSQ every layer of ``model`` in place at the slope whose file fits ``budget`` bytes.
 
     Args:
@@ -757,7 +760,7 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
         step_scale = TRELLIS_STEP_SCALE if trellis else 1.7 if factors else 0.6
     if aim is None:
         aim = FEEDBACK_AIM if factors else 1.0
-    sizer = _Sizer(model, sensitivity, serialize, step_scale, factors or {}, trellis, log)
+    sizer = _Sizer(model, sensitivity, serialize, step_scale, factors or {}, trellis, log, reference)
     judging = tolerance is not None and not sizer.exact
     if coded_ratio is not None:
         sizer.ratios.append(coded_ratio)
@@ -782,10 +785,10 @@ class _Sizer:
     exact bytes per order-0 byte of the last file serialized (``ratios``); ``estimate`` is the
     fast stand-in (plain ECSQ, order-0) that the search solves on."""
 
-    def __init__(self, model, sensitivity, serialize, step_scale, factors, trellis, log):
+    def __init__(self, model, sensitivity, serialize, step_scale, factors, trellis, log, reference=None):
         self.model, self.sensitivity, self.serialize, self.step_scale = model, sensitivity, serialize, step_scale
         self.factors, self.trellis, self.log = factors, trellis, log
-        self.weights, self.masks = model_weights_and_masks(model)
+        self.weights, self.masks = model_weights_and_masks(model, reference)
         self.reference = {n: torch.from_numpy(w) for n, w in self.weights.items()}  # never written to
         self.exact = not _sized_on_estimates(sum(w.size for w in self.weights.values()),
                                              sum(f.columns for f in factors.values()))
