@@ -47,18 +47,13 @@ def decode(data: bytes, path="<bytes>") -> tuple[dict, dict[str, np.ndarray]]:
     expected, layout = container.self_described(header, path)
     container.check_body(data, off, header, expected, layout, False, path)
     state: dict[str, np.ndarray] = {}
-    layers = container.decode_layers(data, off, header, expected, path)
-    while True:
-        try:
-            layer, out = next(layers)
-        except StopIteration as stop:
-            off = stop.value
-            break
+    for layer, out in container.decode_layers(data, off, header, expected, path):
         shape, _, whole = expected[layer["name"]]
         code = container.weight_dtype(layer, header["version"])
         state[coded_key(layer["name"], "weight", whole)] = _as_dtype(out.weight.reshape(shape), code)
         if out.bias is not None:
             state[coded_key(layer["name"], "bias")] = _as_dtype(out.bias, code)
+    off = container.raws_offset(off, header)
     for name, code, array in container.decode_raws(data, off, header, layout, path):
         state[name] = _bf16_to_f32(array) if code == "bf16" else array.astype(bool) if code == "b1" else array
     for alias, target in container.alias_records(header, path).items():

@@ -14,7 +14,6 @@ by bisection on ``lam`` with exact encoded sizes.
 from __future__ import annotations
 
 import contextlib
-
 import math
 from dataclasses import dataclass
 

@@ -260,8 +260,7 @@ def weight_dtype(layer: dict, version: int) -> str:
 
 
 def decode_layers(data: bytes, off: int, header: dict, expected: dict, path):
-    """Pass 2 over the (checked) coded layers: yields (record, DecodedLayer) in file order and
-    returns, as the generator's value, the offset after their sections."""
+    """Pass 2 over the (checked) coded layers: yields (record, DecodedLayer) in file order."""
     for layer in header["layers"]:
         shape = expected[layer["name"]][0]
         sections = []
@@ -274,7 +273,11 @@ def decode_layers(data: bytes, off: int, header: dict, expected: dict, path):
         except LayerError as e:
             raise bad(path, f"{layer['name']}: {e}") from None
         yield layer, out
-    return off
+
+
+def raws_offset(off: int, header: dict) -> int:
+    """Where the raw tensors start: after every coded layer's sections."""
+    return off + sum(sum(layer["sizes"]) for layer in header["layers"])
 
 
 def decode_raws(data: bytes, off: int, header: dict, state_layout: dict, path):

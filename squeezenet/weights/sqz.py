@@ -44,7 +44,7 @@ from .loaded import LoadedWeights
 from .container import (ALIAS_VERSION, FLAG_ZLIB_HEADER, FORMAT_NAME, HUFFMAN_VERSION, MAGIC, MAX_FILE,  # noqa: F401
                         MAX_HEADER, MAX_LAYER_WEIGHTS, MAX_STATE_WEIGHTS, READ_VERSIONS, STORED_DTYPES, VERSION,
                         alias_records, bad, check_body, checked_int, decode_layers, decode_raws, layer_codec,
-                        parse_header, self_described, weight_dtype, whole_state)
+                        parse_header, raws_offset, self_described, weight_dtype, whole_state)
 from .container import PREAMBLE as _PREAMBLE  # noqa: F401  (tests read the preamble's layout)
 
 # fp32 sizes of the paper's Table 2 comparisons: SqueezeNet v1.0 and AlexNet, 1000 classes
@@ -311,12 +311,7 @@ def _decode_layers(data: bytes, off: int, header: dict, expected: dict, path) ->
     """Pass 2 over the coded layers: (state, shared state, offset after their sections)."""
     state: dict[str, torch.Tensor] = {}
     shared: dict[str, torch.Tensor] = {}
-    layers = decode_layers(data, off, header, expected, path)
-    while True:
-        try:
-            layer, out = next(layers)
-        except StopIteration as stop:
-            return state, shared, stop.value
+    for layer, out in decode_layers(data, off, header, expected, path):
         shape, _, whole = expected[layer["name"]]
         name = layer["name"]
         dtype = _TORCH_DTYPES[weight_dtype(layer, header["version"])]
@@ -327,6 +322,7 @@ def _decode_layers(data: bytes, off: int, header: dict, expected: dict, path) ->
         shared[coded_key(name, "weight_index", whole)] = torch.from_numpy(out.index.reshape(shape))
         shared[coded_key(name, "weight_mask", whole)] = torch.from_numpy(out.mask.reshape(shape))
         shared[coded_key(name, "weight_bits", whole)] = torch.tensor(out.bits, dtype=torch.int16)
+    return state, shared, raws_offset(off, header)
 
 
 def _decode_raws(data: bytes, off: int, header: dict, state_layout: dict, state: dict, path) -> None:
