@@ -45,9 +45,12 @@ def fidelity(student_logits: torch.Tensor, reference_logits: torch.Tensor) -> di
 
 
 def load_views(paths, preprocessing, kind: str = "ten_crop") -> torch.Tensor:
-    """Views of image files: ten crops with flips each, or the centre crop and its mirror."""
+    """Views of image files, each image's consecutive: ten crops with flips, or ("centre") the
+    centre crop and its mirror."""
     if kind == "ten_crop":
         return torch.cat([ten_crop_views(p, preprocessing) for p in paths])
     t = preprocessing.transform()
     x = torch.stack([t(load_image(p)) for p in paths])
-    return torch.cat([x, x.flip(3)])
+    # interleaved, [image 0, its mirror, image 1, ...]: a view's image is its index // 2, which
+    # the cross-calibrated scores rely on (views of a calibration image must not be scored)
+    return torch.stack([x, x.flip(3)], 1).flatten(0, 1)
