@@ -546,7 +546,8 @@ def add_reproduce(sub) -> None:
                    help="ImageNet validation folder (default ../shared/data/imagenet-samples)")
     s.add_argument("--weights", type=Path, default=None, help="published .net file (default: shared copy or cache)")
     s.add_argument("--calibration", type=Path, default=None,
-                   help="unlabelled images for fine-tuning (default: CIFAR-10 train if present)")
+                   help="unlabelled images for the size-budget files (default: each is made twice, calibrated "
+                        "on either half of --data and scored on the other half)")
     s.add_argument("--out", type=Path, default=Path("reproduce"), help="output folder (default ./reproduce)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_reproduce)
