@@ -36,8 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 from squeezenet.compression import CompressionConfig, compress_weights  # noqa: E402
 from squeezenet.weights.sqz import decode  # noqa: E402
 from squeezenet.cpu import describe as cpu_name  # noqa: E402
-from squeezenet.data.imagenet import ImageNetFolder  # noqa: E402
-from squeezenet.evaluation.crossfold import split_folds  # noqa: E402
+from squeezenet.evaluation.crossfold import HeldOutViews, score, split_folds  # noqa: E402
 from squeezenet.evaluation.fidelity import fidelity, load_views, logits  # noqa: E402
 from squeezenet.weights import load_weights  # noqa: E402
 
@@ -109,42 +108,33 @@ def main() -> int:
     ref = load_weights(net)
     teacher = ref.build_model()
     prep = ref.preprocessing
-    ds = ImageNetFolder(imagenet, prep.transform())
-    paths = [s[0] for s in ds.samples]
-    labels = torch.tensor([s[1] for s in ds.samples])
     a.quick = a.quick or a.smoke
     view_kind = "centre" if a.quick else "ten_crop"
-    per_image = 2 if a.quick else 10
-    print(f"loading views ({view_kind}) of {len(paths)} ImageNet images ...", file=sys.stderr, flush=True)
-    in_views = load_views(paths, prep, view_kind)
+    print(f"loading views ({view_kind}) of the ImageNet images ...", file=sys.stderr, flush=True)
+    held = HeldOutViews.load(imagenet, prep, teacher, view_kind)
     n_cifar = a.cifar_views or (20 if a.smoke else 200 if a.quick else 600)
     cifar_files = sorted((cifar / "test").rglob("*.jpg"))[:: max(1, 10_000 // n_cifar)][:n_cifar]
     cifar_views = load_views(cifar_files, prep, "centre")
-    centre = torch.stack([ds[i][0] for i in range(len(ds))])
-    ref_in, ref_cifar = logits(teacher, in_views), logits(teacher, cifar_views)
-    fold_of_image = torch.arange(len(paths)) % 2  # split_folds' folds
-    fold_of_view = fold_of_image.repeat_interleave(per_image)  # load_views keeps each image's views together
+    ref_cifar = logits(teacher, cifar_views)
 
     def measure(state_dicts: list[dict], folds: list[int] | None) -> dict:
-        """Pooled fidelity and accuracy; with folds, model k is evaluated on fold 1-k only."""
-        s_in, r_in, s_c, r_c, s_top, ys = [], [], [], [], [], []
-        for k, sd in enumerate(state_dicts):
-            model = ref.build_model()
-            model.load_state_dict(sd)
-            keep_v = fold_of_view == (1 - folds[k]) if folds else torch.ones(len(fold_of_view), dtype=torch.bool)
-            keep_i = fold_of_image == (1 - folds[k]) if folds else torch.ones(len(paths), dtype=torch.bool)
-            s_in.append(logits(model, in_views[keep_v]))
-            r_in.append(ref_in[keep_v])
-            s_c.append(logits(model, cifar_views))
-            r_c.append(ref_cifar)
-            s_top.append(logits(model, centre[keep_i]).topk(5, 1).indices)
-            ys.append(labels[keep_i])
-        f = fidelity(torch.cat(s_in + s_c), torch.cat(r_in + r_c))
-        f_in = fidelity(torch.cat(s_in), torch.cat(r_in))
-        top, y = torch.cat(s_top), torch.cat(ys)
-        return {"agreement": f["agreement"], "kl": f["kl"], "agreement_imagenet": f_in["agreement"],
-                "inputs": f["inputs"], "top1": (top[:, 0] == y).float().mean().item(),
-                "top5": (top == y[:, None]).any(1).float().mean().item()}
+        """Pooled fidelity and accuracy; with folds, model k (calibrated on fold ``folds[k]``) is
+        scored on the other fold's ImageNet images only (``crossfold.score``), and every model on
+        all the CIFAR views (no model is calibrated on them)."""
+        models = []
+        for sd in state_dicts:
+            models.append(ref.build_model())
+            models[-1].load_state_dict(sd)
+        imagenet_scores = score(models, held, [1 - k for k in folds] if folds else None)
+        cifar_scores = fidelity(torch.cat([logits(m, cifar_views) for m in models]), ref_cifar.repeat(len(models), 1))
+        n_in, n_c = imagenet_scores["views"], cifar_scores["inputs"]
+
+        def pooled(key: str) -> float:  # both are means over their inputs
+            return (imagenet_scores[key] * n_in + cifar_scores[key] * n_c) / (n_in + n_c)
+
+        return {"agreement": pooled("agreement"), "kl": pooled("kl"),
+                "agreement_imagenet": imagenet_scores["agreement"], "inputs": n_in + n_c,
+                "top1": imagenet_scores["top1"], "top5": imagenet_scores["top5"]}
 
     rows = []
 

@@ -55,7 +55,8 @@ class HeldOutViews:
         ds = ImageNetFolder(data, preprocessing.transform())
         paths = [s[0] for s in ds.samples]
         views = load_views(paths, preprocessing, kind)
-        centre = torch.stack([ds[i][0] for i in range(len(ds))])
+        # "centre" views are the centre crops and their mirrors: the crops need no second read
+        centre = views[::VIEWS_PER_IMAGE[kind]] if kind == "centre" else torch.stack([ds[i][0] for i in range(len(ds))])
         labels = torch.tensor([s[1] for s in ds.samples])
         return cls(views, VIEWS_PER_IMAGE[kind], centre, labels, logits(reference_model, views))
 
