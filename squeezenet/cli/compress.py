@@ -46,7 +46,7 @@ def compress_command(args) -> dict:
                                codebook_dtype=args.codebook_dtype, codec=args.codec,
                                finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,
                                fold_batch_norm=args.fold_batch_norm, output=args.output, quantizer=args.quantizer,
-                               error_feedback=args.error_feedback)
+                               error_feedback=args.error_feedback, effort=args.effort)
     lw = weights_with_model(args.weights, args.model, args.model_kwargs)
     if args.data is not None:
         given = [flag for flag, value, default in (("--calibration", args.calibration, None),

@@ -46,6 +46,7 @@ def parse_layer_spec(spec: str | float | int | dict | None, layers: list[str], w
 
 
 QUANTIZERS = ("auto", "fisher", "uniform", "trellis")
+EFFORTS = ("auto", "fast", "best")
 # what a model outputs, for the distortion compression measures (``outputs.py``)
 OUTPUT_KINDS = ("auto", "logits", "probs", "sigmoid", "mse")
 
@@ -103,6 +104,11 @@ class CompressionConfig:
             error feedback (a forward and backward pass each; 256 images are what the published
             SqueezeNet's figures were measured with; a 22M-parameter audio model takes about
             90 s for them on 2 cores).
+        effort: how hard a size budget searches. "best": ``quantizer`` as asked ("auto": every
+            candidate, judged). "fast": "auto" fits the uniform quantizer alone with error
+            feedback (MPEG NNC's one step: no sensitivity pass, no candidates). "auto"
+            (default): "fast" on models of over 4M weights (each candidate costs them seconds
+            of passes, and uniform was kept at every budget of CREPE full), else "best".
     """
     density: str | float | dict = "auto"
     bits: int | str | dict = 8
@@ -118,6 +124,7 @@ class CompressionConfig:
     output: str = "auto"
     quantizer: str = "auto"
     calibration_inputs: int = 256
+    effort: str = "auto"
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_KINDS:
@@ -129,6 +136,8 @@ class CompressionConfig:
             raise ConfigError(f"codebook dtype must be auto, f4 or f2, got {self.codebook_dtype!r}")
         if self.size_budget is not None and not 0 < self.size_budget <= 512 << 20:
             raise ConfigError(f"size budget must be a positive number of bytes, got {self.size_budget}")
+        if self.effort not in EFFORTS:
+            raise ConfigError(f"effort must be one of {', '.join(EFFORTS)}, got {self.effort!r}")
         if self.calibration_inputs < 1:
             raise ConfigError(f"calibration inputs must be at least 1, got {self.calibration_inputs}")
         if self.finetune_steps is not None and self.finetune_steps < 0:

@@ -164,8 +164,10 @@ def feedback_blocks(w: np.ndarray, mask: np.ndarray, u: np.ndarray, scale: float
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     w = np.array(w, np.float64, order="C")  # a copy: the feedback writes into it
     keep = np.ascontiguousarray(mask, bool)
-    u = np.ascontiguousarray(u, np.float64)
-    diag = np.ascontiguousarray(np.diagonal(u, axis1=1, axis2=2))            # (G, B)
+    # float32 factors (models sized on estimates) are read as they are: a float64 copy of a
+    # 22M-weight model's largest layer's was 512 MB of fresh memory every pass
+    u = np.ascontiguousarray(u, u.dtype if u.dtype in (np.float32, np.float64) else np.float64)
+    diag = np.diagonal(u, axis1=1, axis2=2).astype(np.float64)                 # (G, B)
     weight = 1.0 / (diag * diag * scale)                                       # output error per squared error
     rate = lam * np.asarray(bits, np.float64)
     zero_rate = float(rate[-qmin])
@@ -179,7 +181,8 @@ def feedback_blocks(w: np.ndarray, mask: np.ndarray, u: np.ndarray, scale: float
         _feedback_columns(w, keep, u, diag, weight, rate, zero_rate, qmin, top, delta, b0, b1, q, err)
         if b1 < d:  # the block's errors into every later column at once: a batched product
             e = torch.from_numpy(err[:, :b1 - b0])
-            w_t[:, b1:].baddbmm_(u_t[:, b0:b1, b1:].transpose(1, 2), e, alpha=-1.0)  # in place: no temporary
+            rows = u_t[:, b0:b1, b1:].double()  # a view where u is float64; else this block's rows
+            w_t[:, b1:].baddbmm_(rows.transpose(1, 2), e, alpha=-1.0)  # in place: no temporary
     return q
 
 

@@ -328,3 +328,51 @@ def test_a_middle_closer_than_uniform_and_fisher_is_refined_toward_the_closer_on
     between = "quarter" if calls[1] <= calls[2] else "three_quarters"
     assert list(cands) == ["middle", "uniform", "fisher", between]
     assert budget.QUANTIZER_EXPONENT[between] in (0.25, 0.75)
+
+
+def test_coded_bytes_under_the_range_coders_contexts_track_the_stream_where_order_0_does_not():
+    # a 3x3 convolution whose kernels are kept or pruned whole: the previous tap's flag says
+    # nearly everything of the next, which order 0 does not see
+    from squeezenet.compression.levels import LayerQuant
+    from squeezenet.weights.codecs import get_codec
+    from squeezenet.weights.codecs.base import LayerInput
+    rng = np.random.default_rng(0)
+    shape = (64, 32, 3, 3)
+    kept_kernel = rng.random((64, 32, 1, 1)) < 0.4
+    mask = np.broadcast_to(kept_kernel, shape).reshape(-1).copy()
+    q = np.clip(np.rint(rng.laplace(0, 2, mask.size)), -8, 8)
+    mask &= q != 0
+    codebook = np.array([v for v in range(-8, 9) if v], np.float32) * 0.01
+    index = np.where(q < 0, q + 8, q + 7).astype(np.int16)
+    quant = LayerQuant(codebook, np.where(mask, index, 0).astype(np.int16), mask)
+    layer = LayerInput("c", shape, codebook, quant.index, mask, None, codebook_dtype="f2", bias_dtype="f2")
+    record = get_codec("range").encode(layer)
+    exact = sum(len(s) for s in record.sections)
+    contexts = rdquant.coded_bytes({"c": quant}, {"c": 9})
+    order0 = rdquant.coded_bytes({"c": quant})
+    assert abs(contexts - exact) <= 0.03 * exact
+    assert order0 > 1.15 * exact
+
+
+def test_effort_fast_fits_the_uniform_quantizer_alone_without_sensitivities(monkeypatch):
+    from squeezenet.compression import budget
+    with pytest.raises(ConfigError, match="effort"):
+        CompressionConfig(effort="fastest")
+    model, x = _trained_regressor()
+    monkeypatch.setattr(budget, "fisher_sensitivity", lambda *a, **k: pytest.fail("no sensitivities in fast"))
+    report = compress_(model, CompressionConfig(size_budget=20_000, output="mse", effort="fast"), calibration=x[:256])
+    assert report["quantizer"] == "uniform" and "candidates" not in report
+    assert 0.99 * 20_000 <= len(encode(model)) <= 20_000
+
+
+def test_effort_auto_is_fast_on_models_over_the_weight_threshold_only(monkeypatch):
+    from squeezenet.compression import budget
+    from squeezenet.compression.pruning import prunable_layers
+    model, _ = _trained_regressor()
+    weights = sum(m.weight.numel() for m in prunable_layers(model).values())
+    monkeypatch.setattr(budget, "FAST_WEIGHTS", weights - 1)
+    assert budget.fast_effort(model, CompressionConfig())
+    assert not budget.fast_effort(model, CompressionConfig(effort="best"))
+    monkeypatch.setattr(budget, "FAST_WEIGHTS", weights)
+    assert not budget.fast_effort(model, CompressionConfig())
+    assert budget.fast_effort(model, CompressionConfig(effort="fast"))

@@ -58,3 +58,31 @@ def test_blocks_quant_matches_layer_quant_of_the_same_grid_indices():
     got = rdquant._blocks_quant([(0, q_blocks)], levels, -5, (out, g * width), "f2")
     assert np.array_equal(got.codebook, expect.codebook) and np.array_equal(got.mask, expect.mask)
     assert np.array_equal(got.index[got.mask], expect.index[expect.mask])
+
+
+def test_float32_factors_are_read_as_they_are_with_the_float64_result():
+    # models sized on estimates keep their factors in float32; the feedback reads them without a
+    # float64 copy and gives what the same factors widened to float64 give
+    rng = np.random.default_rng(5)
+    u = _factors(2, 64).astype(np.float32)
+    w = rng.normal(0, 0.05, (2, 64, 40))
+    mask = rng.random(w.shape) < 0.8
+    bits = rng.uniform(1, 6, 31)
+    narrow = kernels.feedback_blocks(w, mask, u, 1.3, 0.01, 2e-4, -15, bits, block=16)
+    wide = kernels.feedback_blocks(w, mask, u.astype(np.float64), 1.3, 0.01, 2e-4, -15, bits, block=16)
+    assert np.array_equal(narrow, wide)
+    assert (narrow != 0).any()
+
+
+def test_float32_factoring_stays_close_to_float64_at_the_partial_damping():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(3, 96, 200))
+    h = x @ x.transpose(0, 2, 1) / 200
+    blocks = [(96 * i, 96 * (i + 1), h[i]) for i in range(3)]
+    f64 = rdquant.feedback_factors(blocks, rdquant.FEEDBACK_DAMPING_PARTIAL)
+    f32 = rdquant.feedback_factors(blocks, rdquant.FEEDBACK_DAMPING_PARTIAL, store=np.float32)
+    (_, u64), = f64.groups
+    (_, u32), = f32.groups
+    assert u32.dtype == np.float32 and u64.dtype == np.float64
+    assert np.abs(u32 - u64).max() <= 1e-4 * np.abs(u64).max()
+    assert f32.scale == pytest.approx(f64.scale, rel=1e-5)
