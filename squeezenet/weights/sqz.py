@@ -381,6 +381,15 @@ def load_compressed(path: str | os.PathLike):
                          extra={"header": header, "shared_state": shared})
 
 
+def fixed_bytes(data: bytes, path="<bytes>") -> int:
+    """Bytes of a file that do not depend on how its layers' weights are coded: the preamble,
+    header, biases, raw tensors and checksum (the header only is parsed, not the layers)."""
+    header, _ = parse_header(data, path)
+    coded = sum(sum(layer["sizes"]) - layer.get("bias", 0) * (2 if layer.get("bias_dtype") == "f2" else 4)
+                for layer in header["layers"])
+    return len(data) - coded
+
+
 def size_report(data: bytes, path="<bytes>") -> dict:
     """Exact byte accounting of a file: per layer and per component, adding up to the file size.
 

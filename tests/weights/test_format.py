@@ -233,3 +233,23 @@ def test_empty_layer_and_single_value_layer_round_trip(codec):
     assert layers["features.3.squeeze"]["nnz"] == 0 and layers["features.3.expand1x1"]["k"] == 1
     if codec == "huffman":
         assert layers["features.3.expand1x1"]["positions"] == "dense"
+
+
+@pytest.mark.parametrize("codec", ["range", "huffman"])
+def test_fixed_bytes_are_the_file_less_its_layers_codes(codec):
+    # what the budget search adds to its code-length estimate: the preamble, header, biases, raw
+    # tensors and checksum, read off the header without decoding the layers
+    from squeezenet.compression import compress_
+    from squeezenet.weights import encode
+    from squeezenet.weights.sqz import fixed_bytes
+    model = create_model("squeezenet1_1", num_classes=10, small_input=True)
+    if codec == "range":  # raw tensors (the version 1 format holds registered architectures only)
+        model.features[0] = torch.nn.Sequential(model.features[0], torch.nn.BatchNorm2d(64))
+    registered = {} if codec == "range" else {"model_name": "squeezenet1_1", "model_kwargs": {"small_input": True,
+                                                                                             "num_classes": 10}}
+    compress_(model, CompressionConfig(bits=4, codec=codec), **registered)
+    data = encode(model)
+    parts = size_report(data)["components"]
+    assert parts["biases"] > 0 and (parts["raw_tensors"] > 0) == (codec == "range")
+    assert fixed_bytes(data) == len(data) - parts["codebooks"] - parts["code_tables"] - parts["weight_codes"] \
+        - parts["position_codes"]
