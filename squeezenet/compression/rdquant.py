@@ -934,7 +934,7 @@ def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: 
     exact size says would have hit it.
     """
     target, best, lam, size = aim * budget, None, near, None
-    goal = budget if tolerance is not None else 0.9975 * budget  # the middle of the window
+    goal = budget if tolerance is not None else 0.5 * (1 + floor) * budget  # the middle of the window
     over = None  # the largest slope seen to overshoot (larger slopes make smaller files)
     seen = []  # (log target, log exact size)
     for attempt in range(tries):
