@@ -63,7 +63,7 @@ def test_every_command_has_help():
 
 
 def test_cli_choices_are_the_library_lists():
-    from squeezenet.compression.config import QUANTIZERS
+    from squeezenet.compression.config import EFFORTS, QUANTIZERS
     from squeezenet.export.engine import ENGINES
     from squeezenet.weights.codecs import codec_names
     commands = build_parser()._subparsers._group_actions[0].choices
@@ -71,6 +71,7 @@ def test_cli_choices_are_the_library_lists():
     assert tuple(choices["engine"]) == tuple(ENGINES)
     choices = {a.dest: a.choices for a in commands["compress"]._actions}
     assert tuple(choices["codec"]) == codec_names() and tuple(choices["quantizer"]) == QUANTIZERS
+    assert tuple(choices["effort"]) == EFFORTS
 
 
 def test_decompress_sqz_and_published_net_into_plain_checkpoints(tmp_path, capsys):
@@ -153,12 +154,13 @@ def test_compress_with_data_and_without_builds_one_config(tmp_path, capsys, monk
 
     monkeypatch.setattr(cli_compress, "compress_with_retraining", fake_retraining)
     flags = ["--codec", "huffman", "--codebook-dtype", "f2", "--quantizer", "uniform", "--output", "mse",
-             "--bits", "5", "--density", "0.4", "--no-error-feedback", "--fold-batch-norm"]
+             "--bits", "5", "--density", "0.4", "--no-error-feedback", "--fold-batch-norm", "--effort", "fast"]
     base = ["compress", "--weights", str(src), "--out", str(tmp_path / "o.sqz")]
     assert main(base + ["--data", str(tmp_path), "--retrain-epochs", "3", "--retrain-lr", "0.01"] + flags) == 0
     config, retraining = seen["config"], seen["retraining"]
     assert (config.codec, config.codebook_dtype, config.quantizer, config.output) == ("huffman", "f2", "uniform", "mse")
     assert (config.bits, config.density, config.error_feedback, config.fold_batch_norm) == (5, "0.4", False, True)
+    assert config.effort == "fast"
     assert (retraining.epochs, retraining.lr, str(retraining.data)) == (3, 0.01, str(tmp_path))
     for refused in (["--calibration", str(tmp_path)], ["--finetune-steps", "5"]):
         capsys.readouterr()
