@@ -147,16 +147,15 @@ def fast_effort(model: nn.Module, config: CompressionConfig) -> bool:
 
 
 def feedback_factors_of(model: nn.Module, inputs: torch.Tensor, log=print, positions: int = HESSIAN_POSITIONS,
-                        store=np.float64, block: int | None = None) -> dict:
+                        store=np.float64) -> dict:
     """Error feedback's factors of each layer's input second moments on ``inputs``: factored once
     for every candidate (a fifth of a 22M-weight model's time went to factoring them again for
     each), one layer at a time from the float32 sums, each layer's float64 second moments
     overwritten by their factors (no second copy in memory). ``store``: the factors' dtype
-    (float32 for models sized on estimates: half the memory, held through the whole search);
-    ``block``: the widest block of columns (``rdquant.feedback_blocks``)."""
-    log(f"error feedback: {feedback_memory(model, block) / 2**20:,.0f} MiB of input second moments")
+    (float32 for models sized on estimates: half the memory, held through the whole search)."""
+    log(f"error feedback: {feedback_memory(model) / 2**20:,.0f} MiB of input second moments")
     rows: dict[str, int] = {}
-    sums = SecondMomentSums(model, inputs, rows=rows, positions=positions, block=block)
+    sums = SecondMomentSums(model, inputs, rows=rows, positions=positions)
     factors = {}
     with stage("factoring second moments", total=len(sums.parts), unit="layer"):
         for n in list(sums.parts):

@@ -148,22 +148,21 @@ FEEDBACK_BLOCK = 1024
 FEEDBACK_FULL = 4096
 
 
-def feedback_blocks(d: int, taps: int = 1, block: int | None = None) -> list[tuple[int, int]]:
+def feedback_blocks(d: int, taps: int = 1) -> list[tuple[int, int]]:
     """Column ranges of the second-moment blocks of a layer with ``d`` input columns, ``taps``
-    kernel taps per input channel (blocks hold whole channels), of at most ``block`` columns
-    (default ``FEEDBACK_BLOCK``) where the layer is wider than ``FEEDBACK_FULL``."""
+    kernel taps per input channel (blocks hold whole channels)."""
     if d <= FEEDBACK_FULL:
         return [(0, d)]
-    step = taps * max(1, (block or FEEDBACK_BLOCK) // taps)
+    step = taps * max(1, FEEDBACK_BLOCK // taps)
     return [(s, min(s + step, d)) for s in range(0, d, step)]
 
 
-def feedback_memory(model: nn.Module, block: int | None = None) -> int:
+def feedback_memory(model: nn.Module) -> int:
     """Bytes the float64 second-moment blocks of ``model``'s layers take (``layer_hessians``)."""
     total = 0
     for m in _feedback_layers(model).values():
         d, taps = _columns(m)
-        total += sum(8 * (e - s) ** 2 for s, e in feedback_blocks(d, taps, block))
+        total += sum(8 * (e - s) ** 2 for s, e in feedback_blocks(d, taps))
     return total
 
 
@@ -397,10 +396,9 @@ class SecondMomentSums:
 
     @torch.no_grad()
     def __init__(self, model: nn.Module, images: torch.Tensor, batch_size: int = 16,
-                 positions: int = HESSIAN_POSITIONS, seed: int = 0, rows: dict[str, int] | None = None,
-                 block: int | None = None) -> None:
+                 positions: int = HESSIAN_POSITIONS, seed: int = 0, rows: dict[str, int] | None = None) -> None:
         layers = _feedback_layers(model)
-        self.groups = {n: _block_groups(feedback_blocks(*_columns(m), block)) for n, m in layers.items()}
+        self.groups = {n: _block_groups(feedback_blocks(*_columns(m))) for n, m in layers.items()}
         self.parts: dict[str, list] = {}
         self.count = images.shape[0]
         g = torch.Generator().manual_seed(seed)

@@ -385,9 +385,8 @@ def fixed_bytes(data: bytes, path="<bytes>") -> int:
     """Bytes of a file that do not depend on how its layers' weights are coded: the preamble,
     header, biases, raw tensors and checksum (the header only is parsed, not the layers)."""
     header, _ = parse_header(data, path)
-    coded = sum(sum(layer["sizes"]) - layer.get("bias", 0) * (2 if layer.get("bias_dtype") == "f2" else 4)
-                for layer in header["layers"])
-    return len(data) - coded
+    rows = (layer_codec(layer, header["version"], path).size_row(layer) for layer in header["layers"])
+    return len(data) - sum(r["codebook"] + r["code_tables"] + r["weight_codes"] + r["position_codes"] for r in rows)
 
 
 def size_report(data: bytes, path="<bytes>") -> dict:
