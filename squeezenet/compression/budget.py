@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..memory import release_memory
 from ..models.layers import prunable_layers
 from ..weights.sqz import CODING_BUFFERS
 from .config import CompressionConfig
@@ -163,6 +164,7 @@ def feedback_factors_of(model: nn.Module, inputs: torch.Tensor, log=print, posit
             factors[n] = feedback_factors(blocks, feedback_damping(blocks, rows[n]), overwrite=True, store=store)
             del blocks
             tick()
+    release_memory()  # the sums' and the factoring's temporaries
     return factors
 
 

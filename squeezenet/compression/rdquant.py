@@ -23,10 +23,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..memory import release_memory
 from ..weights.codecs.base import index_bits
 from ..weights.entropy import code_length, ideal_bits, model_table_size
 from ..weights.codecs.range import taps_of
-from ..weights.sqz import fixed_bytes
+from ..weights.sqz import CODING_BUFFERS, fixed_bytes
 from .levels import LayerQuant, as_f64, layer_step
 from .outputs import fisher_sample_loss, flatten_outputs
 from . import kernels
@@ -562,12 +563,13 @@ def _layer_gradients_only(model: nn.Module, layers: dict, sums: dict):
 def quantize_layers(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], sensitivity: dict[str, float],
                     lam: float, step_scale: float = 1.0, codebook_dtype: str = "f2",
                     factors: dict[str, FeedbackFactor] | None = None,
-                    bins: dict[str, ValueBins] | None = None) -> dict[str, LayerQuant]:
+                    bins: dict[str, ValueBins] | None = None, each=None) -> dict[str, LayerQuant]:
     """ECSQ of every layer at the global slope ``lam`` (sensitivity-weighted squared error per bit).
 
     With ``factors`` (``feedback_factors`` of each layer's ``layer_hessians``), the layers that
     have one are quantized with error feedback (``ecsq_error_feedback``); layers with ``bins``
-    decide per value bin."""
+    decide per value bin. ``each(name, quant)`` is called as each layer is done (the budget
+    search installs it then, freeing the last pass's arrays of that layer)."""
     out = {}
     factors, bins = factors or {}, bins or {}
     for n, w in weights.items():
@@ -580,6 +582,8 @@ def quantize_layers(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]
                                          bins=bins.get(n))
         else:
             out[n] = ecsq(w, masks[n], delta, lam_l, codebook_dtype=codebook_dtype, bins=bins.get(n))
+        if each is not None:
+            each(n, out[n])
     return out
 
 
@@ -607,16 +611,17 @@ def estimated_bytes(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]
 
 
 def model_weights_and_masks(model: nn.Module, reference: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:
-    """Flat float32 copies of the weights and kept masks (the ``weight_mask`` buffer, else nonzero)
-    per layer. Float32, not float64: half the memory of a 100M-weight model's copy, and exact (the
-    quantizers take each layer to float64 as they reach it, ``as_f64``). ``reference``: flat
-    float32 arrays equal to the weights, held by the caller and never written, used instead of
-    a copy."""
+    """Flat float32 weights and kept masks (the ``weight_mask`` buffer, else nonzero) per layer:
+    views of the model's own tensors where they are float32 already (the budget search writes no
+    weight until it is done, ``install_(..., weights=False)``; a 98M-weight model's copy was 392
+    MB), else float32 copies. Float32, not float64: exact, and the quantizers take each layer to
+    float64 as they reach it (``as_f64``). ``reference``: flat float32 arrays equal to the
+    weights, held by the caller and never written, used instead."""
     weights, masks = {}, {}
     for n, m in prunable_layers(model).items():
-        w = reference[n] if reference is not None else m.weight.detach().cpu().float().reshape(-1).numpy().copy()
+        w = reference[n] if reference is not None else m.weight.detach().cpu().float().reshape(-1).numpy()
         mk = get_mask(m)
-        masks[n] = (mk.cpu().reshape(-1).numpy().astype(bool) if mk is not None else w != 0)
+        masks[n] = (mk.cpu().reshape(-1).numpy().astype(bool, copy=False) if mk is not None else w != 0)
         weights[n] = w
     return weights, masks
 
@@ -652,21 +657,28 @@ def search_budget(size_of, lam_lo: float, lam_hi: float, budget: int, steps: int
 
 
 @torch.no_grad()
-def install_(model: nn.Module, quants: dict[str, LayerQuant]) -> None:
-    """Put quantized layers into ``model``: weights plus codebook / index / mask buffers."""
+def install_(model: nn.Module, quants: dict[str, LayerQuant], weights: bool = True) -> None:
+    """Put quantized layers into ``model``: codebook / index / mask buffers (sharing the quants'
+    arrays, not copies of them) and, with ``weights``, the weights their levels give. The budget
+    search installs the buffers alone at each slope (what the file is serialized from) and the
+    weights once, at the end: the model's weights stay the search's reference until then."""
     layers = prunable_layers(model)
     for n, q in quants.items():
-        m = layers[n]
-        shape = m.weight.shape
-        dev = m.weight.device
-        _set_buffer(m, "weight_codebook", torch.from_numpy(q.codebook.copy()).to(dev))
-        _set_buffer(m, "weight_index", torch.from_numpy(q.index.astype(np.int16)).reshape(shape).to(dev))
-        _set_buffer(m, "weight_mask", torch.from_numpy(q.mask.copy()).reshape(shape).to(dev))
-        _set_buffer(m, "weight_bits", torch.tensor(index_bits(q.codebook.size), dtype=torch.int16))
-        if q.step is not None:  # the file codes this layer on the trellis (``weights/codecs/trellis.py``)
-            _set_buffer(m, "weight_step", torch.tensor(q.step, dtype=torch.float32))
-        elif "weight_step" in m._buffers:
-            del m._buffers["weight_step"]
+        _install_layer_(layers[n], q, weights)
+
+
+@torch.no_grad()
+def _install_layer_(m: nn.Module, q: LayerQuant, weights: bool) -> None:
+    shape, dev = m.weight.shape, m.weight.device
+    _set_buffer(m, "weight_codebook", torch.from_numpy(q.codebook.copy()).to(dev))
+    _set_buffer(m, "weight_index", torch.from_numpy(q.index.astype(np.int16, copy=False)).reshape(shape).to(dev))
+    _set_buffer(m, "weight_mask", torch.from_numpy(q.mask).reshape(shape).to(dev))
+    _set_buffer(m, "weight_bits", torch.tensor(index_bits(q.codebook.size), dtype=torch.int16))
+    if q.step is not None:  # the file codes this layer on the trellis (``weights/codecs/trellis.py``)
+        _set_buffer(m, "weight_step", torch.tensor(q.step, dtype=torch.float32))
+    elif "weight_step" in m._buffers:
+        del m._buffers["weight_step"]
+    if weights:
         m.weight.copy_(torch.from_numpy(q.weight()).reshape(shape).to(m.weight.dtype))
 
 
@@ -786,6 +798,7 @@ def quantize_for_budget_(model: nn.Module, sensitivity: dict[str, float], budget
             (lam, size, quants), aim = _search_slope(sizer.size_of, sensitivity, budget), 1.0
         else:
             lam, size, quants, aim = _fit_on_estimates(sizer, sensitivity, budget, tolerance, aim, near, judging)
+        quants = sizer.quants_of(quants)
     except ValueError:
         sizer.restore_()  # leave the model as it came
         raise
@@ -805,19 +818,26 @@ class _Sizer:
     def __init__(self, model, sensitivity, serialize, step_scale, factors, trellis, log, reference=None):
         self.model, self.sensitivity, self.serialize, self.step_scale = model, sensitivity, serialize, step_scale
         self.factors, self.trellis, self.log = factors, trellis, log
-        self.weights, self.masks = model_weights_and_masks(model, reference)
-        self.reference = {n: torch.from_numpy(w) for n, w in self.weights.items()}  # never written to
+        self.weights, self.masks = model_weights_and_masks(model, reference)  # never written to
+        # the coding buffers the model came with (each slope's install replaces them, never
+        # writes into them)
+        self.initial = {n: {k: m._buffers[k] for k in CODING_BUFFERS if k in m._buffers}
+                        for n, m in prunable_layers(model).items()}
         self.exact = not _sized_on_estimates(sum(w.size for w in self.weights.values()),
                                              sum(f.columns for f in factors.values()))
         self.bins = {} if self.exact else {n: ValueBins(w[self.masks[n]]) for n, w in self.weights.items()
                                            if self.masks[n].sum() > BINNED_LAYER}
-        self.shapes = {n: tuple(m.weight.shape) for n, m in prunable_layers(model).items()}
+        release_memory()  # the binning's layer-sized temporaries
+        self.layers = prunable_layers(model)
+        self.shapes = {n: tuple(m.weight.shape) for n, m in self.layers.items()}
         # the trellis codes its layers in contexts of its own: order 0 stands in for them
         self.taps = None if trellis else {n: taps_of(shape) for n, shape in self.shapes.items()}
         self.ratios: list[float] = []
         self.serialized: dict[float, int] = {}
         self.fixed = 0  # the bytes of the last file serialized that are not codes
         self.on_ratio = not self.exact
+        self.lean = sum(w.size for w in self.weights.values()) > LEAN_WEIGHTS
+        self.current = None  # (slope, quants) of the last pass
 
     def measure(self, lam: float, quants) -> int:
         """The exact size of the model as it stands (quantized at ``lam``); the ratio it gives."""
@@ -835,16 +855,38 @@ class _Sizer:
 
     def size_of(self, lam: float):
         tick()  # a quantization pass
+        quants = self.quantize(lam)
+        payload = _Slope(lam) if self.lean else quants
+        if self.on_ratio and self.ratios:
+            return int(coded_bytes(quants, self.taps) * self.ratios[-1]) + self.fixed, payload
+        return self.measure(lam, quants), payload
+
+    def quantize(self, lam: float) -> dict[str, LayerQuant]:
+        """The layers quantized at ``lam``, their coding buffers installed in the model."""
+        self.current = None  # held by the model alone: freed layer by layer as the pass replaces them
         if self.trellis:
             quants = quantize_layers_trellis(self.weights, self.masks, self.sensitivity, lam, self.step_scale,
                                              self.shapes)
+            install_(self.model, quants, weights=False)
         else:
             quants = quantize_layers(self.weights, self.masks, self.sensitivity, lam, self.step_scale,
-                                     factors=self.factors, bins=self.bins)
-        install_(self.model, quants)
-        if self.on_ratio and self.ratios:
-            return int(coded_bytes(quants, self.taps) * self.ratios[-1]) + self.fixed, quants
-        return self.measure(lam, quants), quants
+                                     factors=self.factors, bins=self.bins,
+                                     each=lambda n, q: _install_layer_(self.layers[n], q, weights=False))
+        release_memory()
+        self.current = (lam, quants)
+        return quants
+
+    def quants_of(self, payload) -> dict[str, LayerQuant]:
+        """The quants a search's payload stands for: on a lean search (``LEAN_WEIGHTS``) only the
+        last pass's are held, and an earlier slope is quantized again (the same quants: every
+        quantizer is deterministic)."""
+        if not isinstance(payload, _Slope):
+            return payload
+        if self.current is not None and self.current[0] == payload.lam:
+            return self.current[1]
+        if self.log:
+            self.log(f"  slope {payload.lam:.3g} quantized again (a lean search holds the last pass only)")
+        return self.quantize(payload.lam)
 
     def estimate(self, lam: float):
         if self.trellis:
@@ -852,10 +894,27 @@ class _Sizer:
                                            self.shapes), None
         return estimated_bytes(self.weights, self.masks, self.sensitivity, lam, self.step_scale, self.bins), None
 
-    @torch.no_grad()
     def restore_(self) -> None:
+        """The model's coding buffers as they came (its weights were never written)."""
         for n, m in prunable_layers(self.model).items():
-            m.weight.copy_(self.reference[n].reshape(m.weight.shape))
+            for k in CODING_BUFFERS:
+                if k in self.initial[n]:
+                    m._buffers[k] = self.initial[n][k]
+                elif k in m._buffers:
+                    del m._buffers[k]
+
+
+@dataclass(frozen=True)
+class _Slope:
+    """A lean search's payload: the slope of a pass, not its quants (``_Sizer.quants_of``)."""
+    lam: float
+
+
+# Searches over more coded weights than this hold the quants of their last pass only, not those
+# of the best fit besides (3 bytes a weight each: a 98M-weight model's 290 MB), and quantize the
+# best again where a later pass missed (a pass more at times, against a third of the memory
+# over the model's own).
+LEAN_WEIGHTS = 50_000_000
 
 
 def _fit_on_estimates(sizer: _Sizer, sensitivity, budget: int, tolerance, aim: float, near, judging: bool):
@@ -868,7 +927,8 @@ def _fit_on_estimates(sizer: _Sizer, sensitivity, budget: int, tolerance, aim: f
                                                    tolerance=tolerance, aim=aim, near=near, floor=CONFIRMED_FIT)
         if judging or lam in sizer.serialized:
             return lam, size, quants, aim
-        install_(sizer.model, quants)
+        quants = sizer.quants_of(quants)
+        install_(sizer.model, quants, weights=False)
         size = sizer.measure(lam, quants)
         if CONFIRMED_FIT * budget <= size <= budget:
             return lam, size, quants, aim

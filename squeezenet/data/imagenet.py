@@ -108,3 +108,10 @@ class ImageNetFolder(torch.utils.data.Dataset):
         path, label = self.samples[i]
         img = load_image(path)
         return (self.transform(img) if self.transform else img), label
+
+
+def imagenet_categories() -> list[str]:
+    """torchvision's 1000 ImageNet class names (torchvision imported here, not with this module:
+    it brings torch._dynamo, 0.2 GB and a second of every command that reads a file)."""
+    from torchvision.models import SqueezeNet1_0_Weights
+    return list(SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"])

@@ -6,7 +6,6 @@ import inspect
 from typing import Callable
 
 import torch.nn as nn
-import torchvision.models
 
 from ..errors import ConfigError
 from ..utils import PRETRAINED_PROVIDERS
@@ -91,6 +90,7 @@ def _external_builder(name: str) -> Callable[..., nn.Module]:
     """``torchvision:NAME`` (torchvision's builders, untrained) or ``package.module:function``."""
     source, _, attr = name.partition(":")
     if source == "torchvision":
+        import torchvision.models  # here: it brings torch._dynamo (0.2 GB) to whatever imports the registry
         try:
             fn = torchvision.models.get_model_builder(attr)
         except ValueError:

@@ -7,7 +7,6 @@ import os
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms as T
 from torch.utils.data.distributed import DistributedSampler
 
 from ..data.folders import decode_to_tensor, list_classes, list_samples, split_dirs
@@ -125,6 +124,7 @@ class FolderDataset(torch.utils.data.Dataset):
 
 def _folder_transform(prep: Preprocessing, train: bool, augment: str, crop_padding: int = 4,
                       crop_padding_mode: str = "zeros"):
+    import torchvision.transforms as T  # here: it brings torch._dynamo (0.2 GB) to whatever imports training
     ops = []
     if train and augment == "imagenet":
         ops += [T.RandomResizedCrop(prep.crop), T.RandomHorizontalFlip()]

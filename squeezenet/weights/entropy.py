@@ -144,7 +144,9 @@ def _split_table(table: bytes, neg: int, k: int):
 
 
 def _check_codable(symbols: np.ndarray, codes: np.ndarray, what: str) -> None:
-    if symbols.size and (codes[np.unique(symbols)] == 0).any():
+    # the symbols whose code is zero, looked for (none, mostly): no sorted copy of the symbols
+    zero = np.flatnonzero(np.asarray(codes) == 0)
+    if symbols.size and zero.size and np.isin(symbols, zero).any():
         raise EntropyError(f"{what}: a symbol has zero count in its model")
 
 

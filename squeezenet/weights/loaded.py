@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from torchvision.models import SqueezeNet1_0_Weights
 
-from ..data.imagenet import read_synset_mapping
+from ..data.imagenet import imagenet_categories, read_synset_mapping
 from ..errors import FormatError
 from ..models import create_model
 from ..models.fold import fold_batch_norm, has_batch_norm
@@ -38,7 +37,7 @@ class LoadedWeights:
         if self.class_names:
             return list(self.class_names)
         if self.num_classes == 1000:
-            return list(SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"])
+            return imagenet_categories()
         return [str(i) for i in range(self.num_classes)]
 
     @property

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torchvision.models import SqueezeNet1_0_Weights
 
+from ..data.imagenet import imagenet_categories
 from ..errors import ConfigError
 from ..models import create_model
 from ..models.layers import coded_key, is_tensor_layer, prunable_layers, storage_key
@@ -56,7 +56,7 @@ def _default_class_names(names, num_classes):
     if not names:
         return None
     if num_classes == 1000:
-        if list(names) == list(SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"]):
+        if list(names) == imagenet_categories():
             return "imagenet1k"
     return list(names)
 
@@ -372,7 +372,7 @@ def load_compressed(path: str | os.PathLike):
         raise bad(path, f"bad preprocessing record: {e}") from None
     names = header.get("class_names")
     if names == "imagenet1k":
-        names = list(SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"])
+        names = imagenet_categories()
     elif names is not None and (not isinstance(names, list) or len(names) != header["num_classes"]):
         raise bad(path, "class name list does not match the class count")
     return LoadedWeights(model_name=header["model"], state_dict=state, preprocessing=prep,

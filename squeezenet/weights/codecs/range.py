@@ -22,7 +22,13 @@ def _sorted_used_levels(layer: LayerInput) -> tuple[np.ndarray, np.ndarray, np.n
 
     The codebook may come in any order (centroid fine-tuning can reorder it)."""
     mask = np.asarray(layer.mask, bool).reshape(-1)
-    index = np.asarray(layer.index, np.int64).reshape(-1)
+    # int32, not int64: a 12.6M-weight layer's int64 copies were half a gigabyte of transients
+    index = np.asarray(layer.index).reshape(-1)
+    if index.dtype not in (np.int16, np.int32):
+        index = index.astype(np.int64)
+        if index.size and (index.min() < np.iinfo(np.int32).min or index.max() > np.iinfo(np.int32).max):
+            raise ConfigError(f"{layer.name}: cluster index out of range")
+        index = index.astype(np.int32)
     cb = np.asarray(layer.codebook, np.float32).reshape(-1)
     if cb.size > MAX_LEVELS:
         raise ConfigError(f"{layer.name}: {cb.size} levels; range-coded layers hold at most {MAX_LEVELS}")
@@ -34,7 +40,7 @@ def _sorted_used_levels(layer: LayerInput) -> tuple[np.ndarray, np.ndarray, np.n
     cb = cb + np.float32(0.0)  # -0.0 -> 0.0: equal weights, and one order for the packed keys
     used = np.unique(kept)  # unused levels cost bytes and nothing else: drop them
     order = used[np.argsort(cb[used], kind="stable")]
-    remap = np.zeros(max(cb.size, 1), np.int64)
+    remap = np.zeros(max(cb.size, 1), np.int32)
     remap[order] = np.arange(order.size)
     return cb[order], np.where(mask, remap[np.where(mask, index, 0)], 0), mask
 
