@@ -152,7 +152,8 @@ def feedback_factors_of(model: nn.Module, inputs: torch.Tensor, log=print, posit
     """Error feedback's factors of each layer's input second moments on ``inputs``: factored once
     for every candidate (a fifth of a 22M-weight model's time went to factoring them again for
     each), one layer at a time from the float32 sums, each layer's float64 second moments
-    overwritten by their factors (no second copy in memory). ``store``: the factors' dtype
+    overwritten by their factors (no second copy in memory), kept packed (``kernels.Panels``:
+    half the memory). ``store``: the factors' dtype
     (float32 for models sized on estimates: half the memory, held through the whole search)."""
     log(f"error feedback: {feedback_memory(model) / 2**20:,.0f} MiB of input second moments")
     rows: dict[str, int] = {}
@@ -161,7 +162,8 @@ def feedback_factors_of(model: nn.Module, inputs: torch.Tensor, log=print, posit
     with stage("factoring second moments", total=len(sums.parts), unit="layer"):
         for n in list(sums.parts):
             blocks = sums.pop(n, store)
-            factors[n] = feedback_factors(blocks, feedback_damping(blocks, rows[n]), overwrite=True, store=store)
+            factors[n] = feedback_factors(blocks, feedback_damping(blocks, rows[n]), overwrite=True, store=store,
+                                          pack=True)
             del blocks
             tick()
     release_memory()  # the sums' and the factoring's temporaries

@@ -28,7 +28,7 @@ from ..weights.codecs.base import index_bits
 from ..weights.entropy import code_length, ideal_bits, model_table_size
 from ..weights.codecs.range import taps_of
 from ..weights.sqz import CODING_BUFFERS, fixed_bytes
-from .levels import LayerQuant, as_f64, layer_step
+from .levels import LayerQuant, layer_step
 from .outputs import fisher_sample_loss, flatten_outputs
 from . import kernels
 from .progress import stage, tick
@@ -58,11 +58,11 @@ def ecsq(values: np.ndarray, mask: np.ndarray, delta: float, lam: float, iters: 
 def _grid_assignment(values, mask, delta, lam, iters, bins):
     """``_ecsq_grid`` of the kept weights, per weight or through their ``ValueBins``."""
     n_pruned = int(mask.size - mask.sum())
+    kept = np.asarray(np.asarray(values).reshape(-1)[mask], np.float64)  # the kept weights alone in float64
     if bins is None:
-        v = np.asarray(values, np.float64).reshape(-1)
-        return _ecsq_grid(v[mask], n_pruned, delta, lam, iters)
+        return _ecsq_grid(kept, n_pruned, delta, lam, iters)
     q, levels, qmin, bits = _ecsq_grid(bins.value, n_pruned, delta, lam, iters, bins.count)
-    return q[bins.of(np.asarray(values, np.float64).reshape(-1)[mask])], levels, qmin, bits
+    return q[bins.of(kept)], levels, qmin, bits
 
 
 class ValueBins:
@@ -76,6 +76,7 @@ class ValueBins:
 
     def __init__(self, kept: np.ndarray, n_bins: int | None = None) -> None:
         kept = np.asarray(kept, np.float64).reshape(-1)
+        self.kept = kept.size
         if n_bins is None:  # at least ~30 bins a grid step at the finest step (a 2,000th of the range)
             n_bins = max(1 << 16, min(1 << 20, kept.size // 8))
         lo, hi = (float(kept.min()), float(kept.max())) if kept.size else (0.0, 0.0)
@@ -145,6 +146,9 @@ def _sorted_codebook(levels: np.ndarray, present: np.ndarray, codebook_dtype: st
 # second moments, 8 MB each): memory linear in D, and most of the coupling is between the taps
 # of one channel and its neighbours.
 FEEDBACK_BLOCK = 1024
+# Columns error feedback quantizes before it moves the later columns of their block by their
+# errors in one product (GPTQ's lazy batch); the rows of a packed factor (``kernels.Panels``).
+FEEDBACK_COLUMNS = 32
 # Layers this narrow keep one full block, as GPTQ has it.
 FEEDBACK_FULL = 4096
 
@@ -239,7 +243,7 @@ FACTOR_CHUNK = 16
 
 
 def feedback_factors(blocks: list[tuple[int, int, np.ndarray]], damp: float | None = None,
-                     overwrite: bool = False, store=np.float64) -> FeedbackFactor:
+                     overwrite: bool = False, store=np.float64, pack: bool = False) -> FeedbackFactor:
     """``FeedbackFactor`` of a layer's second-moment blocks (``layer_hessians``), each damped by
     ``damp`` (default ``FEEDBACK_DAMPING``) times its mean diagonal; blocks of one width are
     factored in one batched call.
@@ -249,7 +253,8 @@ def feedback_factors(blocks: list[tuple[int, int, np.ndarray]], damp: float | No
     22M-weight model's 866 MiB of fresh memory; on a virtual machine paging it in took longer
     than the factoring). ``store``: the dtype the factors are computed and kept in (float32 on
     models sized on estimates, whose blocks are damped by ``FEEDBACK_DAMPING_PARTIAL``: well
-    conditioned; the feedback computes in float64 whatever they are kept in)."""
+    conditioned; the feedback computes in float64 whatever they are kept in). ``pack``: each
+    width's factors kept as ``kernels.Panels`` (half the memory; the same feedback)."""
     damp = FEEDBACK_DAMPING if damp is None else damp
     groups, damped = [], 0.0
     second_moment = {s: h for s, _, h in blocks}
@@ -258,7 +263,8 @@ def feedback_factors(blocks: list[tuple[int, int, np.ndarray]], damp: float | No
         for i in range(0, starts.size, FACTOR_CHUNK):
             diag = _factor_stack_(stack[i:i + FACTOR_CHUNK], damp)
             damped += float(diag.double().sum()) * width
-        groups.append((starts, stack.numpy()))
+        groups.append((starts, kernels.Panels(stack.numpy(), FEEDBACK_COLUMNS) if pack else stack.numpy()))
+        del stack  # packed: the whole factors go (with ``overwrite``, once the caller drops the sums)
     columns = max(e for _, e, _ in blocks)
     return FeedbackFactor(groups, damped / columns, columns)
 
@@ -299,7 +305,7 @@ def _factor_stack_(h: torch.Tensor, damp: float) -> torch.Tensor:
 
 
 def ecsq_error_feedback(weight: np.ndarray, mask: np.ndarray, factor: FeedbackFactor, delta: float,
-                        lam: float, codebook_dtype: str = "f2", block: int = 32,
+                        lam: float, codebook_dtype: str = "f2", block: int | None = None,
                         bins: ValueBins | None = None) -> LayerQuant:
     """ECSQ with the layer's output error fed back into the weights not yet quantized (GPTQ).
 
@@ -317,7 +323,10 @@ def ecsq_error_feedback(weight: np.ndarray, mask: np.ndarray, factor: FeedbackFa
     strongest directions that nothing compensates (CREPE full's classifier: output error 1.5
     with those means, 0.0004 on the grid, same bits).
     """
-    w = np.asarray(weight, np.float64)
+    block = FEEDBACK_COLUMNS if block is None else block
+    # float32 or float64 as given: the feedback works on its own float64 copy of each block
+    # (a float64 copy of the whole layer here was 100 MB more of a 12.6M-weight layer's pass)
+    w = np.asarray(weight) if np.asarray(weight).dtype in (np.float32, np.float64) else np.asarray(weight, np.float64)
     out, d = w.shape
     mask = np.asarray(mask, bool).reshape(out, d)
     qmin, bits = _grid_range(w.reshape(-1), mask.reshape(-1), delta, lam, bins)
@@ -572,8 +581,7 @@ def quantize_layers(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]
     search installs it then, freeing the last pass's arrays of that layer)."""
     out = {}
     factors, bins = factors or {}, bins or {}
-    for n, w in weights.items():
-        w = as_f64(w)
+    for n, w in weights.items():  # as they are (float32): each quantizer widens what it computes on
         lam_l = lam / sensitivity[n]
         delta = layer_step(w, masks[n], lam_l, step_scale, bins[n].abs_max if n in bins else None)
         f = factors.get(n)
@@ -594,18 +602,19 @@ def estimated_bytes(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray]
     ``quantize_for_budget_`` measures."""
     total = 0.0
     for n, w in weights.items():
-        w = as_f64(w)
         lam_l = lam / sensitivity[n]
         mask = masks[n]
         b = bins.get(n)
         delta = layer_step(w, mask, lam_l, step_scale, b.abs_max if b is not None else None)
         if b is None:
-            q, _, qmin, _ = _ecsq_grid(w[mask], int(mask.size - mask.sum()), delta, lam_l, 4)
+            n_pruned = int(mask.size - mask.sum())
+            q, _, qmin, _ = _ecsq_grid(np.asarray(w[mask], np.float64), n_pruned, delta, lam_l, 4)
             hist = np.bincount(q - qmin).astype(np.float64)
-        else:  # straight from the bins, without a pass over the weights
-            q, _, qmin, _ = _ecsq_grid(b.value, int(mask.size - mask.sum()), delta, lam_l, 4, b.count)
+        else:  # straight from the bins, without a pass over the weights or the mask
+            n_pruned = mask.size - b.kept
+            q, _, qmin, _ = _ecsq_grid(b.value, n_pruned, delta, lam_l, 4, b.count)
             hist = np.bincount(q - qmin, weights=b.count)
-        hist[-qmin] += mask.size - mask.sum()
+        hist[-qmin] += n_pruned
         total += _order0_bytes(hist[-qmin], hist[:-qmin], hist[-qmin + 1:])
     return total
 
@@ -615,7 +624,7 @@ def model_weights_and_masks(model: nn.Module, reference: dict[str, np.ndarray] |
     views of the model's own tensors where they are float32 already (the budget search writes no
     weight until it is done, ``install_(..., weights=False)``; a 98M-weight model's copy was 392
     MB), else float32 copies. Float32, not float64: exact, and the quantizers take each layer to
-    float64 as they reach it (``as_f64``). ``reference``: flat float32 arrays equal to the
+    float64 as they reach it. ``reference``: flat float32 arrays equal to the
     weights, held by the caller and never written, used instead."""
     weights, masks = {}, {}
     for n, m in prunable_layers(model).items():

@@ -151,6 +151,7 @@ def _check_codable(symbols: np.ndarray, codes: np.ndarray, what: str) -> None:
 
 
 # ----------------------------------------------------------------------------- coding
+ENCODE_CHUNK = 1 << 20  # symbols widened to int32 and coded at once
 def encode_layer(index: np.ndarray, mask: np.ndarray, neg: int, k: int, taps: int) -> tuple[bytes, bytes]:
     """Range-code one layer. Returns (model table bytes, stream bytes)."""
     Categorical, queue = _constriction()
@@ -174,9 +175,11 @@ def encode_layer(index: np.ndarray, mask: np.ndarray, neg: int, k: int, taps: in
             groups = [(c, ordered[lo:hi]) for c, lo, hi in zip(range(3), (0, *bounds[:2]), bounds)]
         for c, sel in groups:
             if sel.size:
-                sel = sel.astype(np.int32)
                 _check_codable(sel, flag_codes[c], "flags")
-                enc.encode(sel, models[c])
+                # int32 as the coder takes them, a chunk at a time (the queue coder's stream is
+                # the same): a 12.6M-weight layer's flags widened at once were 50 MB
+                for i in range(0, sel.size, ENCODE_CHUNK):
+                    enc.encode(sel[i:i + ENCODE_CHUNK].astype(np.int32), models[c])
     for ranks, codes in ((neg_rank, neg_codes), (pos_rank, pos_codes)):
         if ranks.size and codes.size > 1:  # a one-level alphabet needs no bits
             _check_codable(ranks, codes, "magnitudes")

@@ -86,3 +86,38 @@ def test_float32_factoring_stays_close_to_float64_at_the_partial_damping():
     assert u32.dtype == np.float32 and u64.dtype == np.float64
     assert np.abs(u32 - u64).max() <= 1e-4 * np.abs(u64).max()
     assert f32.scale == pytest.approx(f64.scale, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype,width", [(np.float64, 70), (np.float32, 64), (np.float64, 16)])
+def test_packed_factors_hold_half_and_feed_back_what_the_whole_ones_do(dtype, width):
+    rng = np.random.default_rng(7)
+    u = _factors(3, width).astype(dtype)
+    packed = kernels.Panels(u, 16)
+    assert np.array_equal(packed.full(), u) and packed.shape == u.shape
+    assert not any(np.shares_memory(p, u) for p in packed.panels)  # a view would hold all of u
+    if width >= 64:
+        assert packed.nbytes < 0.65 * u.nbytes
+    w = rng.normal(0, 0.05, (3, width, 21))
+    mask = rng.random(w.shape) < 0.8
+    bits = rng.uniform(1, 6, 31)
+    whole = kernels.feedback_blocks(w, mask, u, 1.3, 0.01, 2e-4, -15, bits, block=16)
+    assert np.array_equal(kernels.feedback_blocks(w, mask, packed, 1.3, 0.01, 2e-4, -15, bits, block=16), whole)
+    # panels of other rows than the feedback's block, and the path without numba: unpacked
+    assert np.array_equal(kernels.feedback_blocks(w, mask, packed, 1.3, 0.01, 2e-4, -15, bits, block=8),
+                          kernels.feedback_blocks(w, mask, u, 1.3, 0.01, 2e-4, -15, bits, block=8))
+    assert np.array_equal(kernels.feedback_blocks_reference(w, mask, packed, 1.3, 0.01, 2e-4, -15, bits, 16), whole)
+
+
+def test_a_layer_quantized_with_packed_factors_is_the_one_whole_factors_give():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(200, 96))
+    h = x.T @ x / 200
+    blocks = [(0, 48, h[:48, :48].copy()), (48, 96, h[48:, 48:].copy())]
+    whole = rdquant.feedback_factors(blocks, 0.01)
+    packed = rdquant.feedback_factors(blocks, 0.01, pack=True)
+    assert isinstance(packed.groups[0][1], kernels.Panels) and packed.scale == whole.scale
+    w = rng.normal(0, 0.05, (10, 96))
+    mask = np.ones(w.size, bool)
+    a = rdquant.ecsq_error_feedback(w, mask, whole, 0.01, 1e-4)
+    b = rdquant.ecsq_error_feedback(w, mask, packed, 0.01, 1e-4)
+    assert np.array_equal(a.index, b.index) and np.array_equal(a.codebook, b.codebook)

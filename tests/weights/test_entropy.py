@@ -83,3 +83,14 @@ def test_codebook_packing_round_trips_and_shrinks(dtype):
         entropy.unpack_codebook(packed[:-3], v.size, dtype)
     with pytest.raises(ValueError, match="sorted"):
         entropy.pack_codebook(v[::-1].copy(), dtype)
+
+
+def test_coding_the_flags_a_chunk_at_a_time_gives_the_one_stream(monkeypatch):
+    rng = np.random.default_rng(4)
+    index = rng.integers(0, 12, 9 * 5000).astype(np.int16)
+    mask = rng.random(index.size) < 0.6
+    whole = entropy.encode_layer(index, mask, 5, 12, 9)
+    monkeypatch.setattr(entropy, "ENCODE_CHUNK", 777)  # chunks that split taps and contexts
+    assert entropy.encode_layer(index, mask, 5, 12, 9) == whole
+    idx, kept = entropy.decode_layer(*whole, index.size, 5, 12, 9, int(mask.sum()))[:2]
+    assert np.array_equal(kept, mask) and np.array_equal(idx[mask], index[mask])

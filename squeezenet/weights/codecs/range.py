@@ -20,29 +20,36 @@ MAX_LEVELS = 1 << 12    # codebook entries per layer
 def _sorted_used_levels(layer: LayerInput) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sorted codebook of the used levels, index into it, mask), every weight unchanged.
 
-    The codebook may come in any order (centroid fine-tuning can reorder it)."""
+    The codebook may come in any order (centroid fine-tuning can reorder it). Indices stay
+    int16 (at most ``MAX_LEVELS`` levels): a 12.6M-weight layer's int64 copies and sort were
+    half a gigabyte of transients."""
     mask = np.asarray(layer.mask, bool).reshape(-1)
-    # int32, not int64: a 12.6M-weight layer's int64 copies were half a gigabyte of transients
     index = np.asarray(layer.index).reshape(-1)
-    if index.dtype not in (np.int16, np.int32):
-        index = index.astype(np.int64)
-        if index.size and (index.min() < np.iinfo(np.int32).min or index.max() > np.iinfo(np.int32).max):
-            raise ConfigError(f"{layer.name}: cluster index out of range")
-        index = index.astype(np.int32)
     cb = np.asarray(layer.codebook, np.float32).reshape(-1)
     if cb.size > MAX_LEVELS:
         raise ConfigError(f"{layer.name}: {cb.size} levels; range-coded layers hold at most {MAX_LEVELS}")
+    if index.dtype != np.int16:  # any other type: checked where kept, then narrowed
+        index = np.asarray(index, np.int64)
+        _check_kept(layer, index[mask], cb.size)
+        index = np.where(mask, index, 0).astype(np.int16)
     kept = index[mask]
-    if kept.size and (kept.min() < 0 or kept.max() >= cb.size):
-        raise ConfigError(f"{layer.name}: cluster index out of range")
+    _check_kept(layer, kept, cb.size)
     if layer.codebook_dtype == "f2":
         cb = cb.astype(np.float16).astype(np.float32)
     cb = cb + np.float32(0.0)  # -0.0 -> 0.0: equal weights, and one order for the packed keys
-    used = np.unique(kept)  # unused levels cost bytes and nothing else: drop them
+    present = np.zeros(max(cb.size, 1), bool)
+    present[kept] = True  # unused levels cost bytes and nothing else: drop them
+    del kept
+    used = np.flatnonzero(present[:cb.size])
     order = used[np.argsort(cb[used], kind="stable")]
-    remap = np.zeros(max(cb.size, 1), np.int32)
+    remap = np.zeros(max(cb.size, 1), np.int16)
     remap[order] = np.arange(order.size)
-    return cb[order], np.where(mask, remap[np.where(mask, index, 0)], 0), mask
+    return cb[order], np.where(mask, remap[np.where(mask, index, 0)], 0).astype(np.int16, copy=False), mask
+
+
+def _check_kept(layer: LayerInput, kept: np.ndarray, levels: int) -> None:
+    if kept.size and (kept.min() < 0 or kept.max() >= levels):
+        raise ConfigError(f"{layer.name}: cluster index out of range")
 
 
 def taps_of(shape) -> int:
