@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..memory import release_memory
 from ..weights.codecs.base import index_bits
-from ..weights.entropy import code_length, ideal_bits, model_table_size
+from ..weights.entropy import code_length, ideal_bits, level_counts, model_table_size
 from ..weights.codecs.range import taps_of
-from ..weights.sqz import CODING_BUFFERS, fixed_bytes
+from ..weights.sqz import CODING_BUFFERS, TRIMMED_LAYER, fixed_bytes
 from .levels import LayerQuant, layer_step
 from .outputs import fisher_sample_loss, flatten_outputs
 from . import kernels
@@ -78,7 +78,9 @@ class ValueBins:
         kept = np.asarray(kept, np.float64).reshape(-1)
         self.kept = kept.size
         if n_bins is None:  # at least ~30 bins a grid step at the finest step (a 2,000th of the range)
-            n_bins = max(1 << 16, min(1 << 20, kept.size // 8))
+            # and more on large layers, up to 2**18: 20 bytes a bin are held through the search (a
+            # 98M-weight model's bins at up to 2**20 a layer, a bin per 8 weights: 0.23 GB)
+            n_bins = max(1 << 16, min(1 << 18, kept.size // 16))
         lo, hi = (float(kept.min()), float(kept.max())) if kept.size else (0.0, 0.0)
         self.abs_max = max(-lo, hi) if kept.size else None
         self.lo, self.scale, self.n_bins = lo, n_bins / max(hi - lo, 1e-30), n_bins
@@ -372,8 +374,19 @@ def _feedback_blocks(w, mask, u, scale, delta, lam, qmin, bits, block) -> np.nda
 
     The blocks go through their columns side by side, so a 65,536-column layer in 64 blocks
     takes 1,024 steps, not 65,536; each step weighs the two grid neighbours of every weight and
-    zero (``kernels.feedback_blocks``: compiled, the rows of every block on every core)."""
-    return kernels.feedback_blocks(w, mask, u, scale, delta, lam, qmin, bits, block)
+    zero (``kernels.feedback_blocks``: compiled, the rows of every block on every core). The
+    rows are independent, so a tall layer goes a slice of rows at a time (``FEEDBACK_CHUNK``)."""
+    g, d, out = w.shape
+    rows = max(kernels.ROWS_PER_TASK, FEEDBACK_CHUNK // max(g * d, 1))
+    if out <= rows:
+        return kernels.feedback_blocks(w, mask, u, scale, delta, lam, qmin, bits, block)
+    return np.concatenate([kernels.feedback_blocks(w[:, :, o:o + rows], mask[:, :, o:o + rows], u, scale, delta,
+                                                   lam, qmin, bits, block) for o in range(0, out, rows)], axis=2)
+
+
+# Weights error feedback works on at once (its float64 copy: 16 MB): a 16,384-row, 768-column
+# layer's whole copy was 100 MB of a 98M-weight model's peak.
+FEEDBACK_CHUNK = 1 << 21
 
 
 # Output positions an input whose patches sum a convolution's input second moments.
@@ -729,7 +742,7 @@ def coded_bytes(quants: dict[str, LayerQuant], taps: dict[str, int] | None = Non
     1.9 and 2.3 MB, a search's confirmation missed by that and took two passes more)."""
     total = 0.0
     for n, q in quants.items():
-        counts = np.bincount(q.index[q.mask], minlength=q.codebook.size).astype(np.float64)
+        counts = level_counts(q.index, q.mask, q.codebook.size).astype(np.float64)
         if taps is None:
             total += _order0_bytes(float(q.mask.size - q.mask.sum()), counts[:q.neg], counts[q.neg:])
             continue
@@ -856,6 +869,8 @@ class _Sizer:
         # file moved 0.3% between CREPE full's 1.9 and 2.3 MB files (its 40 kB of batch norm and
         # biases scaled with the codes), over the codes alone 0.02%
         self.fixed = fixed_bytes(data)
+        del data
+        release_memory()  # the encoder's layer-sized temporaries, before the next pass allocates its own
         self.ratios.append((size - self.fixed) / coded_bytes(quants, self.taps))
         self.serialized[lam] = size
         if self.log:
@@ -880,10 +895,15 @@ class _Sizer:
         else:
             quants = quantize_layers(self.weights, self.masks, self.sensitivity, lam, self.step_scale,
                                      factors=self.factors, bins=self.bins,
-                                     each=lambda n, q: _install_layer_(self.layers[n], q, weights=False))
+                                     each=self._install_layer)
         release_memory()
         self.current = (lam, quants)
         return quants
+
+    def _install_layer(self, name: str, q: LayerQuant) -> None:
+        _install_layer_(self.layers[name], q, weights=False)  # the last pass's arrays of this layer go
+        if q.mask.size >= TRIMMED_LAYER:
+            release_memory()
 
     def quants_of(self, payload) -> dict[str, LayerQuant]:
         """The quants a search's payload stands for: on a lean search (``LEAN_WEIGHTS``) only the

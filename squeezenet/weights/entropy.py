@@ -126,8 +126,8 @@ def build_model_table(flags: np.ndarray, neg_rank: np.ndarray, pos_rank: np.ndar
     """The layer's model bytes: 4 x 3 flag counts, then ``neg`` and ``k - neg`` rank counts."""
     fh = flag_histograms(flags)
     parts = [quantize_count(row, int(row.sum())) for row in fh]
-    parts.append(quantize_count(np.bincount(neg_rank, minlength=neg)[:neg], max(neg_rank.size, 1)))
-    parts.append(quantize_count(np.bincount(pos_rank, minlength=k - neg)[:k - neg], max(pos_rank.size, 1)))
+    parts.append(quantize_count(bincount(neg_rank, minlength=neg)[:neg], max(neg_rank.size, 1)))
+    parts.append(quantize_count(bincount(pos_rank, minlength=k - neg)[:k - neg], max(pos_rank.size, 1)))
     return np.concatenate(parts).astype(np.uint8).tobytes()
 
 
@@ -152,6 +152,8 @@ def _check_codable(symbols: np.ndarray, codes: np.ndarray, what: str) -> None:
 
 # ----------------------------------------------------------------------------- coding
 ENCODE_CHUNK = 1 << 20  # symbols widened to int32 and coded at once
+
+
 def encode_layer(index: np.ndarray, mask: np.ndarray, neg: int, k: int, taps: int) -> tuple[bytes, bytes]:
     """Range-code one layer. Returns (model table bytes, stream bytes)."""
     Categorical, queue = _constriction()
@@ -253,10 +255,38 @@ def code_length(counts: np.ndarray) -> float:
 
 
 def ideal_bits(index: np.ndarray, mask: np.ndarray, neg: int, k: int, taps: int) -> float:
-    """Empirical conditional entropy of the layer under its own models, in bits (no table)."""
-    flags, neg_rank, pos_rank = layer_symbols(index, mask, neg, taps)
-    return sum(code_length(counts)
-               for counts in list(flag_histograms(flags)) + [np.bincount(neg_rank), np.bincount(pos_rank)])
+    """Empirical conditional entropy of the layer under its own models, in bits (no table).
+    The magnitudes' counts are the levels' counts (a rank is a level), so no rank arrays are
+    made: a 12.6M-weight layer's, widened by ``np.bincount``, were 200 MB of transients."""
+    mask = np.asarray(mask, bool).reshape(-1)
+    index = np.asarray(index).reshape(-1)
+    flags = mask.astype(np.int8) + (mask & (index >= neg))
+    counts = level_counts(index, mask, k)
+    return sum(code_length(c) for c in flag_histograms(flags.reshape(-1, taps))) \
+        + code_length(counts[:neg]) + code_length(counts[neg:])
+
+
+COUNT_CHUNK = 1 << 20  # values ``np.bincount`` widens to int64 at once
+
+
+def bincount(values: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """``np.bincount`` a chunk at a time: it widens its input to int64 (8 bytes a value)."""
+    values = np.asarray(values).reshape(-1)
+    out = np.zeros(max(minlength, int(values.max()) + 1 if values.size else 0), np.int64)
+    for i in range(0, values.size, COUNT_CHUNK):
+        part = np.bincount(values[i:i + COUNT_CHUNK])
+        out[:part.size] += part
+    return out
+
+
+def level_counts(index: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """How many kept weights take each of the ``k`` levels (``index`` where ``mask``)."""
+    index, mask = np.asarray(index).reshape(-1), np.asarray(mask, bool).reshape(-1)
+    out = np.zeros(k, np.int64)
+    for i in range(0, index.size, COUNT_CHUNK):
+        part = np.bincount(index[i:i + COUNT_CHUNK][mask[i:i + COUNT_CHUNK]], minlength=k)
+        out += part[:k]
+    return out
 
 
 # ----------------------------------------------------------------------------- codebooks

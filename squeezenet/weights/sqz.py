@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from ..data.imagenet import imagenet_categories
 from ..errors import ConfigError
+from ..memory import release_memory
 from ..models import create_model
 from ..models.layers import coded_key, is_tensor_layer, prunable_layers, storage_key
 from ..models.registry import UnknownModelError, is_registered
@@ -47,6 +48,10 @@ from .container import (ALIAS_VERSION, FLAG_ZLIB_HEADER, FORMAT_NAME, HUFFMAN_VE
                         parse_header, raws_offset, self_described, weight_dtype, whole_state)
 from .container import PREAMBLE as _PREAMBLE  # noqa: F401  (tests read the preamble's layout)
 
+# Layers from this many weights hand their encoder's freed memory back to the system as each is
+# done (glibc keeps freed arrays under 32 MB in its heaps: a 98M-weight model's encode rose
+# 0.2 GB over its steady state without it).
+TRIMMED_LAYER = 1 << 20
 # fp32 sizes of the paper's Table 2 comparisons: SqueezeNet v1.0 and AlexNet, 1000 classes
 SQUEEZENET_FP32 = 4 * 1_248_424
 ALEXNET_FP32 = 4 * 60_965_224
@@ -199,6 +204,8 @@ def _encode(model: nn.Module, model_name: str = "", *, model_kwargs: dict | None
         on_trellis = getattr(m, "weight_step", None) is not None and chosen.any_levels
         codec_l = CODECS["trellis"] if on_trellis else chosen
         layers.append(codec_l.encode(layer_input(name, m, cb_dtype, bias_dtype)))
+        if m.weight.numel() >= TRIMMED_LAYER:
+            release_memory()  # a large layer's coding temporaries, before the next layer's
         if m.weight.dtype != torch.float32 and chosen.versions[0] != HUFFMAN_VERSION:
             layers[-1].meta["dtype"] = raw_dtype_code(m.weight)  # decoded weights come back in it
         whole = is_tensor_layer(m)

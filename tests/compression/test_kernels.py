@@ -121,3 +121,14 @@ def test_a_layer_quantized_with_packed_factors_is_the_one_whole_factors_give():
     a = rdquant.ecsq_error_feedback(w, mask, whole, 0.01, 1e-4)
     b = rdquant.ecsq_error_feedback(w, mask, packed, 0.01, 1e-4)
     assert np.array_equal(a.index, b.index) and np.array_equal(a.codebook, b.codebook)
+
+
+def test_a_tall_layer_fed_back_a_slice_of_rows_at_a_time_gets_the_same_indices(monkeypatch):
+    rng = np.random.default_rng(9)
+    u = _factors(2, 48)
+    w = rng.normal(0, 0.05, (2, 48, 300))
+    mask = rng.random(w.shape) < 0.8
+    bits = rng.uniform(1, 6, 31)
+    whole = rdquant._feedback_blocks(w, mask, u, 1.3, 0.01, 2e-4, -15, bits, 16)
+    monkeypatch.setattr(rdquant, "FEEDBACK_CHUNK", 2 * 48 * 70)  # 70 rows a slice: five slices
+    assert np.array_equal(rdquant._feedback_blocks(w, mask, u, 1.3, 0.01, 2e-4, -15, bits, 16), whole)

@@ -94,3 +94,17 @@ def test_coding_the_flags_a_chunk_at_a_time_gives_the_one_stream(monkeypatch):
     assert entropy.encode_layer(index, mask, 5, 12, 9) == whole
     idx, kept = entropy.decode_layer(*whole, index.size, 5, 12, 9, int(mask.sum()))[:2]
     assert np.array_equal(kept, mask) and np.array_equal(idx[mask], index[mask])
+
+
+def test_ideal_bits_from_level_counts_equal_those_of_the_layers_symbols(monkeypatch):
+    rng = np.random.default_rng(5)
+    index = rng.integers(0, 9, 4 * 3000).astype(np.int16)
+    mask = rng.random(index.size) < 0.7
+    index[~mask] = 77  # anything where pruned
+    flags, neg_rank, pos_rank = entropy.layer_symbols(index, mask, 4, 4)
+    expect = sum(entropy.code_length(c) for c in list(entropy.flag_histograms(flags))
+                 + [np.bincount(neg_rank), np.bincount(pos_rank)])
+    monkeypatch.setattr(entropy, "COUNT_CHUNK", 1000)  # counted a chunk at a time
+    assert entropy.ideal_bits(index, mask, 4, 9, 4) == pytest.approx(expect, rel=1e-12)
+    assert np.array_equal(entropy.level_counts(index, mask, 9), np.bincount(index[mask], minlength=9))
+    assert np.array_equal(entropy.bincount(pos_rank, minlength=20), np.bincount(pos_rank, minlength=20))
