@@ -132,3 +132,16 @@ def test_a_tall_layer_fed_back_a_slice_of_rows_at_a_time_gets_the_same_indices(m
     whole = rdquant._feedback_blocks(w, mask, u, 1.3, 0.01, 2e-4, -15, bits, 16)
     monkeypatch.setattr(rdquant, "FEEDBACK_CHUNK", 2 * 48 * 70)  # 70 rows a slice: five slices
     assert np.array_equal(rdquant._feedback_blocks(w, mask, u, 1.3, 0.01, 2e-4, -15, bits, 16), whole)
+
+
+@pytest.mark.parametrize("n,dtype", [(300, torch.float64), (512, torch.float32), (100, torch.float64)])
+def test_triangular_inverse_by_halves_matches_the_solve(n, dtype):
+    rng = np.random.default_rng(n)
+    x = torch.from_numpy(rng.normal(size=(2, n, n + 40)))
+    lower = torch.linalg.cholesky(x @ x.transpose(1, 2) / n + 0.3 * torch.eye(n)).to(dtype)
+    got = rdquant.lower_inverse(lower)
+    expect = torch.linalg.solve_triangular(lower.double(), torch.eye(n, dtype=torch.float64).expand(2, n, n),
+                                           upper=False)
+    assert got.dtype == dtype and torch.equal(torch.tril(got), got)
+    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    assert (got.double() - expect).abs().max() <= tol * expect.abs().max()
