@@ -145,3 +145,17 @@ def test_triangular_inverse_by_halves_matches_the_solve(n, dtype):
     assert got.dtype == dtype and torch.equal(torch.tril(got), got)
     tol = 1e-10 if dtype == torch.float64 else 2e-4
     assert (got.double() - expect).abs().max() <= tol * expect.abs().max()
+
+
+@pytest.mark.parametrize("width,panel", [(20, 7), (16, 16), (33, 8)])
+def test_second_moments_summed_on_the_upper_panels_and_mirrored_are_the_whole_product(width, panel, monkeypatch):
+    monkeypatch.setattr(rdquant, "MOMENT_PANEL", panel)
+    rng = np.random.default_rng(width)
+    a = torch.zeros(3, width, width, dtype=torch.float64)
+    whole = torch.zeros_like(a)
+    for _ in range(2):  # sums over batches
+        xs = torch.from_numpy(rng.normal(size=(3, 50, width)))
+        rdquant._accumulate_upper_(a, xs)
+        whole.baddbmm_(xs.transpose(1, 2), xs)
+    assert torch.allclose(a, whole) == (panel >= width)  # panels below the diagonal left out ...
+    assert torch.allclose(rdquant._mirror_upper_(a), whole, rtol=1e-12, atol=1e-12)  # ... until mirrored
