@@ -182,16 +182,19 @@ def encode(model: nn.Module, model_name: str | None = None, **options) -> bytes:
 
 def _encoding_key(model: nn.Module, info: dict) -> bytes:
     """A digest of everything ``_encode`` reads: the options, every state entry's name, shape,
-    dtype and storage, and the bytes of all but the coded layers' weights (the file holds their
-    codes, read off the coding buffers). A model encoded again unchanged gets its last bytes back
-    (a budget search serializes its fit, then ``compress_`` and ``save_compressed`` asked again:
-    two encodes more, 1.2 s of a 22M-weight model's 24 s); any change, in place or not, misses."""
+    dtype and the entries it shares storage with, and the bytes of all but the coded layers'
+    weights (the file holds their codes, read off the coding buffers). A model encoded again
+    unchanged gets its last bytes back (a budget search serializes its fit, then ``compress_``
+    and ``save_compressed`` asked again: two encodes more, 1.2 s of a 22M-weight model's 24 s);
+    any change, in place or not, misses."""
     coded = {coded_key(n, "weight", is_tensor_layer(m)) for n, m in prunable_layers(model).items()
              if getattr(m, "weight_index", None) is not None}
     h = hashlib.sha1(repr(sorted(info.items(), key=lambda kv: kv[0])).encode())
+    first_with: dict[int, str] = {}  # storage -> the first entry on it: which entries are tied
     for k, t in model.state_dict(keep_vars=True).items():
         t = t.detach()
-        h.update(repr((k, tuple(t.shape), str(t.dtype), t.untyped_storage().data_ptr())).encode())
+        tied = first_with.setdefault(t.untyped_storage().data_ptr(), k)
+        h.update(repr((k, tuple(t.shape), str(t.dtype), tied)).encode())
         if k not in coded and t.numel():
             h.update(memoryview(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
     return h.digest()

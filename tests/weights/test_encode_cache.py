@@ -35,3 +35,15 @@ def test_a_coded_layers_weight_is_not_in_the_file_so_writing_it_hits():
     with torch.no_grad():
         model[0].weight.mul_(2.0)  # the file holds the layer's codes, not this
     assert sqz.encode(model) is first and first == sqz._encode(model)
+
+
+def test_tying_two_entries_misses_and_an_equal_replacement_hits():
+    model = _coded()
+    first = sqz.encode(model)
+    model[4].weight_codebook = model[4].weight_codebook.clone()  # the same values in a new tensor
+    assert sqz.encode(model) is first
+    model[1].bias = nn.Parameter(model[0].bias.detach().clone())  # equal values, two tensors
+    untied = sqz.encode(model)
+    model[1].bias = model[0].bias  # the same values, tied now: the file records an alias
+    tied = sqz.encode(model)
+    assert tied is not untied and tied == sqz._encode(model)
