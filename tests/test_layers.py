@@ -7,7 +7,7 @@ import squeezenet
 ROOT = Path(squeezenet.__file__).parent
 # models, data -> weights -> reader (the file without torch), training -> compression (retraining
 # runs the training loop) -> export (runtimes) -> evaluation (which runs any engine) -> exploration -> cli
-TIER = {"errors": 0, "cpu": 0, "utils": 0, "metrics": 0, "preprocessing": 0, "download": 0,
+TIER = {"errors": 0, "cpu": 0, "utils": 0, "memory": 0, "metrics": 0, "preprocessing": 0, "download": 0,
         "models": 1, "data": 1, "weights": 2, "reader": 3, "training": 3, "compression": 4,
         "export": 5, "evaluation": 6, "exploration": 7, "demo": 8, "cli": 8, "__main__": 9, "__init__": 9}
 # Same-tier units that may not import each other at all.
