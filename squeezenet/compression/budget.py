@@ -153,8 +153,8 @@ def feedback_factors_of(model: nn.Module, inputs: torch.Tensor, log=print, posit
     for every candidate (a fifth of a 22M-weight model's time went to factoring them again for
     each), one layer at a time from the float32 sums, each layer's float64 second moments
     overwritten by their factors (no second copy in memory), kept packed (``kernels.Panels``:
-    half the memory). ``store``: the factors' dtype
-    (float32 for models sized on estimates: half the memory, held through the whole search)."""
+    half the memory). ``store``: the factors' dtype (float32 for models sized on estimates: half
+    the memory again, held through the whole search)."""
     log(f"error feedback: {feedback_memory(model) / 2**20:,.0f} MiB of input second moments")
     rows: dict[str, int] = {}
     sums = SecondMomentSums(model, inputs, rows=rows, positions=positions)

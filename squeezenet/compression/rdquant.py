@@ -682,8 +682,8 @@ def model_weights_and_masks(model: nn.Module, reference: dict[str, np.ndarray] |
     views of the model's own tensors where they are float32 already (the budget search writes no
     weight until it is done, ``install_(..., weights=False)``; a 98M-weight model's copy was 392
     MB), else float32 copies. Float32, not float64: exact, and the quantizers take each layer to
-    float64 as they reach it. ``reference``: flat float32 arrays equal to the
-    weights, held by the caller and never written, used instead."""
+    float64 as they reach it. ``reference``: flat float32 arrays equal to the weights, held by
+    the caller and never written, used instead."""
     weights, masks = {}, {}
     for n, m in prunable_layers(model).items():
         w = reference[n] if reference is not None else m.weight.detach().cpu().float().reshape(-1).numpy()

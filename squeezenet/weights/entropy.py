@@ -97,10 +97,13 @@ def layer_symbols(index: np.ndarray, mask: np.ndarray, neg: int,
     mask = np.asarray(mask, bool).reshape(-1)
     index = np.asarray(index).reshape(-1)
     positive = mask & (index >= neg)
-    flags = mask.astype(np.int8) + positive  # 0 pruned, 1 negative, 2 positive; int8 keeps it SIMD-wide
     neg_rank = (neg - 1 - index[mask & ~positive]).astype(np.int32)
     pos_rank = (index[positive] - neg).astype(np.int32)
-    return flags.reshape(-1, taps), neg_rank, pos_rank
+    return _flags(mask, positive).reshape(-1, taps), neg_rank, pos_rank
+
+
+def _flags(mask: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    return mask.astype(np.int8) + positive  # 0 pruned, 1 negative, 2 positive; int8 keeps it SIMD-wide
 
 
 def _flag_contexts(prev: np.ndarray | None, n: int) -> np.ndarray:
@@ -260,7 +263,7 @@ def ideal_bits(index: np.ndarray, mask: np.ndarray, neg: int, k: int, taps: int)
     made: a 12.6M-weight layer's, widened by ``np.bincount``, were 200 MB of transients."""
     mask = np.asarray(mask, bool).reshape(-1)
     index = np.asarray(index).reshape(-1)
-    flags = mask.astype(np.int8) + (mask & (index >= neg))
+    flags = _flags(mask, mask & (index >= neg))
     counts = level_counts(index, mask, k)
     return sum(code_length(c) for c in flag_histograms(flags.reshape(-1, taps))) \
         + code_length(counts[:neg]) + code_length(counts[neg:])

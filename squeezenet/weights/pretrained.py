@@ -12,12 +12,13 @@ from typing import Callable
 
 import torchvision.models as tvm
 
+from ..data.imagenet import imagenet_categories
 from ..download import ASSETS, DEFAULT_ASSET, download
 from ..models.registry import register_pretrained
 from ..preprocessing import CAFFE_IMAGENET, TORCHVISION_IMAGENET, Preprocessing
 from .loading import load_weights
 
-_CATEGORIES = list(tvm.SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"])
+_CATEGORIES = imagenet_categories()
 
 
 @dataclass(frozen=True, eq=False, repr=False)
