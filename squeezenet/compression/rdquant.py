@@ -998,7 +998,8 @@ def _fit_on_estimates(sizer: _Sizer, sensitivity, budget: int, tolerance, aim: f
     log = sizer.log
     for _ in range(CONFIRMATIONS + 1):
         lam, size, quants, aim = _corrected_search(sizer.size_of, sizer.estimate, sensitivity, budget, log,
-                                                   tolerance=tolerance, aim=aim, near=near, floor=CONFIRMED_FIT)
+                                                   tolerance=tolerance, aim=aim, near=near, floor=CONFIRMED_FIT,
+                                                   growth=FEEDBACK_GROWTH if sizer.factors else 1.0)
         if judging or lam in sizer.serialized:
             return lam, size, quants, aim
         quants = sizer.quants_of(quants)
@@ -1008,7 +1009,8 @@ def _fit_on_estimates(sizer: _Sizer, sensitivity, budget: int, tolerance, aim: f
             return lam, size, quants, aim
         aim, near = aim * sizer.ratios[-2] / sizer.ratios[-1], lam  # the ratio was off: its own now
     sizer.on_ratio = False  # the ratio kept missing: every size exact
-    return _corrected_search(sizer.size_of, sizer.estimate, sensitivity, budget, log, aim=aim, near=lam)
+    return _corrected_search(sizer.size_of, sizer.estimate, sensitivity, budget, log, aim=aim, near=lam,
+                             growth=FEEDBACK_GROWTH if sizer.factors else 1.0)
 
 
 # Fits sized on the ratio that a serialization may find off, and searched again, before every
@@ -1022,6 +1024,10 @@ CONFIRMED_FIT = 0.99
 # bytes per byte of budget that hit it were 1.09 on CREPE full, 1.04-1.08 on CREPE tiny and
 # 1.02-1.09 on our CIFAR-10 model. A first search aims this high.
 FEEDBACK_AIM = 1.05
+# ... and they grow slower than it: 0.85 times as fast (log-log) between CREPE full's first two
+# tries at 2.3 MB, whose first correction rescaled by the whole miss, landed 3% short and cost a
+# pass more. The first correction with error feedback takes this growth; the secant the later ones.
+FEEDBACK_GROWTH = 0.85
 
 
 # The slope search widens its coarse end this many times by this factor, up to pruning
@@ -1049,7 +1055,7 @@ def _search_slope(size_of, sensitivity: dict[str, float], budget: float):
 
 def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: int, log, tries: int = 6,
                       refine: int = 4, tolerance: float | None = None, aim: float = 1.0,
-                      near: float | None = None, floor: float = 0.995):
+                      near: float | None = None, floor: float = 0.995, growth: float = 1.0):
     """Search on the estimate for a target, size the slope found exactly, correct the target by
     how far the estimate was off, and repeat: the largest exact fit from ``floor * budget`` up
     (or the largest of ``tries``). The first correction rescales the target by the miss; later
@@ -1061,7 +1067,9 @@ def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: 
     overshot (a 22M-weight model once stopped at 1.66 MB of 2.3).
 
     With ``tolerance``, the first exact size within that fraction of ``budget`` either side is
-    taken instead. The first target is ``aim * budget``, searched from ``near`` (a slope).
+    taken instead. The first target is ``aim * budget``, searched from ``near`` (a slope);
+    ``growth`` is the first correction's prior on the growth the secant measures later
+    (``FEEDBACK_GROWTH`` with error feedback).
     Returns (lam, bytes, payload, aim): ``aim`` the target per byte of budget that the last
     exact size says would have hit it.
     """
@@ -1084,7 +1092,7 @@ def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: 
             over = lam if over is None else max(over, lam)
         if best is not None and best[1] >= floor * budget:
             return (*best, aim)
-        growth = _secant_growth(seen)
+        growth = _secant_growth(seen, prior=growth)
         # overshooting: aim lower by a margin that grows with each miss
         miss = math.log(goal * (1.0 if size <= budget else 0.998 ** (attempt + 1)) / size)
         target *= math.exp(miss / growth)
@@ -1110,11 +1118,11 @@ def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: 
     return (*best, aim)
 
 
-def _secant_growth(seen: list[tuple[float, float]]) -> float:
+def _secant_growth(seen: list[tuple[float, float]], prior: float = 1.0) -> float:
     """How fast the exact size grows with the estimated target (log-log) between the last two
-    tries; 1 (rescaling) with one try, or where the two give a slope outside [0.25, 4]."""
+    tries; ``prior`` with one try; 1 (rescaling) where the two give a slope outside [0.25, 4]."""
     if len(seen) < 2:
-        return 1.0
+        return prior
     (t0, s0), (t1, s1) = seen[-2], seen[-1]
     if abs(t1 - t0) < 1e-9:
         return 1.0

@@ -250,6 +250,31 @@ def test_corrected_search_follows_the_secant_where_the_file_grows_slower_than_it
     assert len(calls) <= 3
 
 
+def test_a_growth_prior_lands_the_first_correction_where_rescaling_falls_short():
+    # an exact size growing 0.85 times as fast as its estimate (CREPE full's error feedback) and
+    # a first try 16% short: rescaling by the whole miss lands short of the window again, the
+    # prior lands in it on the second try
+    sens = {"a": 1.0}
+
+    def estimate(lam):
+        return 1e6 / (1 + lam), None
+
+    def search(growth):
+        calls = []
+
+        def size_of(lam):
+            calls.append(lam)
+            return int(0.84 * 600_000 * (estimate(lam)[0] / 600_000) ** 0.85), None
+
+        _, size, _, _ = rdquant._corrected_search(size_of, estimate, sens, budget=600_000, log=None,
+                                                  growth=growth)
+        assert 0.995 * 600_000 <= size <= 600_000
+        return len(calls)
+
+    assert search(rdquant.FEEDBACK_GROWTH) == 2
+    assert search(1.0) > 2
+
+
 def test_a_fit_sized_on_a_wrong_ratio_is_serialized_and_searched_again(monkeypatch):
     # sized on estimates with a bytes-per-order-0-byte ratio 10% off: the fit the ratio gives is
     # serialized, found off, and the search goes on with the ratio it measured
