@@ -996,10 +996,11 @@ def _fit_on_estimates(sizer: _Sizer, sensitivity, budget: int, tolerance, aim: f
     ratio whose file misses ``CONFIRMED_FIT`` is searched again on that file's ratio), every size
     exact where the ratio keeps missing. Returns (lam, bytes, quants, aim)."""
     log = sizer.log
+    growth_prior = FEEDBACK_GROWTH if sizer.factors else 1.0
     for _ in range(CONFIRMATIONS + 1):
         lam, size, quants, aim = _corrected_search(sizer.size_of, sizer.estimate, sensitivity, budget, log,
                                                    tolerance=tolerance, aim=aim, near=near, floor=CONFIRMED_FIT,
-                                                   growth=FEEDBACK_GROWTH if sizer.factors else 1.0)
+                                                   growth_prior=growth_prior)
         if judging or lam in sizer.serialized:
             return lam, size, quants, aim
         quants = sizer.quants_of(quants)
@@ -1010,7 +1011,7 @@ def _fit_on_estimates(sizer: _Sizer, sensitivity, budget: int, tolerance, aim: f
         aim, near = aim * sizer.ratios[-2] / sizer.ratios[-1], lam  # the ratio was off: its own now
     sizer.on_ratio = False  # the ratio kept missing: every size exact
     return _corrected_search(sizer.size_of, sizer.estimate, sensitivity, budget, log, aim=aim, near=lam,
-                             growth=FEEDBACK_GROWTH if sizer.factors else 1.0)
+                             growth_prior=growth_prior)
 
 
 # Fits sized on the ratio that a serialization may find off, and searched again, before every
@@ -1055,20 +1056,20 @@ def _search_slope(size_of, sensitivity: dict[str, float], budget: float):
 
 def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: int, log, tries: int = 6,
                       refine: int = 4, tolerance: float | None = None, aim: float = 1.0,
-                      near: float | None = None, floor: float = 0.995, growth: float = 1.0):
+                      near: float | None = None, floor: float = 0.995, growth_prior: float = 1.0):
     """Search on the estimate for a target, size the slope found exactly, correct the target by
     how far the estimate was off, and repeat: the largest exact fit from ``floor * budget`` up
-    (or the largest of ``tries``). The first correction rescales the target by the miss; later
-    ones follow the secant through the last two (target, exact size) pairs (an error-feedback
-    file grows about two thirds as fast as its estimate, so rescaling alone closed in a third
-    of the gap a step). Where every try overshoots, the slope is raised 10% at a time on exact
+    (or the largest of ``tries``). The first correction rescales the target by the miss over
+    ``growth_prior``; later ones follow the secant through the last two (target, exact size)
+    pairs (an error-feedback file grows about two thirds as fast as its estimate, so rescaling
+    alone closed in a third of the gap a step). Where every try overshoots, the slope is raised 10% at a time on exact
     sizes until the file fits (coarser always fits sooner or later). A fit still short of that
     is refined by up to ``refine`` exact bisection steps between it and the finest slope that
     overshot (a 22M-weight model once stopped at 1.66 MB of 2.3).
 
     With ``tolerance``, the first exact size within that fraction of ``budget`` either side is
     taken instead. The first target is ``aim * budget``, searched from ``near`` (a slope);
-    ``growth`` is the first correction's prior on the growth the secant measures later
+    ``growth_prior`` is the first correction's prior on the growth the secant measures later
     (``FEEDBACK_GROWTH`` with error feedback).
     Returns (lam, bytes, payload, aim): ``aim`` the target per byte of budget that the last
     exact size says would have hit it.
@@ -1092,7 +1093,7 @@ def _corrected_search(size_of, estimate, sensitivity: dict[str, float], budget: 
             over = lam if over is None else max(over, lam)
         if best is not None and best[1] >= floor * budget:
             return (*best, aim)
-        growth = _secant_growth(seen, prior=growth)
+        growth = _secant_growth(seen, prior=growth_prior)
         # overshooting: aim lower by a margin that grows with each miss
         miss = math.log(goal * (1.0 if size <= budget else 0.998 ** (attempt + 1)) / size)
         target *= math.exp(miss / growth)

@@ -267,7 +267,7 @@ def test_a_growth_prior_lands_the_first_correction_where_rescaling_falls_short()
             return int(0.84 * 600_000 * (estimate(lam)[0] / 600_000) ** 0.85), None
 
         _, size, _, _ = rdquant._corrected_search(size_of, estimate, sens, budget=600_000, log=None,
-                                                  growth=growth)
+                                                  growth_prior=growth)
         assert 0.995 * 600_000 <= size <= 600_000
         return len(calls)
 
