@@ -38,6 +38,7 @@ from ..weights import LoadedWeights, load_weights
 from ..weights.sqz import RAW_DTYPES, encode
 from .budget import JUDGE_INPUTS, fit_budget_
 from .config import CompressionConfig, parse_layer_spec
+from .fastconv import one_dimensional_convolutions
 from .finetune import batch_inputs, distill_shared_
 from .outputs import resolve_output_kind
 from .progress import around_bars, showing, wanted
@@ -356,7 +357,8 @@ def _budget_stage_(model: nn.Module, config: CompressionConfig, calibration, ser
     # Fine-tuned centroids (distilled or retrained) pack a few bytes longer or shorter: leave
     # them 16 bytes a layer.
     margin = 16 * len(prunable_layers(model)) if tuned_after else 0
-    with numpy_small_pages():  # arrays of tens of megabytes made and freed by each quantization pass
+    # numpy_small_pages: arrays of tens of megabytes made and freed by each quantization pass
+    with numpy_small_pages(), one_dimensional_convolutions(model):
         info = fit_budget_(model, config, calibration.inputs[:n], max(config.size_budget - margin, 1), serialize,
                            tuned_after=tuned_after, log=log)
     log(f"quantized: {info['kept_weights']:,} weights kept, levels per layer {min(info['levels'].values())}.."
