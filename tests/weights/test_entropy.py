@@ -108,3 +108,35 @@ def test_ideal_bits_from_level_counts_equal_those_of_the_layers_symbols(monkeypa
     assert entropy.ideal_bits(index, mask, 4, 9, 4) == pytest.approx(expect, rel=1e-12)
     assert np.array_equal(entropy.level_counts(index, mask, 9), np.bincount(index[mask], minlength=9))
     assert np.array_equal(entropy.bincount(pos_rank, minlength=20), np.bincount(pos_rank, minlength=20))
+
+
+@pytest.mark.parametrize("case", ["sorted", "shuffled", "unused level", "int64 index"])
+def test_range_codec_gives_the_same_weights_from_any_codebook_order(case):
+    from squeezenet.errors import ConfigError
+    from squeezenet.weights.codecs.base import LayerInput
+    from squeezenet.weights.codecs.range import RangeCodec
+
+    rng = np.random.default_rng(3)
+    levels = np.array([-0.5, -0.25, 0.125, 0.5, 1.0], np.float32)
+    index = rng.integers(0, levels.size, 4000).astype(np.int16)
+    mask = rng.random(4000) < 0.3
+    index[~mask] = rng.integers(0, levels.size, int((~mask).sum()))  # garbage where pruned
+    expected = np.where(mask, levels[index], 0)
+    codebook = levels
+    if case == "shuffled":
+        perm = rng.permutation(levels.size)
+        codebook, index = levels[perm], np.argsort(perm).astype(np.int16)[index]
+    elif case == "unused level":
+        codebook = np.append(levels, np.float32(7.0))
+    elif case == "int64 index":
+        index = index.astype(np.int64)
+    codec = RangeCodec()
+    record = codec.encode(LayerInput("x", (4000,), codebook, index, mask, None))
+    decoded = codec.decode(record.meta, record.sections, 4000)
+    np.testing.assert_array_equal(np.asarray(decoded.weight).reshape(-1), expected)
+    assert record.meta["k"] == levels.size  # unused levels are dropped
+    bad = index.astype(np.int64)
+    bad[np.flatnonzero(mask)[0]] = codebook.size  # a kept weight past the codebook
+    with pytest.raises(ConfigError, match="out of range"):
+        codec.encode(LayerInput("x", (4000,), codebook, bad if case == "int64 index" else bad.astype(np.int16),
+                                mask, None))

@@ -28,12 +28,14 @@ def _sorted_used_levels(layer: LayerInput) -> tuple[np.ndarray, np.ndarray, np.n
     cb = np.asarray(layer.codebook, np.float32).reshape(-1)
     if cb.size > MAX_LEVELS:
         raise ConfigError(f"{layer.name}: {cb.size} levels; range-coded layers hold at most {MAX_LEVELS}")
-    if index.dtype != np.int16:  # any other type: checked where kept, then narrowed
+    narrowed = index.dtype != np.int16
+    if narrowed:  # any other type: checked where kept, then narrowed
         index = np.asarray(index, np.int64)
         _check_kept(layer, index[mask], cb.size)
         index = np.where(mask, index, 0).astype(np.int16)
     kept = index[mask]
-    _check_kept(layer, kept, cb.size)
+    if not narrowed:
+        _check_kept(layer, kept, cb.size)
     if layer.codebook_dtype == "f2":
         cb = cb.astype(np.float16).astype(np.float32)
     cb = cb + np.float32(0.0)  # -0.0 -> 0.0: equal weights, and one order for the packed keys
@@ -42,6 +44,10 @@ def _sorted_used_levels(layer: LayerInput) -> tuple[np.ndarray, np.ndarray, np.n
     del kept
     used = np.flatnonzero(present[:cb.size])
     order = used[np.argsort(cb[used], kind="stable")]
+    if np.array_equal(order, np.arange(cb.size)):
+        # already sorted with every level used (as the budget path leaves it): no remap pass,
+        # a third of this function's time on a 22M-weight model's layers
+        return cb, np.where(mask, index, 0).astype(np.int16, copy=False), mask
     remap = np.zeros(max(cb.size, 1), np.int16)
     remap[order] = np.arange(order.size)
     return cb[order], np.where(mask, remap[np.where(mask, index, 0)], 0).astype(np.int16, copy=False), mask
