@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _as_conv1d(m: nn.Conv2d) -> bool:
+def _as_conv1d(m: nn.Module) -> bool:
     """Whether ``m`` on inputs of width 1 is a 1-D convolution along the height."""
     return (type(m) is nn.Conv2d and m.kernel_size[1] == 1 and m.padding_mode == "zeros"
             and not isinstance(m.padding, str) and m.padding[1] == 0 and "forward" not in m.__dict__)
@@ -29,8 +29,7 @@ def _as_conv1d(m: nn.Conv2d) -> bool:
 def _forward(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 4 or x.shape[-1] != 1:
         return type(m).forward(m, x)
-    weight = m.weight
-    out = F.conv1d(x[..., 0], weight[..., 0], m.bias, m.stride[0], m.padding[0], m.dilation[0], m.groups)
+    out = F.conv1d(x[..., 0], m.weight[..., 0], m.bias, m.stride[0], m.padding[0], m.dilation[0], m.groups)
     return out.unsqueeze(-1)
 
 
