@@ -58,10 +58,14 @@ if numba is not None:
                     if cost_zero < min(cost_lo, cost_hi) or not keep[g, c, o]:
                         pick = 0
                     q[g, c, o] = pick
-                    e = (col - pick * delta) / dc
-                    err[g, c - c0, o] = e
-                    for k in range(c + 1, c1):
-                        w[g, k, o] -= u[g, c - off, k - off] * e
+                    err[g, c - c0, o] = (col - pick * delta) / dc
+                # the column's errors into the later columns, the rows innermost: contiguous and
+                # vectorized (a row's later columns innermost strode a row apart: twice the time);
+                # each weight takes the same updates in the same order, so the same bits
+                for k in range(c + 1, c1):
+                    factor = u[g, c - off, k - off]
+                    for o in range(o0, o1):
+                        w[g, k, o] -= factor * err[g, c - c0, o]
 
 
 if numba is not None:
