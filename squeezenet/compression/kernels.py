@@ -60,7 +60,8 @@ if numba is not None:
                     q[g, c, o] = pick
                     err[g, c - c0, o] = (col - pick * delta) / dc
                 # the column's errors into the later columns, the rows innermost: contiguous and
-                # vectorized (a row's later columns innermost strode a row apart: twice the time);
+                # vectorized (a row's later columns innermost strode a row apart; 64 blocks of
+                # 1,024 columns x 128 rows: 0.52 -> 0.46 s for the whole of ``feedback_blocks``);
                 # each weight takes the same updates in the same order, so the same bits
                 for k in range(c + 1, c1):
                     factor = u[g, c - off, k - off]
